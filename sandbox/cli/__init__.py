@@ -1,0 +1,49 @@
+"""The ``sandbox`` command line. Each command group lives in a module of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sandbox.settings import Settings
+
+app = typer.Typer(
+    name="sandbox",
+    help="Jinyu (晋域): a public-data sandbox where data is usable but not visible.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    home: Path = typer.Option(None, "--home", help="State directory (env SANDBOX_HOME)."),
+    policies: Path = typer.Option(
+        None, "--policies", help="Policy directory (env SANDBOX_POLICIES)."
+    ),
+) -> None:
+    ctx.obj = Settings.from_env(home=home, policies=policies)
+
+
+def _register() -> None:
+    from sandbox.cli import (
+        audit,
+        client,
+        dev,
+        policy,
+        product,
+        runner,
+        server,
+    )
+
+    for module in (policy, runner, server, client, product, audit, dev):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

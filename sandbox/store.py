@@ -1,0 +1,62 @@
+"""Persistence: one SQLite database (WAL) under $SANDBOX_HOME.
+
+Each module that keeps state owns its tables and declares them in a ``SCHEMA``
+string; ``connect`` creates every registered schema. Writers use ``transaction``
+(BEGIN IMMEDIATE), so a state change and the audit event that records it commit
+together or not at all, and concurrent writers are serialised.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_SCHEMAS: dict[str, str] = {}
+
+
+def register_schema(owner: str, ddl: str) -> None:
+    """Called at import time by the module that owns the tables."""
+    _SCHEMAS[owner] = ddl
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, FKs on."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    _load_schemas()
+    for ddl in _SCHEMAS.values():
+        conn.executescript(ddl)
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def _load_schemas() -> None:
+    # Import the modules that own tables so their schemas are registered.
+    import importlib
+
+    for name in ("sandbox.audit", "sandbox.ledger", "sandbox.jobs", "sandbox.tokens"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
