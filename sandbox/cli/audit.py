@@ -1,9 +1,402 @@
-"""CLI commands: audit (filled in by its owner)."""
+"""CLI commands: ``sandbox audit …`` (verify, prove, export, show, checkpoint) and
+``sandbox report`` (supervision report and alerts)."""
 
 from __future__ import annotations
 
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from sandbox.cli.common import JsonOption, console, handle_errors, print_json, settings
+from sandbox.errors import BadInput
+from sandbox.settings import Settings
+
+audit_app = typer.Typer(
+    name="audit",
+    help="The tamper-evident audit log: verify, prove, export, show, checkpoint.",
+    no_args_is_help=True,
+)
+
+PublicKeyOption = typer.Option(
+    None, "--public-key", help="The bureau's audit public key (PEM); default HOME/keys/audit.pub."
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.add_typer(audit_app, name="audit")
+    app.command("report", help="Supervision report per operator and scenario, with alerts.")(
+        report_command
+    )
+
+
+def _conn(s: Settings) -> Any:
+    from sandbox import store
+
+    return store.connect(s.db_path)
+
+
+def _local_actor() -> str:
+    try:
+        return "local:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "local:unknown"
+
+
+def _audit_key(s: Settings, conn: Any) -> Any:
+    """The private audit key; creating it is itself an audited event."""
+    from sandbox import audit, keys, store
+
+    key, created = keys.ensure_key(s.keys_dir, "audit")
+    if created:
+        with store.transaction(conn):
+            audit.append(
+                conn,
+                actor=_local_actor(),
+                role="admin",
+                action="key.created",
+                subject="audit",
+                details={"key_id": keys.key_id(key)},
+            )
+    return key
+
+
+def _public_key(s: Settings, path: Path | None) -> Any:
+    from sandbox import keys
+
+    if path is not None:
+        if not path.is_file():
+            raise BadInput(f"No public key file at {path}.")
+        try:
+            return keys.load_public_key(path)
+        except ValueError as exc:
+            raise BadInput("The public key file is not an Ed25519 PEM public key.") from exc
+    pub = s.keys_dir / "audit.pub"
+    if pub.is_file():
+        return keys.load_public_key(pub)
+    if (s.keys_dir / "audit.pem").is_file():
+        return keys.ensure_key(s.keys_dir, "audit")[0].public_key()
+    raise BadInput(
+        "No audit public key found.",
+        hint="Pass --public-key, or run 'sandbox audit checkpoint' once.",
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"Cannot read JSON from {path}.") from exc
+
+
+@audit_app.command("verify")
+@handle_errors
+def verify_command(
+    ctx: typer.Context,
+    export_file: Path = typer.Option(None, "--export", help="Verify an export file instead."),
+    public_key: Path = PublicKeyOption,
+    trusted: list[Path] = typer.Option(
+        [], "--checkpoint", help="A signed checkpoint kept elsewhere (JSON); repeatable."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Recompute every hash, root and signature; exit 1 naming the first problem."""
+    from sandbox import audit
+
+    s = settings(ctx)
+    held = [_read_json(p) for p in trusted]
+    held = [c for item in held for c in (item if isinstance(item, list) else [item])]
+    if export_file is not None:
+        if not export_file.is_file():
+            raise BadInput(f"No export file at {export_file}.")
+        key = _public_key(s, public_key) if public_key is not None else None
+        report = audit.verify(export_file, key, trusted_checkpoints=held)
+    else:
+        conn = _conn(s)
+        try:
+            report = audit.verify(conn, _public_key(s, public_key), trusted_checkpoints=held)
+        finally:
+            conn.close()
+    if not report.ok:
+        assert report.problem is not None
+        raise audit.AuditInvalid(
+            f"The audit log does not verify: {report.problem.message}",
+            hint="Keep the database and its exports as evidence; compare with an export "
+            "held off the host.",
+            details={"problem": report.problem.to_dict(), "report": report.to_dict()},
+        )
+    if as_json:
+        print_json(report.to_dict())
+        return
+    console.print(
+        f"[green]ok[/] {report.entries} entries ({report.first_seq}..{report.last_seq}), "
+        f"{report.checkpoints} checkpoints, {report.roots_checked} roots recomputed, "
+        f"signed up to {report.signed_size}, key {report.key_id}"
+    )
+    for w in report.warnings:
+        console.print(f"[yellow]warning[/] {w}")
+
+
+@audit_app.command("checkpoint")
+@handle_errors
+def checkpoint_command(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """Sign a checkpoint of the current tree head now."""
+    from sandbox import audit
+
+    s = settings(ctx)
+    conn = _conn(s)
+    try:
+        cp = audit.checkpoint(conn, _audit_key(s, conn))
+    finally:
+        conn.close()
+    if as_json:
+        print_json(cp)
+    else:
+        console.print(
+            f"checkpoint tree_size={cp['tree_size']} root={cp['root_hash']} key={cp['key_id']}"
+        )
+
+
+@audit_app.command("prove")
+@handle_errors
+def prove_command(
+    ctx: typer.Context,
+    seq: int = typer.Argument(..., help="The entry's sequence number."),
+    tree_size: int = typer.Option(None, "--tree-size", help="A checkpoint's tree size."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Print an inclusion proof (JSON) of one entry against a signed checkpoint."""
+    from sandbox import audit
+
+    conn = _conn(settings(ctx))
+    try:
+        proof = audit.prove(conn, seq, tree_size)
+    finally:
+        conn.close()
+    print_json(proof)
+
+
+@audit_app.command("verify-proof")
+@handle_errors
+def verify_proof_command(
+    ctx: typer.Context,
+    proof_file: Path = typer.Argument(..., help="A proof from 'sandbox audit prove'."),
+    public_key: Path = PublicKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Check an inclusion or consistency proof with the public key alone."""
+    from sandbox import audit
+
+    proof = _read_json(proof_file)
+    key = _public_key(settings(ctx), public_key)
+    kind = proof.get("format") if isinstance(proof, dict) else None
+    if kind == audit.CONSISTENCY_FORMAT:
+        ok = audit.verify_consistency(proof, key)
+    else:
+        ok = isinstance(proof, dict) and audit.verify_proof(proof, key)
+    if not ok:
+        raise audit.AuditInvalid("The proof does not verify with this public key.")
+    result = {"ok": True, "format": kind}
+    if kind == audit.PROOF_FORMAT:
+        result.update(seq=proof["seq"], tree_size=proof["tree_size"])
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"[green]ok[/] {kind}")
+
+
+@audit_app.command("consistency")
+@handle_errors
+def consistency_command(
+    ctx: typer.Context,
+    old_size: int = typer.Argument(..., help="Tree size of the older checkpoint."),
+    new_size: int = typer.Argument(None, help="Tree size of the newer one (default latest)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Print a consistency proof (JSON): the older signed tree is a prefix of the newer."""
+    from sandbox import audit
+
+    conn = _conn(settings(ctx))
+    try:
+        print_json(audit.prove_consistency(conn, old_size, new_size))
+    finally:
+        conn.close()
+
+
+@audit_app.command("export")
+@handle_errors
+def export_command(
+    ctx: typer.Context,
+    since: str = typer.Option(None, "--since", help="ISO date or time; entries from then on."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
+    out: Path = typer.Option(None, "--out", help="Write to this file (default stdout)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Export events, every signed checkpoint and the public key, to keep off the host."""
+    from sandbox import audit, keys, store
+
+    s = settings(ctx)
+    conn = _conn(s)
+    try:
+        key = _audit_key(s, conn)
+        audit.checkpoint(conn, key)  # the export ends on a signed tree head
+        if out is None:
+            summary = audit.export(
+                conn, sys.stdout, since=since, fmt=fmt, public_key=key.public_key()
+            )
+        else:
+            tmp = out.with_name(out.name + ".part")
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
+                summary = audit.export(conn, fh, since=since, fmt=fmt, public_key=key.public_key())
+            tmp.replace(out)
+        with store.transaction(conn):
+            audit.append(
+                conn,
+                actor=_local_actor(),
+                role="admin",
+                action="audit.exported",
+                details={
+                    "since": since,
+                    "format": fmt,
+                    "entries": summary["entries"],
+                    "key_id": keys.key_id(key),
+                },
+            )
+    finally:
+        conn.close()
+    if out is not None:
+        if as_json:
+            print_json({**summary, "out": str(out)})
+        else:
+            console.print(
+                f"exported entries {summary['first_seq']}..{summary['last_seq']} and "
+                f"{summary['checkpoints']} checkpoints to {out}"
+            )
+
+
+@audit_app.command("show")
+@handle_errors
+def show_command(
+    ctx: typer.Context,
+    action: str = typer.Option(None, "--action", help="Only this action (e.g. job.refused)."),
+    actor: str = typer.Option(None, "--actor", help="Only this actor."),
+    scenario: str = typer.Option(None, "--scenario", help="Only this scenario."),
+    limit: int = typer.Option(50, "--limit", help="The newest N entries."),
+    show_checkpoints: bool = typer.Option(False, "--checkpoints", help="List checkpoints."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show audit entries (newest N, oldest first), or the signed checkpoints."""
+    from rich.table import Table
+
+    from sandbox import audit
+
+    conn = _conn(settings(ctx))
+    try:
+        if show_checkpoints:
+            cps = audit.checkpoints(conn)
+            if as_json:
+                print_json(cps)
+                return
+            table = Table("tree_size", "time", "root_hash", "key_id")
+            for c in cps:
+                table.add_row(str(c["tree_size"]), c["time"], c["root_hash"], c["key_id"])
+            console.print(table)
+            return
+        found = audit.events(
+            conn,
+            action=action,
+            actor=actor,
+            scenario=scenario,
+            limit=max(1, limit),
+            newest_first=True,
+        )
+    finally:
+        conn.close()
+    found.reverse()
+    if as_json:
+        print_json([{k: v for k, v in e.to_dict().items() if k != "chain_hash"} for e in found])
+        return
+    table = Table("seq", "time", "actor", "role", "action", "subject", "scenario", "details")
+    for e in found:
+        table.add_row(
+            str(e.seq), e.time, e.actor, e.role, e.action, e.subject, e.scenario or "", e.details
+        )
+    console.print(table)
+
+
+@handle_errors
+def report_command(
+    ctx: typer.Context,
+    operator: str = typer.Option(None, "--operator", help="Only this operator."),
+    scenario: str = typer.Option(None, "--scenario", help="Only this scenario."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Supervision report per operator and scenario, with alerts."""
+    from sandbox import reports
+    from sandbox.catalog import load_catalog
+    from sandbox.errors import SandboxError
+    from sandbox.grants import load_grants
+
+    s = settings(ctx)
+    grants = None
+    try:
+        grants = load_grants(s.policies, load_catalog(s.policies))
+    except (SandboxError, OSError):
+        grants = None  # the report still shows what the audit log holds
+    conn = _conn(s)
+    try:
+        rep = reports.build_report(conn, operator=operator, scenario=scenario, grants=grants)
+    finally:
+        conn.close()
+    if as_json:
+        print_json(rep)
+        return
+    _print_report(rep)
+
+
+def _print_report(rep: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"[bold]Supervision report[/] {rep['generated_at']} ({rep['entries']} audit entries)"
+    )
+    for g in rep["groups"]:
+        console.print(f"\n[bold]{g['operator']}[/] · scenario {g['scenario'] or '-'}")
+        jobs = ", ".join(f"{k} {v}" for k, v in g["jobs"].items())
+        console.print(f"  jobs: {jobs}")
+        if g["refusals_by_code"]:
+            codes = ", ".join(f"{k} {v}" for k, v in g["refusals_by_code"].items())
+            console.print(f"  refusals: {codes}")
+        if g["failures_by_category"]:
+            cats = ", ".join(f"{k} {v}" for k, v in g["failures_by_category"].items())
+            console.print(f"  failures: {cats}")
+        console.print(
+            f"  datasets: {', '.join(g['datasets']) or '-'}; products released: "
+            f"{len(g['products_released'])}; downloads: {g['downloads']}"
+        )
+        if g["budget"]:
+            table = Table("dataset", "unit", "spent", "total", "left", "used")
+            for b in g["budget"]:
+                frac = b.get("fraction_spent")
+                table.add_row(
+                    b["dataset"],
+                    b["unit"],
+                    f"{b['spent']:g}",
+                    _fmt(b.get("total")),
+                    _fmt(b.get("left")),
+                    f"{frac:.0%}" if frac is not None else "-",
+                )
+            console.print(table)
+    console.print(f"\n[bold]Alerts[/] ({len(rep['alerts'])})")
+    for a in rep["alerts"]:
+        console.print(
+            f"  [yellow]{a['kind']}[/] {a['operator']} · {a['scenario'] or '-'}: {a['message']}"
+        )
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
