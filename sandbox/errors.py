@@ -58,6 +58,8 @@ CODES: dict[str, str] = {
     "UNSUPPORTED_CLAUSE": "The clause is not supported.",
     "MULTIPLE_DATASETS": "The query reads more than one private dataset.",
     "UNSUPPORTED_FUNCTION": "The scalar function is not supported.",
+    "INVALID_CHARACTER": "The SQL contains an invisible or control character.",
+    "LOOKUP_ONLY": "The query reads only public lookup tables (no private dataset).",
     # policy and grants
     "POLICY_INVALID": "A policy file does not validate.",
     "GRANT_FORBIDDEN": "Core data and data marked not shared cannot be granted.",
@@ -86,6 +88,7 @@ CODES: dict[str, str] = {
     "CSRF_FAILED": "The form's CSRF token is missing or wrong.",
     "LOCAL_DATA_NOT_SYNTHETIC": "The local executor only reads synthetic data.",
     "SYNTHETIC_DATA_REFUSED": "The sandbox refuses data marked synthetic.",
+    "JOB_INTERRUPTED": "The server stopped while the job was running; its charge is kept.",
     # system
     "INTERNAL": "The system failed; the incident is logged.",
     "EXECUTION_FAILED": "The query failed inside the runner (see the category).",

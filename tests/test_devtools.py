@@ -249,11 +249,6 @@ def test_init_from_a_real_server(live_server: tuple[str, str], tmp_path: Path,
     assert err.value.code == "UNAUTHENTICATED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GET /v1/grants omits a grant's column narrowing and GET /v1/catalog omits "
-    "file/null_rate/synthetic (sandbox/service.py _grant_view/_dataset_view)",
-)
 def test_server_init_keeps_column_narrowing_and_hints(
     live_server: tuple[str, str], tmp_path: Path, settings: Settings, policies_dir: Path
 ) -> None:

@@ -1,9 +1,441 @@
-"""CLI commands: client (filled in by its owner)."""
+"""CLI client of the REST API: submit, status, jobs, cancel, result, budget, review.
+
+The server URL and token come from ``SANDBOX_URL`` / ``SANDBOX_TOKEN`` or, when those
+are unset, from ``$SANDBOX_HOME/client.json`` (``{"url": …, "token": …}``; ``sandbox
+up`` writes it with the demo operator's token). Errors keep the server's one shape and
+the exit codes: 0 ok, 2 refused, 1 the system failed.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from sandbox.cli.common import JsonOption, console, err_console, handle_errors, print_json
+from sandbox.errors import AuthError, BadInput, Refused, SandboxError, SystemFailure
+from sandbox.settings import Settings
+
+review_app = typer.Typer(help="The review queue (supervisors).", no_args_is_help=True)
+
+WAITING = {"submitted", "compiled", "budget_reserved", "running", "noised"}
+
+
+class ApiClient:
+    """A small httpx wrapper that turns error responses into SandboxErrors."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=timeout,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiClient:
+        url, token = client_config(settings)
+        return cls(url, token)
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise SystemFailure(
+                f"Cannot reach the sandbox server at {self.url}.",
+                code="INTERNAL",
+                hint="Is it running (`sandbox serve`)? Check SANDBOX_URL.",
+            ) from exc
+        if resp.status_code >= 400:
+            raise _error_from(resp)
+        return resp
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw).json()
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, json=body or {}).json()
+
+
+def _error_from(resp: Any) -> SandboxError:
+    try:
+        err = resp.json()["error"]
+        code, message, hint = str(err["code"]), str(err["message"]), str(err.get("hint", ""))
+        extra = {k: v for k, v in err.items() if k not in ("code", "message", "hint")}
+    except (ValueError, KeyError, TypeError):
+        code, message, hint, extra = "INTERNAL", f"The server answered {resp.status_code}.", "", {}
+    from sandbox.errors import CODES
+
+    if code not in CODES:
+        code = "INTERNAL" if resp.status_code >= 500 else "BAD_REQUEST"
+    cls: type[SandboxError] = SystemFailure if resp.status_code >= 500 else Refused
+    if resp.status_code == 401:
+        cls = AuthError
+    return cls(message, code=code, hint=hint, http_status=resp.status_code, details=extra)
+
+
+def client_config(settings: Settings) -> tuple[str, str]:
+    """(url, token): the environment first, then $SANDBOX_HOME/client.json."""
+    url = os.environ.get("SANDBOX_URL", "")
+    token = os.environ.get("SANDBOX_TOKEN", "") or settings.token
+    path = settings.home / "client.json"
+    if (not url or not token) and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise BadInput(f"{path} is not valid JSON.") from exc
+        url = url or str(saved.get("url", ""))
+        token = token or str(saved.get("token", ""))
+    url = url or settings.server_url
+    if not token:
+        raise AuthError(
+            "No API token.",
+            hint="Set SANDBOX_TOKEN (from `sandbox token create`) or run `sandbox up`.",
+        )
+    return url, token
+
+
+def _client(ctx: typer.Context) -> ApiClient:
+    from sandbox.cli.common import settings
+
+    return ApiClient.from_settings(settings(ctx))
+
+
+def _read_sql(path: Path) -> str:
+    if str(path) == "-":
+        import sys
+
+        return sys.stdin.read()
+    if not path.is_file():
+        raise BadInput(
+            f"No file {str(path)!r}.", hint="Pass the path of a .sql file, or - for stdin."
+        )
+    return path.read_text(encoding="utf-8")
+
+
+def _show_job(job: dict[str, Any]) -> None:
+    state = job["state"]
+    colour = {
+        "released": "green",
+        "refused": "red",
+        "failed": "red",
+        "rejected": "red",
+        "cancelled": "yellow",
+        "in_review": "cyan",
+    }.get(state, "white")
+    console.print(
+        f"[bold]{job['id']}[/] [{colour}]{state}[/]  {job['scenario']}  "
+        f"ε={job['epsilon']} δ={job['delta']}  dataset={job.get('dataset') or '-'}"
+    )
+    if job.get("error"):
+        e = job["error"]
+        extra = f" ({e['category']})" if e.get("category") else ""
+        console.print(f"  [red]{e['code']}[/]{extra}: {e['message']}")
+        if e.get("hint"):
+            console.print(f"  [dim]hint: {e['hint']}[/]")
+    for f in job.get("flags") or []:
+        console.print(f"  [yellow]flag[/] {f['code']}: {f['message']}")
+    if state == "in_review":
+        console.print(
+            f"  waiting for review: {job.get('approvals', 0)} of "
+            f"{job.get('required_approvals')} supervisor approvals"
+        )
+    for d in job.get("decisions") or []:
+        console.print(f"  {d['decision']} by {d['reviewer']}: {d['reason']}")
+    if state == "released":
+        console.print(f"  product ready: [bold]sandbox result {job['id']}[/]")
+
+
+def wait_for(api: ApiClient, job_id: str, *, show: bool, poll_s: float = 0.5) -> dict[str, Any]:
+    """Poll a job until it leaves the running states; a spinner shows the state."""
+    job: dict[str, Any] = api.get(f"/v1/jobs/{job_id}")
+    if not show:
+        while job["state"] in WAITING:
+            time.sleep(poll_s)
+            job = api.get(f"/v1/jobs/{job_id}")
+        return job
+    started = time.monotonic()
+    with err_console.status(f"{job_id}: {job['state']}", spinner="dots") as status:
+        while job["state"] in WAITING:
+            time.sleep(poll_s)
+            job = api.get(f"/v1/jobs/{job_id}")
+            status.update(f"{job_id}: {job['state']} ({time.monotonic() - started:.0f} s)")
+    return job
+
+
+def _exit_for(job: dict[str, Any]) -> None:
+    if job["state"] in ("refused", "rejected"):
+        raise typer.Exit(2)
+    if job["state"] == "failed":
+        err = job.get("error") or {}
+        kind = 2 if err.get("code") in _REFUSAL_CODES else 1
+        raise typer.Exit(kind)
+
+
+_REFUSAL_CODES = {"BUDGET_EXHAUSTED", "NO_GRANT", "GRANT_EXPIRED", "SYNTHETIC_DATA_REFUSED"}
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+
+    @app.command("submit")
+    @handle_errors
+    def submit(
+        ctx: typer.Context,
+        query: Path = typer.Argument(..., help="A .sql file (or - for stdin)."),
+        scenario: str = typer.Option(..., "--scenario", "-s", help="The scenario (应用场景)."),
+        epsilon: float = typer.Option(..., "--epsilon", "-e", help="ε to spend."),
+        delta: float = typer.Option(0.0, "--delta", "-d", help="δ (for private group keys)."),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait while the job runs."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Submit a query as the operator; shows the job's progress until it finishes or
+        waits for review."""
+        api = _client(ctx)
+        body = {"sql": _read_sql(query), "scenario": scenario, "epsilon": epsilon, "delta": delta}
+        job = api.post("/v1/jobs", body)
+        if wait:
+            job = wait_for(api, job["id"], show=not as_json)
+        if as_json:
+            print_json(job)
+        else:
+            _show_job(job)
+        _exit_for(job)
+
+    @app.command("explain")
+    @handle_errors
+    def explain(
+        ctx: typer.Context,
+        query: Path = typer.Argument(..., help="A .sql file (or - for stdin)."),
+        scenario: str = typer.Option(..., "--scenario", "-s", help="The scenario (应用场景)."),
+        epsilon: float = typer.Option(None, "--epsilon", "-e", help="ε (default: the ceiling)."),
+        delta: float = typer.Option(None, "--delta", "-d", help="δ."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Ask the server what a query would cost and how accurate it would be."""
+        api = _client(ctx)
+        body: dict[str, Any] = {"sql": _read_sql(query), "scenario": scenario}
+        if epsilon is not None:
+            body["epsilon"] = epsilon
+        if delta is not None:
+            body["delta"] = delta
+        result = api.post("/v1/explain", body)
+        if as_json:
+            print_json(result)
+            return
+        from rich.table import Table
+
+        cost = result["cost"]
+        console.print(
+            f"dataset {result['dataset']} ({result['grade']}), grant {result['grant']}, "
+            f"ε={cost.get('epsilon')} δ={cost.get('delta')}; "
+            f"{result['required_approvals']} supervisor approval(s) needed"
+        )
+        table = Table("output", "kind", "mechanism", "noise scale", "±95%")
+        for o in result["outputs"]:
+            cells = ("name", "kind", "mechanism", "scale", "accuracy_95")
+            table.add_row(*(_fmt(o.get(k)) for k in cells))
+        console.print(table)
+
+    @app.command("status")
+    @handle_errors
+    def status(
+        ctx: typer.Context,
+        job_id: str = typer.Argument(..., help="The job id (j-…)."),
+        wait: bool = typer.Option(False, "--wait", help="Wait while the job runs."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Show one job: its state, error or flags, and review decisions."""
+        api = _client(ctx)
+        job = wait_for(api, job_id, show=not as_json) if wait else api.get(f"/v1/jobs/{job_id}")
+        if as_json:
+            print_json(job)
+        else:
+            _show_job(job)
+
+    @app.command("jobs")
+    @handle_errors
+    def list_jobs(
+        ctx: typer.Context,
+        state: str = typer.Option(None, "--state", help="Only jobs in this state."),
+        limit: int = typer.Option(50, "--limit", help="At most this many."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Your jobs (all jobs for a supervisor), newest first."""
+
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        found = _client(ctx).get("/v1/jobs", params=params)
+        if as_json:
+            print_json(found)
+            return
+        table = _table("job", "state", "operator", "scenario", "dataset", "ε", "created")
+        for j in found:
+            table.add_row(
+                j["id"],
+                j["state"],
+                j["operator"],
+                j["scenario"],
+                j["dataset"] or "-",
+                str(j["epsilon"]),
+                j["created_at"][:16],
+            )
+        console.print(table)
+
+    @app.command("cancel")
+    @handle_errors
+    def cancel(
+        ctx: typer.Context,
+        job_id: str = typer.Argument(..., help="The job id (j-…)."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Cancel an unfinished job (budget comes back only if it never ran)."""
+        job = _client(ctx).post(f"/v1/jobs/{job_id}/cancel")
+        if as_json:
+            print_json(job)
+        else:
+            _show_job(job)
+
+    @app.command("result")
+    @handle_errors
+    def result(
+        ctx: typer.Context,
+        job_id: str = typer.Argument(..., help="The job id (j-…)."),
+        fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet or json."),
+        output: Path = typer.Option(None, "--output", "-o", help="File (default: JOB.FORMAT)."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Download a released product: FILE and FILE.manifest.json (the signed certificate)."""
+        api = _client(ctx)
+        path = output or Path(f"{job_id}.{fmt}")
+        data = api.request("GET", f"/v1/jobs/{job_id}/product", params={"format": fmt}).content
+        manifest = api.get(f"/v1/products/{job_id}/manifest", params={"format": fmt})
+        path.write_bytes(data)
+        manifest_path = path.with_name(path.name + ".manifest.json")
+        manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+        summary = {
+            "file": str(path),
+            "manifest": str(manifest_path),
+            "bytes": len(data),
+            "sha256": manifest["manifest"]["result"]["sha256"],
+        }
+        if as_json:
+            print_json(summary)
+        else:
+            console.print(
+                f"wrote {path} ({len(data)} bytes) and {manifest_path.name}; "
+                f"check it with `sandbox product verify {path}`"
+            )
+
+    @app.command("budget")
+    @handle_errors
+    def budget(
+        ctx: typer.Context,
+        operator: str = typer.Option(None, "--operator", help="Supervisors: one operator."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """What is left of the privacy budget, per grant and dataset."""
+        from rich.table import Table
+
+        params = {"operator": operator} if operator else {}
+        rows = _client(ctx).get("/v1/budget", params=params)
+        if as_json:
+            print_json(rows)
+            return
+        table = Table("scenario", "dataset", "unit", "total", "spent", "reserved", "left", "δ left")
+        for r in rows:
+            amounts = (_fmt(_pick(r, k)) for k in ("total", "spent", "reserved", "left"))
+            unit = {"epsilon": "ε", "rho": "ρ (zCDP)"}.get(str(r.get("unit")), str(r.get("unit")))
+            table.add_row(r["scenario"], r["dataset"], unit, *amounts, _fmt(r.get("delta_left")))
+        console.print(table)
+
+    @review_app.command("list")
+    @handle_errors
+    def review_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+        """Jobs waiting for review, oldest first."""
+
+        queue = _client(ctx).get("/v1/review")
+        if as_json:
+            print_json(queue)
+            return
+        table = _table("job", "operator", "scenario", "dataset", "grade", "approvals", "flags")
+        for j in queue:
+            table.add_row(
+                j["id"],
+                j["operator"],
+                j["scenario"],
+                j["dataset"],
+                j["grade"],
+                f"{j['approvals']}/{j['required_approvals']}",
+                ", ".join(f["code"] for f in j["flags"]) or "-",
+            )
+        console.print(table)
+
+    def _decide(ctx: typer.Context, job_id: str, decision: str, reason: str, as_json: bool) -> None:
+        out = _client(ctx).post(f"/v1/review/{job_id}", {"decision": decision, "reason": reason})
+        if as_json:
+            print_json(out)
+            return
+        console.print(f"{decision}: outcome [bold]{out['outcome']}[/]")
+        _show_job(out["job"])
+
+    @review_app.command("approve")
+    @handle_errors
+    def approve(
+        ctx: typer.Context,
+        job_id: str = typer.Argument(..., help="The job id."),
+        reason: str = typer.Option(..., "--reason", "-r", help="Why (kept in the audit log)."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Approve a job's release."""
+        _decide(ctx, job_id, "approve", reason, as_json)
+
+    @review_app.command("reject")
+    @handle_errors
+    def reject(
+        ctx: typer.Context,
+        job_id: str = typer.Argument(..., help="The job id."),
+        reason: str = typer.Option(..., "--reason", "-r", help="Why (kept in the audit log)."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Reject a job: nothing is released."""
+        _decide(ctx, job_id, "reject", reason, as_json)
+
+    app.add_typer(review_app, name="review")
+
+
+def _pick(row: dict[str, Any], key: str) -> Any:
+    value = row.get(key)
+    if isinstance(value, dict):
+        return value.get("epsilon")
+    if value is None:
+        value = row.get(f"{key}_epsilon", row.get(f"epsilon_{key}"))
+    return value
+
+
+def _fmt(value: Any) -> str:
+    return (
+        f"{value:.4g}"
+        if isinstance(value, int | float)
+        else str(value if value is not None else "-")
+    )
+
+
+def _table(first: str, *headers: str) -> Any:
+    """A rich table whose first column (an id) is never cut."""
+    from rich.table import Table
+
+    table = Table()
+    table.add_column(first, no_wrap=True, min_width=14)
+    for h in headers:
+        table.add_column(h)
+    return table

@@ -1,0 +1,260 @@
+"""The /v1 endpoints. Each handler only unpacks the request and calls the service."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox.api.deps import get_principal, get_service
+from sandbox.service import Service
+from sandbox.tokens import Principal
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    hint: str = ""
+
+
+class ErrorBody(BaseModel):
+    """The one error shape."""
+
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "Refused or malformed"),
+        (401, "No valid token"),
+        (403, "The role may not do this"),
+        (404, "Not found (or not yours)"),
+        (409, "Wrong state, or no budget"),
+        (413, "Body too large"),
+        (422, "Invalid fields"),
+        (429, "Rate limited"),
+    )
+}
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+Svc = Depends(get_service)
+Caller = Depends(get_principal)
+Format = Literal["csv", "parquet", "json"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExplainRequest(_Body):
+    sql: str = Field(max_length=100_000, description="The SQL aggregate query.")
+    scenario: str = Field(max_length=200, description="The scenario (应用场景) it is for.")
+    epsilon: float | None = Field(default=None, description="ε (default: the per-query ceiling).")
+    delta: float | None = Field(
+        default=None, description="δ (default: a tenth of the grant's δ when one is needed)."
+    )
+    weights: dict[str, float] | None = Field(default=None, description="Budget split per output.")
+
+
+class SubmitRequest(_Body):
+    sql: str = Field(max_length=100_000, description="The SQL aggregate query.")
+    scenario: str = Field(max_length=200, description="The scenario (应用场景) it is for.")
+    epsilon: float = Field(description="ε to spend on this query.")
+    delta: float = Field(default=0.0, description="δ to spend (needed for private group keys).")
+    weights: dict[str, float] | None = Field(default=None, description="Budget split per output.")
+
+
+class DecisionRequest(_Body):
+    decision: Literal["approve", "reject"]
+    reason: str = Field(default="", max_length=2000, description="Why (required).")
+
+
+class TokenRequest(_Body):
+    role: Literal["operator", "supervisor", "admin"]
+    subject: str = Field(max_length=200, description="Operator id, or the person's name.")
+    expires_in: str | None = Field(default=None, max_length=20, description="e.g. 30d, 12h.")
+
+
+@router.get("/health", tags=["meta"])
+def health(svc: Service = Svc) -> dict[str, Any]:
+    """Liveness; needs no token."""
+    from sandbox import __version__
+
+    return {"status": "ok", "version": __version__, "executor": svc.settings.executor}
+
+
+@router.get("/keys/products", tags=["products"], response_class=PlainTextResponse)
+def products_public_key(svc: Service = Svc) -> str:
+    """The bureau's public key that verifies product manifests (PEM); needs no token."""
+    return svc.products_public_key()
+
+
+@router.get("/catalog", tags=["catalogue"])
+def catalog(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """The catalogue: schema and policy, never rows. Operators see their granted datasets."""
+    return svc.catalog_view(p)
+
+
+@router.get("/grants", tags=["catalogue"])
+def grants(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, Any]]:
+    """Grants: an operator's own, or all for supervisors and admins."""
+    return svc.grants_view(p)
+
+
+@router.post("/explain", tags=["jobs"])
+def explain(body: ExplainRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """Compile a query and show its privacy cost and expected accuracy; reads no data."""
+    return svc.explain(
+        p,
+        sql=body.sql,
+        scenario=body.scenario,
+        epsilon=body.epsilon,
+        delta=body.delta,
+        weights=body.weights,
+    )
+
+
+@router.post("/jobs", tags=["jobs"], status_code=201)
+def submit(body: SubmitRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """Submit a query (operators only). It is compiled and its budget reserved now, and it
+    runs in the background; poll GET /v1/jobs/{id}."""
+    return svc.submit_job(
+        p,
+        sql=body.sql,
+        scenario=body.scenario,
+        epsilon=body.epsilon,
+        delta=body.delta,
+        weights=body.weights,
+    )
+
+
+@router.get("/jobs", tags=["jobs"])
+def list_jobs(
+    state: str | None = Query(default=None, max_length=40),
+    operator: str | None = Query(default=None, max_length=200),
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0, le=1_000_000),
+    p: Principal = Caller,
+    svc: Service = Svc,
+) -> list[dict[str, Any]]:
+    """Jobs, newest first: an operator's own, or everyone's for supervisors."""
+    return svc.list_jobs(p, state=state, operator=operator, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+def get_job(job_id: str, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """One job with its transitions and review decisions."""
+    return svc.get_job(p, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+def cancel_job(job_id: str, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """Cancel an unfinished job; budget is returned only if it never ran."""
+    return svc.cancel_job(p, job_id)
+
+
+@router.get("/jobs/{job_id}/product", tags=["products"], response_class=FileResponse)
+def get_product(
+    job_id: str, format: Format = Query(default="csv"), p: Principal = Caller, svc: Service = Svc
+) -> FileResponse:
+    """The released result file; its signed manifest is at /v1/products/{id}/manifest."""
+    path, media_type, name = svc.product_file(p, job_id, format)
+    return FileResponse(
+        path,
+        media_type=media_type,
+        filename=name,
+        headers={"X-Jinyu-Manifest": f"/v1/products/{job_id}/manifest?format={format}"},
+    )
+
+
+@router.get("/products/{product_id}/manifest", tags=["products"])
+def get_manifest(
+    product_id: str,
+    format: Format = Query(default="csv"),
+    p: Principal = Caller,
+    svc: Service = Svc,
+) -> dict[str, Any]:
+    """The signed manifest (certificate) of one product file: {manifest, signature}."""
+    return svc.product_manifest(p, product_id, format)
+
+
+@router.get("/budget", tags=["budget"])
+def budget(
+    operator: str | None = Query(default=None, max_length=200),
+    p: Principal = Caller,
+    svc: Service = Svc,
+) -> list[dict[str, Any]]:
+    """Privacy budget per grant and dataset: an operator's own, or any for supervisors."""
+    return svc.budget(p, operator=operator)
+
+
+@router.get("/review", tags=["review"])
+def review_queue(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, Any]]:
+    """Jobs waiting for a supervisor's decision (supervisors only)."""
+    return svc.review_queue(p)
+
+
+@router.post("/review/{job_id}", tags=["review"])
+def decide(
+    job_id: str, body: DecisionRequest, p: Principal = Caller, svc: Service = Svc
+) -> dict[str, Any]:
+    """Approve or reject a job in review, with a reason (supervisors only)."""
+    return svc.decide(p, job_id, decision=body.decision, reason=body.reason)
+
+
+@router.get("/audit", tags=["audit"])
+def audit_search(
+    action: str | None = Query(default=None, max_length=100),
+    actor: str | None = Query(default=None, max_length=200),
+    since: str | None = Query(default=None, max_length=40),
+    limit: int = Query(default=100, ge=1, le=1000),
+    p: Principal = Caller,
+    svc: Service = Svc,
+) -> list[dict[str, Any]]:
+    """Audit events, newest first (supervisors and admins)."""
+    return svc.audit_search(p, action=action, actor=actor, since=since, limit=limit)
+
+
+@router.get("/audit/verify", tags=["audit"])
+def audit_verify(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """Recompute the audit log's hashes and check every signed checkpoint."""
+    return svc.audit_verify(p)
+
+
+@router.get("/reports", tags=["audit"])
+def reports(
+    operator: str | None = Query(default=None, max_length=200),
+    scenario: str | None = Query(default=None, max_length=200),
+    p: Principal = Caller,
+    svc: Service = Svc,
+) -> dict[str, Any]:
+    """The supervision report per operator and scenario, with alerts (supervisors)."""
+    return svc.reports(p, operator=operator, scenario=scenario)
+
+
+@router.post("/admin/grants/reload", tags=["admin"])
+def reload_grants(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """Re-read grants.yaml (admins)."""
+    return svc.reload_grants(p)
+
+
+@router.get("/admin/tokens", tags=["admin"])
+def list_tokens(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, Any]]:
+    """Every token's record, never the secret (admins)."""
+    return svc.list_tokens(p)
+
+
+@router.post("/admin/tokens", tags=["admin"], status_code=201)
+def create_token(body: TokenRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """Issue a token; the secret is in this response only (admins)."""
+    return svc.create_token(p, role=body.role, subject=body.subject, expires_in=body.expires_in)
+
+
+@router.post("/admin/tokens/{token_id}/revoke", tags=["admin"])
+def revoke_token(token_id: str, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+    """Revoke a token (admins)."""
+    return svc.revoke_token(p, token_id)

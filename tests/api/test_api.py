@@ -1,0 +1,299 @@
+"""The REST API in-process: auth, roles, ownership, limits, the one error shape, the flow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from api_helpers import ENTERPRISE_SQL, INSURED_SQL, POPULATION_SQL
+
+from sandbox import keys, products, tokens
+from sandbox.tokens import Role
+
+
+def assert_error(resp, status: int, code: str) -> dict:
+    """The ONE error shape: {"error": {"code", "message", "hint", ...extras}}."""
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert list(body) == ["error"]
+    err = body["error"]
+    assert {"code", "message", "hint"} <= set(err)
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["hint"], str)
+    assert err["code"] == code
+    return err
+
+
+# --- the error shape -------------------------------------------------------------
+
+
+def test_error_shape_is_the_same_everywhere(api):
+    assert_error(api.get("/v1/no-such-thing"), 404, "NOT_FOUND")
+    assert_error(api.call("DELETE", "/v1/health"), 405, "BAD_REQUEST")
+    assert_error(api.get("/v1/jobs"), 401, "UNAUTHENTICATED")
+    err = assert_error(
+        api.post("/v1/jobs", "op-huaxin", json={"sql": "x", "scenario": "s", "epsilon": 1, "x": 1}),
+        422,
+        "BAD_REQUEST",
+    )
+    assert err["fields"][0]["field"] == "x"
+    err = assert_error(
+        api.post(
+            "/v1/jobs",
+            "op-huaxin",
+            content=b"{not json",
+            headers={"Content-Type": "application/json"},
+        ),
+        422,
+        "BAD_REQUEST",
+    )
+    assert err["message"] == "The body is not valid JSON."
+    assert_error(api.get("/v1/jobs/j-nope", "op-huaxin"), 404, "NOT_FOUND")
+    assert_error(api.get("/v1/jobs?limit=0", "op-huaxin"), 422, "BAD_REQUEST")
+
+
+def test_health_and_openapi_need_no_token(api):
+    assert api.get("/v1/health").json()["status"] == "ok"
+    schema = api.get("/openapi.json").json()
+    assert "/v1/jobs" in schema["paths"] and "/v1/review/{job_id}" in schema["paths"]
+
+
+# --- authentication --------------------------------------------------------------
+
+
+def test_bad_missing_expired_revoked_tokens_are_401(api):
+    conn = api.service.conn()
+    good, record = tokens.create_token(conn, role=Role.OPERATOR, subject="op-huaxin")
+    assert api.get("/v1/jobs", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+    expired, _ = tokens.create_token(
+        conn,
+        role=Role.OPERATOR,
+        subject="op-huaxin",
+        expires_in=tokens.parse_duration("1s"),
+        now=tokens._now() - tokens.parse_duration("1h"),
+    )
+    tokens.revoke_token(conn, record["id"])
+    for header in (
+        {},
+        {"Authorization": "Bearer jy_wrong"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": f"Bearer {expired}"},
+        {"Authorization": f"Bearer {good}"},
+    ):
+        resp = api.get("/v1/jobs", headers=header)
+        assert_error(resp, 401, "UNAUTHENTICATED")
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+    failed = api.get("/v1/audit?action=auth.failed", "supervisor-li").json()
+    assert len(failed) == 5 and {e["details"]["reason"] for e in failed} == {"missing", "invalid"}
+
+
+# --- roles and ownership ---------------------------------------------------------
+
+
+def test_roles_are_checked(api):
+    assert_error(api.submit("supervisor-li", ENTERPRISE_SQL, "sme-credit"), 403, "FORBIDDEN")
+    assert_error(api.get("/v1/review", "op-huaxin"), 403, "FORBIDDEN")
+    assert_error(api.get("/v1/audit", "op-huaxin"), 403, "FORBIDDEN")
+    api.token("root", "admin")
+    assert_error(api.get("/v1/jobs", "root"), 403, "FORBIDDEN")
+    assert_error(api.post("/v1/admin/grants/reload", "op-huaxin"), 403, "FORBIDDEN")
+    assert api.post("/v1/admin/grants/reload", "root").json()["grants"] == 4
+    assert api.get("/v1/admin/tokens", "root").status_code == 200
+
+
+def test_operator_never_sees_another_operators_things(api):
+    job = api.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit").json()
+    assert api.wait(job["id"], "op-huaxin")["state"] == "released"
+    jid = job["id"]
+    for path in (f"/v1/jobs/{jid}", f"/v1/jobs/{jid}/product", f"/v1/products/{jid}/manifest"):
+        err = assert_error(api.get(path, "op-jinshu"), 404, "NOT_FOUND")
+        assert "not yours" not in err["message"]
+    assert_error(api.post(f"/v1/jobs/{jid}/cancel", "op-jinshu"), 404, "NOT_FOUND")
+    assert api.get("/v1/jobs", "op-jinshu").json() == []
+    assert [j["id"] for j in api.get("/v1/jobs", "supervisor-li").json()] == [jid]
+    budgets = api.get("/v1/budget", "op-jinshu").json()
+    assert {b["operator"] for b in budgets} == {"op-jinshu"}
+    assert {b["dataset"] for b in budgets} == {"population", "social_insurance"}
+    # a scenario granted to someone else is refused, not run
+    assert_error(api.submit("op-jinshu", ENTERPRISE_SQL, "sme-credit"), 403, "NO_GRANT")
+
+
+def test_catalog_is_schema_only_and_scoped(api):
+    cat = api.get("/v1/catalog", "op-huaxin").json()
+    assert sorted(d["id"] for d in cat["datasets"]) == ["divisions", "enterprises", "population"]
+    text = json.dumps(cat)
+    assert "rows" not in {k for d in cat["datasets"] for t in d["tables"] for k in t}
+    assert "medical_records" not in text
+    assert len(api.get("/v1/catalog", "supervisor-li").json()["datasets"]) == 5
+
+
+# --- limits ----------------------------------------------------------------------
+
+
+def test_big_bodies_are_413(make_api):
+    api = make_api(max_body_bytes=1000)
+    body = {"sql": "SELECT 1 " + "x" * 2000, "scenario": "sme-credit", "epsilon": 1}
+    assert_error(api.post("/v1/jobs", "op-huaxin", json=body), 413, "PAYLOAD_TOO_LARGE")
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(10):
+            yield b" " * 200
+
+    resp = api.post(
+        "/v1/explain", "op-huaxin", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert_error(resp, 413, "PAYLOAD_TOO_LARGE")
+
+
+def test_requests_are_rate_limited_per_token(make_api):
+    api = make_api(rate_per_minute=5)
+    for _ in range(5):
+        assert api.get("/v1/jobs", "op-huaxin").status_code == 200
+    resp = api.get("/v1/jobs", "op-huaxin")
+    assert_error(resp, 429, "RATE_LIMITED")
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert api.get("/v1/jobs", "op-jinshu").status_code == 200  # another token is unaffected
+
+
+# --- the flow --------------------------------------------------------------------
+
+
+def test_general_2_is_released_automatically_with_a_verifiable_product(api):
+    explained = api.post(
+        "/v1/explain",
+        "op-huaxin",
+        json={"sql": ENTERPRISE_SQL, "scenario": "sme-credit", "epsilon": 1.0},
+    )
+    assert explained.status_code == 200
+    assert explained.json()["required_approvals"] == 0
+    job = api.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit", 1.0)
+    assert job.status_code == 201
+    done = api.wait(job.json()["id"], "op-huaxin")
+    assert done["state"] == "released", done
+    assert [t["to_state"] for t in done["transitions"]] == [
+        "submitted",
+        "compiled",
+        "budget_reserved",
+        "running",
+        "noised",
+        "released",
+    ]
+    for fmt in ("csv", "json", "parquet"):
+        resp = api.get(f"/v1/jobs/{done['id']}/product?format={fmt}", "op-huaxin")
+        assert resp.status_code == 200
+        signed = api.get(f"/v1/products/{done['id']}/manifest?format={fmt}", "op-huaxin").json()
+        public = keys.load_public_key(api.get("/v1/keys/products").text.encode())
+        manifest = products.verify_product(resp.content, signed, public)
+        assert manifest["operator"] == "op-huaxin" and manifest["result"]["format"] == fmt
+        assert manifest["privacy_loss"]["epsilon"] == 1.0
+    csv = api.get(f"/v1/jobs/{done['id']}/product", "op-huaxin").text
+    assert csv.splitlines()[0] == "industry,n,suppressed"
+    assert len(csv.splitlines()) == 21  # header + 20 public industry keys
+    budget = {b["dataset"]: b for b in api.get("/v1/budget", "op-huaxin").json()}
+    assert budget["enterprises"]["spent"] == pytest.approx(1.0)
+
+
+def test_general_3_waits_for_one_supervisor(api):
+    job = api.submit("op-jinshu", POPULATION_SQL, "employment-income", 1.0).json()
+    waiting = api.wait(job["id"], "op-jinshu")
+    assert waiting["state"] == "in_review" and waiting["required_approvals"] == 1
+    # nothing of the result before release
+    assert (waiting["accuracy"], waiting["flags"], waiting["rows"]) == (None, [], None)
+    assert_error(api.get(f"/v1/jobs/{job['id']}/product", "op-jinshu"), 409, "INVALID_STATE")
+    queue = api.get("/v1/review", "supervisor-li").json()
+    assert [q["id"] for q in queue] == [job["id"]] and queue[0]["may_decide"]
+    detail = api.get(f"/v1/jobs/{job['id']}", "supervisor-li").json()
+    assert detail["preview"]["columns"] == ["sex", "n", "suppressed"]
+    err = assert_error(
+        api.post(f"/v1/review/{job['id']}", "supervisor-li", json={"decision": "approve"}),
+        422,
+        "REASON_REQUIRED",
+    )
+    assert "reason" in err["message"]
+    out = api.post(
+        f"/v1/review/{job['id']}",
+        "supervisor-li",
+        json={"decision": "approve", "reason": "two cells, large counts"},
+    ).json()
+    assert out["outcome"] == "approved" and out["job"]["state"] == "released"
+    signed = api.get(f"/v1/products/{job['id']}/manifest", "op-jinshu").json()
+    assert [r["reviewer"] for r in signed["manifest"]["reviewers"]] == ["supervisor-li"]
+    rows = api.get(f"/v1/jobs/{job['id']}/product", "op-jinshu").text.splitlines()
+    counts = [int(r.split(",")[1]) for r in rows[1:]]
+    assert all(c % 5 == 0 for c in counts)  # general-3 rounds counts to base 5
+
+
+def test_important_needs_two_different_supervisors(api):
+    job = api.submit("op-jinshu", INSURED_SQL, "pension-contributions", 0.5, delta=1e-6).json()
+    assert api.wait(job["id"], "op-jinshu")["state"] == "in_review"
+    decide = lambda who: api.post(  # noqa: E731
+        f"/v1/review/{job['id']}", who, json={"decision": "approve", "reason": "fine"}
+    )
+    assert decide("supervisor-li").json()["outcome"] == "pending"
+    assert_error(decide("supervisor-li"), 409, "SELF_REVIEW")
+    assert api.get(f"/v1/jobs/{job['id']}", "op-jinshu").json()["state"] == "in_review"
+    out = decide("supervisor-wang").json()
+    assert out["outcome"] == "approved" and out["job"]["state"] == "released"
+    assert out["job"]["approvals"] == 2
+
+
+def test_rejection_releases_nothing(api):
+    job = api.submit("op-jinshu", POPULATION_SQL, "employment-income", 1.0).json()
+    assert api.wait(job["id"], "op-jinshu")["state"] == "in_review"
+    out = api.post(
+        f"/v1/review/{job['id']}",
+        "supervisor-wang",
+        json={"decision": "reject", "reason": "too fine for this scenario"},
+    ).json()
+    assert out["outcome"] == "rejected"
+    assert_error(api.get(f"/v1/jobs/{job['id']}/product", "op-jinshu"), 409, "INVALID_STATE")
+    assert not (api.service.settings.products_dir / job["id"]).exists()
+    status = api.get(f"/v1/jobs/{job['id']}", "op-jinshu").json()
+    assert status["decisions"][0]["reason"] == "too fine for this scenario"
+
+
+def test_refused_query_is_recorded_and_costs_nothing(api):
+    resp = api.submit("op-huaxin", "SELECT name FROM enterprises", "sme-credit", 1.0)
+    err = assert_error(resp, 400, resp.json()["error"]["code"])
+    assert err["code"] in {"COLUMN_NOT_ALLOWED", "NO_AGGREGATE"}
+    job = api.get(f"/v1/jobs/{err['job']}", "op-huaxin").json()
+    assert job["state"] == "refused" and job["error"]["code"] == err["code"]
+    over = api.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit", 5.0)  # ceiling is 2.0
+    assert_error(over, 400, "EPSILON_ABOVE_CEILING")
+    budget = {b["dataset"]: b for b in api.get("/v1/budget", "op-huaxin").json()}
+    assert budget["enterprises"]["spent"] == 0 and budget["enterprises"]["reserved"] == 0
+
+
+def test_audit_search_and_verify(api):
+    job = api.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit", 1.0).json()
+    api.wait(job["id"], "op-huaxin")
+    events = api.get("/v1/audit?actor=op-huaxin&limit=5", "supervisor-li").json()
+    assert events[0]["actor"] == "op-huaxin"
+    actions = [e["action"] for e in api.get("/v1/audit?limit=1000", "supervisor-li").json()]
+    for needed in (
+        "job.submitted",
+        "job.budget_reserved",
+        "budget.charged",
+        "job.running",
+        "job.noised",
+        "product.released",
+        "job.released",
+    ):
+        assert needed in actions
+    assert api.get("/v1/audit?since=2000-01-01T00:00:00Z", "supervisor-li").status_code == 200
+    assert_error(api.get("/v1/audit?since=yesterday", "supervisor-li"), 400, "BAD_REQUEST")
+    report = api.get("/v1/audit/verify", "supervisor-li").json()
+    assert report["ok"] is True and report["entries"] >= len(actions)
+
+
+def test_reports_and_a_late_decision(api):
+    job = api.submit("op-jinshu", POPULATION_SQL, "employment-income", 1.0).json()
+    assert api.wait(job["id"], "op-jinshu")["state"] == "in_review"
+    body = {"decision": "approve", "reason": "fine"}
+    assert api.post(f"/v1/review/{job['id']}", "supervisor-li", json=body).status_code == 200
+    late = api.post(f"/v1/review/{job['id']}", "supervisor-wang", json=body)
+    assert_error(late, 409, "INVALID_STATE")  # released already: nothing more to decide
+    report = api.get("/v1/reports", "supervisor-li").json()
+    group = next(g for g in report["groups"] if g["operator"] == "op-jinshu")
+    assert group["scenario"] == "employment-income"
+    assert_error(api.get("/v1/reports", "op-jinshu"), 403, "FORBIDDEN")
