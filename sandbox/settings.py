@@ -44,6 +44,11 @@ class Settings:
         16 * 1024 * 1024, "SANDBOX_OUTPUT_MAX_BYTES", "Largest result a runner may return."
     )
     file_size_mb: int = _field(256, "SANDBOX_FILE_SIZE_MB", "Largest file a runner may write.")
+    warm_runners: int = _field(
+        0,
+        "SANDBOX_WARM_RUNNERS",
+        "Runner containers started ahead (per dataset set) waiting for their one job; 0: none.",
+    )
     max_body_bytes: int = _field(
         1024 * 1024, "SANDBOX_MAX_BODY_BYTES", "Largest request body the API accepts."
     )

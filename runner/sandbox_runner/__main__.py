@@ -1,0 +1,86 @@
+"""Entry point inside the runner container: ``python3 -m sandbox_runner``.
+
+Reads the spec from /plan/spec.json (read-only mount), the data from /data
+(read-only mounts), writes the result or a status to /out, spills to /scratch.
+Limits arrive as environment variables set by the Docker executor from Settings.
+
+Nothing is printed: stdout and stderr are pointed at /dev/null before anything else
+runs, so not even a crashing library can write a data value to the container log.
+Exit code 0 means ``/out/result.arrow`` is there; 1 means ``/out/status.json`` holds
+the failure category; 2 means the runner itself could not start; 3 means a warm
+runner waited ``RUNNER_WAIT_S`` seconds and no spec came.
+
+Warm mode (``RUNNER_WAIT_S`` set): the executor's libraries are imported and DuckDB
+started once, then the runner waits for the host to drop /plan/spec.json (atomically,
+by rename) and runs that one job. The container still serves exactly one job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def _silence() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def main() -> int:
+    _silence()
+    try:
+        import json
+
+        from sandbox_runner.executor import STATUS_FILE, execute
+
+        env = os.environ
+        plan_dir = Path(env.get("RUNNER_PLAN_DIR", "/plan"))
+        out_dir = Path(env.get("RUNNER_OUT_DIR", "/out"))
+        data_dir = Path(env.get("RUNNER_DATA_DIR", "/data"))
+        scratch = Path(env.get("RUNNER_SCRATCH_DIR", "/scratch"))
+        spec_path = plan_dir / "spec.json"
+        wait_s = env.get("RUNNER_WAIT_S")
+        if wait_s:
+            import duckdb
+
+            duckdb.connect(":memory:").close()  # load the engine before the job arrives
+            if not _wait_for(spec_path, float(wait_s)):
+                return 3
+        with open(spec_path, "rb") as fh:
+            spec = json.loads(fh.read(1024 * 1024))
+        max_out = env.get("RUNNER_OUTPUT_MAX_BYTES")
+        execute(
+            spec,
+            data_dir,
+            out_dir,
+            memory_limit=env.get("RUNNER_MEMORY_LIMIT", "1GB"),
+            threads=int(env.get("RUNNER_THREADS", "1")),
+            temp_dir=scratch,
+            max_temp_size=env.get("RUNNER_MAX_TEMP_SIZE"),
+            output_max_bytes=int(max_out) if max_out else None,
+        )
+        with open(out_dir / STATUS_FILE, "rb") as fh:
+            status = json.loads(fh.read(4096))
+        return 0 if status.get("status") == "ok" else 1
+    except BaseException:  # noqa: BLE001 - nothing may escape to stderr
+        return 2
+
+
+def _wait_for(path: Path, wait_s: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.003)
+    return False
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)

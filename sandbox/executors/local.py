@@ -1,0 +1,86 @@
+"""The local executor: the runner's code in-process, for synthetic data only.
+
+This is what an operator's own machine uses to try a query on synthetic data that
+has the catalogue's schema but no real rows. It runs exactly the code the container
+runs (``sandbox_runner.executor.execute``) with the same DuckDB lock-down, but it
+has none of the container's isolation, so it refuses any Parquet file that is not
+marked synthetic (schema metadata ``jinyu.synthetic = true``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from sandbox.errors import ExecutionFailed, Refused
+from sandbox.executors import ExactResult
+from sandbox.plan import Plan
+from sandbox.settings import Settings
+from sandbox.synthetic import is_synthetic
+
+__all__ = ["LocalExecutor", "is_synthetic"]
+
+
+class LocalExecutor:
+    """Run Plans in-process over synthetic Parquet files."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, plan: Plan, *, data_root: Path, job_id: str) -> ExactResult:
+        """Run the Plan; refuse non-synthetic data; raise ExecutionFailed on failure."""
+        from sandbox_runner.executor import execute
+
+        from sandbox.executors.docker import plan_datasets
+        from sandbox.executors.output import read_result, read_status
+
+        data_root = Path(data_root)
+        plan_datasets(plan.tables, data_root)  # same path rules as the container
+        for table, rel in sorted(plan.tables.items()):
+            path = data_root.joinpath(*rel.split("/"))
+            if not path.is_file():
+                raise ExecutionFailed("data_missing")
+            if not is_synthetic(path):
+                raise Refused(
+                    f"Table {table} is not synthetic data; the local executor reads only "
+                    "synthetic data.",
+                    code="LOCAL_DATA_NOT_SYNTHETIC",
+                    hint="Generate synthetic data (`sandbox dev synthetic`) or submit the "
+                    "query to the sandbox.",
+                )
+        s = self.settings
+        spec = plan.runner_spec()
+        began = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="jinyu-local-") as tmp:
+            out_dir, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
+            out_dir.mkdir()
+            scratch.mkdir()
+            execute(
+                spec,
+                data_root,
+                out_dir,
+                memory_limit=f"{s.memory_mb}MB",
+                threads=max(1, int(s.cpus)),
+                temp_dir=scratch,
+                max_temp_size=f"{s.scratch_mb}MB",
+                output_max_bytes=s.output_max_bytes,
+                timeout_s=s.job_timeout_s,
+            )
+            status = read_status(out_dir)
+            if status.get("status") != "ok":
+                raise ExecutionFailed(status.get("category", "engine_error"))
+            table = read_result(
+                out_dir,
+                columns=list(spec["columns"]),
+                max_rows=int(spec["max_rows"]),
+                max_bytes=s.output_max_bytes,
+            )
+        wall = time.monotonic() - began
+        stats = {
+            "executor": "local",
+            "exit": "ok",
+            "wall_s": round(wall, 4),
+            "peak_rss_kb": status.get("peak_rss_kb"),
+        }
+        return ExactResult(table=table, wall_s=wall, stats=stats)
