@@ -1,0 +1,183 @@
+"""How the console shows things: the Jinja2 environment, number and time formats, and
+the shapes the templates draw (the released table with its accuracy, budget bars).
+
+Pure presentation: no Service calls, no rules. Templates escape everything
+(autoescape); a field a record lacks renders as nothing (ChainableUndefined) rather
+than failing the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+__all__ = [
+    "ENV",
+    "budget_bar",
+    "event_text",
+    "fmt_loss",
+    "fmt_num",
+    "fmt_short",
+    "fmt_when",
+    "fmt_when_short",
+    "grant_expired",
+    "released_table",
+    "sql_excerpt",
+]
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=select_autoescape(["html"]),
+        undefined=ChainableUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(num=fmt_num, loss=fmt_loss, when=fmt_when, short=fmt_short)
+    env.filters["whenshort"] = fmt_when_short
+    env.filters["sql_excerpt"] = sql_excerpt
+    return env
+
+
+def fmt_num(value: Any, digits: int | None = None) -> str:
+    """A number for people: thousands separated, floats to a sensible precision."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if digits is not None:
+            return f"{value:,.{digits}f}"
+        if value != value or value in (float("inf"), float("-inf")):
+            return "—"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:,.1f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def fmt_loss(value: Any) -> str:
+    """ε, δ or ρ: short, exact enough, scientific when small."""
+    if value is None:
+        return "—"
+    v = float(value)
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-3:
+        return f"{v:.1e}"
+    return f"{v:.4g}"
+
+
+def fmt_when(value: Any) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM:SS UTC'."""
+    if not value:
+        return "—"
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def fmt_when_short(value: Any) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM' (UTC), for tables."""
+    text = fmt_when(value)
+    return text[:16] if text.endswith(" UTC") else text
+
+
+def fmt_short(value: Any, n: int = 12) -> str:
+    text = str(value or "")
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def sql_excerpt(sql: str, n: int = 160) -> str:
+    """The SQL without comment lines, on one line, cut at n characters."""
+    lines = [ln for ln in str(sql).splitlines() if not ln.strip().startswith("--")]
+    text = re.sub(r"\s+", " ", " ".join(lines)).strip()
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+ENV = _env()
+
+
+def grant_expired(row: dict[str, Any]) -> bool:
+    until = row.get("valid_until")
+    if not until:
+        return False
+    return datetime.fromisoformat(str(until).replace("Z", "+00:00")) <= datetime.now(UTC)
+
+
+def budget_bar(row: dict[str, Any], width: int = 240) -> dict[str, float]:
+    total = float(row.get("total") or 0.0)
+    if total <= 0:
+        return {"spent": 0.0, "reserved": 0.0, "width": float(width), "pct": 0.0}
+    spent = min(1.0, float(row.get("spent") or 0.0) / total)
+    reserved = min(1.0 - spent, float(row.get("reserved") or 0.0) / total)
+    return {
+        "spent": round(spent * width, 1),
+        "reserved": round(reserved * width, 1),
+        "width": float(width),
+        "pct": round(100 * (spent + reserved), 1),
+    }
+
+
+def event_text(e: dict[str, Any]) -> str:
+    fields = [e.get(k) or "" for k in ("actor", "role", "action", "subject", "scenario")]
+    return (
+        " ".join(map(str, fields)) + " " + json.dumps(e.get("details"), ensure_ascii=False)
+    ).lower()
+
+
+def released_table(job: dict[str, Any]) -> dict[str, Any] | None:
+    """What would be released, row by row: each cell with its 95% accuracy half-width."""
+    preview = job.get("preview")
+    if not preview:
+        return None
+    accuracy = job.get("accuracy") or {}
+    columns = [c for c in preview["columns"] if c != "suppressed"]
+    rows = []
+    for i, r in enumerate(preview["rows"]):
+        cells = []
+        for c in columns:
+            value = r.get(c)
+            acc = accuracy.get(c)
+            cell_acc = acc[i] if isinstance(acc, list) and i < len(acc) else None
+            hw = cell_acc.get("accuracy_95") if isinstance(cell_acc, dict) else None
+            interval = None
+            if isinstance(hw, int | float) and isinstance(value, int | float) and hw:
+                interval = (value - hw, value + hw)
+            cells.append(
+                {
+                    "column": c,
+                    "value": value,
+                    "measure": acc is not None,
+                    "hw": hw,
+                    "interval": interval,
+                    "derived": bool(isinstance(cell_acc, dict) and cell_acc.get("derived")),
+                    "rank_error": cell_acc.get("rank_error_95")
+                    if isinstance(cell_acc, dict)
+                    else None,
+                }
+            )
+        rows.append({"cells": cells, "suppressed": bool(r.get("suppressed"))})
+    return {
+        "columns": columns,
+        "measures": [c for c in columns if c in accuracy],
+        "rows": rows,
+        "total_rows": preview.get("total_rows", len(rows)),
+        "shown": len(rows),
+    }

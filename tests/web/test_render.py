@@ -1,0 +1,84 @@
+"""Presentation helpers: the released table, numbers, times, bars."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sandbox.web import render
+
+
+def test_released_table_pairs_values_with_accuracy_and_marks_suppression() -> None:
+    job = {
+        "preview": {
+            "columns": ["county", "n", "mean_income", "p50", "suppressed"],
+            "rows": [
+                {
+                    "county": "140105",
+                    "n": 120,
+                    "mean_income": 4100.5,
+                    "p50": 3.5,
+                    "suppressed": False,
+                },
+                {
+                    "county": "140106",
+                    "n": None,
+                    "mean_income": None,
+                    "p50": None,
+                    "suppressed": True,
+                },
+            ],
+            "total_rows": 2,
+        },
+        "accuracy": {
+            "n": [{"scale": 4.0, "accuracy_95": 12.5}, None],
+            "mean_income": [{"scale": None, "accuracy_95": None, "derived": True}, None],
+            "p50": [{"scale": 8.0, "accuracy_95": None, "rank_error_95": 37}, None],
+        },
+    }
+    table = render.released_table(job)
+    assert table is not None
+    assert table["columns"] == ["county", "n", "mean_income", "p50"]  # flag shown per row
+    assert table["measures"] == ["n", "mean_income", "p50"]
+    first, second = table["rows"]
+    county, n, mean, p50 = first["cells"]
+    assert p50["rank_error"] == 37 and p50["interval"] is None
+    assert county["measure"] is False and county["value"] == "140105"
+    assert n["hw"] == 12.5 and n["interval"] == (107.5, 132.5)
+    assert mean["derived"] is True and mean["interval"] is None
+    assert first["suppressed"] is False and second["suppressed"] is True
+    assert second["cells"][1]["value"] is None and second["cells"][1]["interval"] is None
+    assert render.released_table({"preview": None}) is None
+
+
+def test_numbers_and_losses() -> None:
+    assert render.fmt_num(None) == "—"
+    assert render.fmt_num(12345) == "12,345"
+    assert render.fmt_num(208881.78) == "208,882"
+    assert render.fmt_num(12.25) == "12.2"
+    assert render.fmt_num(3.37561) == "3.38"
+    assert render.fmt_num(float("nan")) == "—"
+    assert render.fmt_num(0.5, 0) == "0"
+    assert render.fmt_loss(0) == "0" and render.fmt_loss(1e-5) == "1.0e-05"
+    assert render.fmt_loss(0.004444) == "0.004444" and render.fmt_loss(1.0) == "1"
+
+
+def test_times_and_text() -> None:
+    assert render.fmt_when("2026-11-24T16:44:37.665210+00:00") == "2026-11-24 16:44:37 UTC"
+    assert render.fmt_when("2026-11-24T16:44:37Z") == "2026-11-24 16:44:37 UTC"
+    assert render.fmt_when_short("2026-11-24T16:44:37Z") == "2026-11-24 16:44"
+    assert render.fmt_when(None) == "—" and render.fmt_when("garbage") == "garbage"
+    assert render.sql_excerpt("-- comment\nSELECT  a,\n  b FROM t") == "SELECT a, b FROM t"
+    assert render.sql_excerpt("SELECT " + "x" * 300, 20).endswith("…")
+    assert len(render.sql_excerpt("SELECT " + "x" * 300, 20)) == 20
+
+
+def test_budget_bar_and_expiry() -> None:
+    bar = render.budget_bar({"total": 20.0, "spent": 5.0, "reserved": 1.0}, width=200)
+    assert bar == {"spent": 50.0, "reserved": 10.0, "width": 200.0, "pct": 30.0}
+    over = render.budget_bar({"total": 1.0, "spent": 3.0, "reserved": 1.0}, width=100)
+    assert over["spent"] == 100.0 and over["reserved"] == 0.0
+    assert render.budget_bar({"total": 0})["pct"] == 0.0
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert render.grant_expired({"valid_until": past})
+    assert not render.grant_expired({"valid_until": future})
