@@ -219,13 +219,26 @@ def load_catalog(policies: Path) -> Catalog:
         catalog = Catalog.model_validate(raw)
     except ValidationError as exc:
         raise PolicyInvalid(
-            f"{path.name}: {_first_error(exc)}", hint="Fix the policy file and run `sandbox policy check`."
+            f"{path.name}: {_first_error(exc)}",
+            hint="Fix the policy file and run `sandbox policy check`.",
         ) from exc
     resolved: dict[str, tuple[str | int, ...]] = {}
     for name, ks in catalog.key_sets.items():
         if ks.file is not None:
-            with (policies / ks.file).open(newline="", encoding="utf-8") as fh:
-                resolved[name] = tuple(row["value"] for row in csv.DictReader(fh))
+            key_path = policies / ks.file
+            if ".." in Path(ks.file).parts or Path(ks.file).is_absolute():
+                raise PolicyInvalid(f"{path.name}: key set {name!r}: file must be relative")
+            try:
+                with key_path.open(newline="", encoding="utf-8") as fh:
+                    resolved[name] = tuple(row["value"] for row in csv.DictReader(fh))
+            except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                raise PolicyInvalid(
+                    f"{path.name}: key set {name!r}: cannot read {ks.file}"
+                ) from exc
+            except KeyError as exc:
+                raise PolicyInvalid(
+                    f"{path.name}: key set {name!r}: {ks.file} has no 'value' column"
+                ) from exc
         else:
             resolved[name] = ks.values
         if not resolved[name]:

@@ -12,7 +12,14 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sandbox.catalog import Catalog, Use, _first_error, _read_yaml
 from sandbox.errors import PolicyInvalid, Refused
@@ -39,7 +46,9 @@ class Budget(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Budget:
-        if not all(math.isfinite(v) for v in (self.epsilon, self.delta, self.max_epsilon_per_query)):
+        if not all(
+            math.isfinite(v) for v in (self.epsilon, self.delta, self.max_epsilon_per_query)
+        ):
             raise ValueError("budget values must be finite")
         if self.max_epsilon_per_query > self.epsilon:
             raise ValueError("max_epsilon_per_query exceeds the total epsilon")
@@ -57,10 +66,18 @@ class Grant(_Model):
     valid_from: datetime
     valid_until: datetime
 
+    @field_validator("valid_from", "valid_until")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        # a date or time without a zone means UTC; naive and aware times do not compare
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+
     def is_valid_at(self, when: datetime) -> bool:
         return self.valid_from <= when < self.valid_until
 
-    def column_uses(self, catalog_uses: frozenset[Use], dataset: str, table: str, column: str) -> frozenset[Use]:
+    def column_uses(
+        self, catalog_uses: frozenset[Use], dataset: str, table: str, column: str
+    ) -> frozenset[Use]:
         narrowed = self.columns.get(f"{dataset}.{table}.{column}")
         return catalog_uses if narrowed is None else catalog_uses & narrowed
 
@@ -95,6 +112,22 @@ def check_grants(grants: Grants, catalog: Catalog) -> None:
     ids = [g.id for g in grants.grants]
     if len(ids) != len(set(ids)):
         raise PolicyInvalid("grants.yaml: duplicate grant ids")
+    op_ids = [o.id for o in grants.operators]
+    if len(op_ids) != len(set(op_ids)):
+        raise PolicyInvalid("grants.yaml: duplicate operator ids")
+    for i, a in enumerate(grants.grants):
+        for b in grants.grants[i + 1 :]:
+            if (
+                a.operator == b.operator
+                and a.scenario.id == b.scenario.id
+                and a.valid_from < b.valid_until
+                and b.valid_from < a.valid_until
+            ):
+                raise PolicyInvalid(
+                    f"grants {a.id} and {b.id}: the same operator and scenario with "
+                    "overlapping validity windows",
+                    hint="Give each operator one grant per scenario at a time.",
+                )
     for g in grants.grants:
         if grants.operator(g.operator) is None:
             raise PolicyInvalid(f"grant {g.id}: unknown operator {g.operator!r}")
@@ -125,7 +158,9 @@ def check_grants(grants: Grants, catalog: Catalog) -> None:
                 raise PolicyInvalid(f"grant {g.id}: column {key!r} is outside the grant")
 
 
-def find_grant(grants: Grants, operator: str, scenario: str, *, now: datetime | None = None) -> Grant:
+def find_grant(
+    grants: Grants, operator: str, scenario: str, *, now: datetime | None = None
+) -> Grant:
     """The operator's grant for a scenario, valid now; else a refusal with a hint."""
     if grants.operator(operator) is None:
         raise Refused(f"Unknown operator {operator!r}.", code="UNKNOWN_OPERATOR")

@@ -1,0 +1,244 @@
+"""GROUP BY keys: which are allowed, and which have public key values.
+
+A key is a ``group`` column or a simple derivation of group columns (CASE,
+FLOOR(age / 10) * 10, date_trunc, ...). Its values are public when every column it
+reads has a public domain (a catalogue key set, the integer range of its bounds, or
+BOOLEAN): the compiler then evaluates the key expression over that domain in an
+in-memory DuckDB (no data, no files) and the runner keeps only rows whose key is in
+the list, so no value outside the public list ever leaves the container. Otherwise
+the key is private and its groups go through partition selection.
+"""
+
+from __future__ import annotations
+
+import decimal
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+
+from sandbox.catalog import Catalog, Use
+from sandbox.compiler.checks import check_row_expr
+from sandbox.compiler.scope import ColumnRef, Scope
+from sandbox.compiler.text import refuse, snippet
+from sandbox.errors import QueryRefused
+
+MAX_PUBLIC_KEYS = 10_000  # larger derived key sets are treated as private
+MAX_RANGE = 10_000  # integer bounds wider than this are not a public domain
+MAX_DOMAIN = 200_000  # product of column domains evaluated for one key
+
+
+@dataclass
+class Key:
+    name: str
+    expr: exp.Expr  # the operator's expression
+    canon: str  # resolved form, to match SELECT / ORDER BY items
+    sql: str  # runner SQL over the t-aliases
+    source: str  # readable form for explain
+    refs: list[ColumnRef]
+    public: tuple[Any, ...] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def multi(self) -> bool:
+        return any(r.source.multi for r in self.refs)
+
+
+def resolved(node: exp.Expr, scope: Scope, *, readable: bool = False) -> exp.Expr:
+    """A copy with every column replaced by its resolved form (runner alias or table)."""
+
+    def fix(n: exp.Expr) -> exp.Expr:
+        if isinstance(n, exp.Column):
+            ref = scope.resolve(n)
+            if readable:
+                return exp.column(ref.column.name, table=ref.source.table.name)
+            return ref.sql()
+        return n
+
+    return node.transform(fix)
+
+
+def render(node: exp.Expr) -> str:
+    return node.sql(dialect="duckdb", comments=False)
+
+
+def canonical(node: exp.Expr, scope: Scope) -> str:
+    return render(resolved(node, scope))
+
+
+def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | None = None) -> Key:
+    """Check a GROUP BY expression and work out its public values, if any.
+
+    ``where`` holds the WHERE clause's top-level AND terms: those that read only the
+    key's own columns narrow its public values (a key no domain value can reach
+    through the filter is never released). This uses the public domain only."""
+    refs = check_row_expr(expr, scope, Use.GROUP, "GROUP BY")
+    if not refs:
+        raise refuse(
+            "UNSUPPORTED_GROUP_KEY",
+            f"The GROUP BY key '{snippet(expr)}' reads no column.",
+            "Group by a column or an expression of one, e.g. FLOOR(age / 10) * 10.",
+            expr,
+        )
+    key = Key(
+        name=name,
+        expr=expr,
+        canon=canonical(expr, scope),
+        sql=f"TRY({render(resolved(expr, scope))})",  # a row that fails gives NULL
+        source=render(resolved(expr, scope, readable=True)),
+        refs=refs,
+    )
+    key.public = _public_values(expr, refs, scope, key, where or [])
+    return key
+
+
+def _domain(ref: ColumnRef, catalog: Catalog) -> tuple[str, str] | None:
+    """SQL for a column's public domain: (values SQL with columns v, i; description)."""
+    col = ref.column
+    if col.keys is not None:
+        values = catalog.keys(col.keys)
+        rows = ", ".join(f"({_literal(v)}, {i})" for i, v in enumerate(values))
+        return f"(VALUES {rows}) AS d(v, i)", f"key set '{col.keys}' ({len(values)} values)"
+    if col.type in ("INTEGER", "BIGINT") and col.bounds is not None:
+        lo, hi = int(col.bounds[0]), int(col.bounds[1])
+        if hi - lo + 1 <= MAX_RANGE:
+            return (
+                f"(SELECT range AS v, range - {lo} AS i FROM range({lo}, {hi + 1})) AS d",
+                f"the integer range of its bounds [{lo}, {hi}]",
+            )
+    if col.type == "BOOLEAN":
+        return "(VALUES (false, 0), (true, 1)) AS d(v, i)", "BOOLEAN"
+    return None
+
+
+def _domain_size(ref: ColumnRef, catalog: Catalog) -> int:
+    col = ref.column
+    if col.keys is not None:
+        return len(catalog.keys(col.keys))
+    if col.bounds is not None:
+        return int(col.bounds[1]) - int(col.bounds[0]) + 1
+    return 2
+
+
+def _public_values(
+    expr: exp.Expr,
+    refs: list[ColumnRef],
+    scope: Scope,
+    key: Key,
+    where: list[exp.Expr],
+) -> tuple[Any, ...] | None:
+    catalog = scope.catalog
+    cols: dict[str, ColumnRef] = {}
+    for r in refs:
+        cols.setdefault(r.label, r)
+    domains = {label: _domain(r, catalog) for label, r in cols.items()}
+    missing = [label for label, d in domains.items() if d is None]
+    if missing:
+        key.notes.append(
+            f"key {key.name}: private ({', '.join(missing)} has no public key set); "
+            "groups are released by partition selection"
+        )
+        return None
+    sizes = [_domain_size(r, catalog) for r in cols.values()]
+    total = 1
+    for s in sizes:
+        total *= s
+    if total > MAX_DOMAIN:
+        key.notes.append(f"key {key.name}: private (its public domain is too large)")
+        return None
+    names = {label: f"c{j}" for j, label in enumerate(cols)}
+
+    def to_placeholder(n: exp.Expr) -> exp.Expr:
+        if isinstance(n, exp.Column):
+            return exp.column(names[scope.resolve(n).label])
+        return n
+
+    body = render(expr.transform(to_placeholder))
+    parts, order, stride = [], [], 1
+    for j, (label, r) in enumerate(reversed(list(cols.items()))):
+        sql, _ = domains[label]  # type: ignore[misc]
+        c = names[label]
+        parts.append(f"(SELECT CAST(v AS {r.column.type}) AS {c}, i AS i{c} FROM {sql}) AS x{j}")
+        order.append(f"i{c} * {stride}")
+        stride *= _domain_size(r, catalog)
+    filters = []
+    for term in where:
+        labels = {scope.resolve(c).label for c in term.find_all(exp.Column)}
+        if labels and labels <= set(cols):
+            filters.append(f"({render(term.transform(to_placeholder))})")
+
+    def query(narrow: list[str]) -> str:
+        cond = f" WHERE {' AND '.join(narrow)}" if narrow else ""
+        return (
+            f"SELECT k FROM (SELECT ({body}) AS k, {' + '.join(order)} AS o "
+            f"FROM {' CROSS JOIN '.join(parts)}{cond}) GROUP BY k ORDER BY MIN(o)"
+        )
+
+    try:
+        values = _evaluate(query([]))
+    except QueryRefused as exc:
+        raise refuse(exc.code, exc.message, exc.hint, expr) from exc
+    if filters and values is not None:
+        try:
+            values = _evaluate(query(filters))
+            key.notes.append(f"key {key.name}: public values narrowed by the WHERE clause")
+        except QueryRefused:
+            pass  # the filter does not evaluate on the bare domain; keep the full list
+    if values is None:
+        key.notes.append(f"key {key.name}: private (its values are not plain numbers or text)")
+        return None
+    if len(values) > MAX_PUBLIC_KEYS:
+        key.notes.append(f"key {key.name}: private (more than {MAX_PUBLIC_KEYS} public values)")
+        return None
+    described = "; ".join(d[1] for d in domains.values() if d is not None)
+    key.notes.append(
+        f"key {key.name}: public, {len(values)} values from {described}; "
+        "rows outside them are dropped in the runner"
+    )
+    return values
+
+
+@functools.lru_cache(maxsize=512)
+def _evaluate(query: str) -> tuple[Any, ...] | None:
+    """Run a key expression over public values only, in a DuckDB with no file access."""
+    import duckdb
+
+    con = duckdb.connect(":memory:", config={"enable_external_access": False, "threads": 1})
+    try:
+        rows = con.execute(query).fetchall()
+    except duckdb.Error as exc:
+        raise QueryRefused(
+            "UNSUPPORTED_GROUP_KEY",
+            "The GROUP BY key fails on the column's public values (for example a CAST "
+            "that does not fit).",
+            hint="Simplify the key expression; see docs/queries.md.",
+        ) from exc
+    finally:
+        con.close()
+    out: list[Any] = []
+    for (v,) in rows:
+        if v is None:
+            continue  # NULL keys are dropped with the other rows outside the list
+        if isinstance(v, decimal.Decimal):
+            v = float(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            continue
+        if not isinstance(v, bool | int | float | str):
+            return None
+        out.append(v)
+    return tuple(out)
+
+
+def _literal(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def literal(v: object) -> str:
+    """A SQL literal for a public key value (text we control, from the catalogue)."""
+    return _literal(v)

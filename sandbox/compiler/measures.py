@@ -1,0 +1,400 @@
+"""Aggregates → measures (what the runner computes) and outputs (what noise feeds).
+
+Each aggregate the operator wrote becomes one or more exact per-group measures over
+clamped values, plus a post-processing expression over their noisy values:
+COUNT → count; SUM → sum; AVG → sum / count; VARIANCE/STDDEV → sum of squares, sum,
+count; COUNT(DISTINCT unit) → count_units; MEDIAN/QUANTILE → histogram over fixed
+candidates. Measures are shared: AVG(age) and SUM(age) use the same sum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from sandbox.catalog import NUMERIC_TYPES, Use
+from sandbox.compiler.checks import check_row_expr
+from sandbox.compiler.keys import render, resolved
+from sandbox.compiler.scope import ColumnRef, Scope
+from sandbox.compiler.text import func_name, refuse, snippet
+from sandbox.plan import Measure, OutputKind
+
+MAX_CANDIDATES = 1000
+
+_QUANTILES = (exp.Median, exp.PercentileCont, exp.PercentileDisc, exp.Quantile)
+_VARIANCES = (exp.Variance, exp.VariancePop, exp.Stddev, exp.StddevSamp, exp.StddevPop)
+_POP = (exp.VariancePop, exp.StddevPop)
+_STD = (exp.Stddev, exp.StddevSamp, exp.StddevPop)
+
+
+def quantile_candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
+    """Fixed quantile candidates from public bounds: every integer when there are at
+    most 1000 of them, else 1000 evenly spaced points (both ends included)."""
+    if integer and upper - lower + 1 <= MAX_CANDIDATES:
+        return tuple(float(v) for v in range(math.ceil(lower), math.floor(upper) + 1))
+    n = MAX_CANDIDATES
+    step = (upper - lower) / (n - 1)
+    return tuple([lower + i * step for i in range(n - 1)] + [float(upper)])
+
+
+def _candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
+    try:
+        from sandbox.privacy import quantile_candidates as shared  # type: ignore[attr-defined]
+    except ImportError:
+        return quantile_candidates(lower, upper, integer)
+    return tuple(float(c) for c in shared(lower, upper, integer))
+
+
+@dataclass
+class Measures:
+    scope: Scope
+    measures: list[Measure] = field(default_factory=list)
+    aggs: list[str] = field(default_factory=list)  # runner SQL per measure
+    values: dict[str, str] = field(default_factory=dict)  # row SQL -> __vN
+    index: dict[tuple[object, ...], str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def value(self, sql: str) -> str:
+        if sql not in self.values:
+            self.values[sql] = f"__v{len(self.values)}"
+        return self.values[sql]
+
+    def add(self, dedupe: tuple[object, ...], agg: str, **fields: object) -> str:
+        if dedupe in self.index:
+            return self.index[dedupe]
+        name = str(fields.pop("name", f"m{sum(1 for m in self.measures if not m.selection)}"))
+        self.measures.append(Measure(name=name, **fields))  # type: ignore[arg-type]
+        self.aggs.append(agg)
+        self.index[dedupe] = name
+        return name
+
+    def selection(self) -> str:
+        return self.add(
+            ("selection",),
+            "COUNT(DISTINCT __unit)",
+            name="__units",
+            kind="count_units",
+            selection=True,
+        )
+
+    # -- one aggregate call ------------------------------------------------------------
+
+    def aggregate(self, node: exp.Expr) -> tuple[str, OutputKind, list[str]]:
+        """Post-processing SQL for one aggregate, its output kind, the measures used."""
+        cond = None
+        if isinstance(node, exp.Filter):
+            where = node.expression
+            inner = where.this if isinstance(where, exp.Where) else where
+            check_row_expr(inner, self.scope, Use.FILTER, "an aggregate's FILTER")
+            cond = f"TRY(CAST(({render(resolved(inner, self.scope))}) AS BOOLEAN))"
+            node = node.this
+        alpha_flip = False
+        if isinstance(node, exp.WithinGroup):
+            node, alpha_flip = _within_group(node)
+        node, cond = self._case_as_filter(node, cond)
+        if isinstance(node, exp.Count):
+            return self._count(node, cond)
+        if isinstance(node, _QUANTILES):
+            return self._quantile(node, cond, alpha_flip)
+        if isinstance(node, (exp.Sum, exp.Avg, *_VARIANCES)):
+            return self._moment(node, cond)
+        name = func_name(node)
+        hint = "Supported: COUNT, SUM, AVG, VARIANCE, STDDEV, MEDIAN, QUANTILE_CONT."
+        if isinstance(node, exp.Min | exp.Max):
+            hint = (
+                "MIN and MAX reveal single records; use QUANTILE_CONT(col, 0.05) or "
+                "QUANTILE_CONT(col, 0.95)."
+            )
+        raise refuse(
+            "UNSUPPORTED_AGGREGATE",
+            f"The aggregate {name.upper()} in '{snippet(node)}' is not supported.",
+            hint,
+            node,
+        )
+
+    def _case_as_filter(self, node: exp.Expr, cond: str | None) -> tuple[exp.Expr, str | None]:
+        """SUM(CASE WHEN c THEN x END) is SUM(x) FILTER (WHERE c), the same for COUNT,
+        AVG, quantiles …; SUM(CASE WHEN c THEN 1 ELSE 0 END) is COUNT(*) FILTER (WHERE c).
+        Any other CASE inside an aggregate stays refused (its bounds are unknown)."""
+        arg = node.this if isinstance(node, exp.AggFunc) else None
+        while isinstance(arg, exp.Paren):
+            arg = arg.this
+        if isinstance(arg, exp.If):
+            when, then, default = arg.this, arg.args.get("true"), arg.args.get("false")
+        elif isinstance(arg, exp.Case) and arg.this is None and len(arg.args["ifs"]) == 1:
+            branch = arg.args["ifs"][0]
+            when, then, default = branch.this, branch.args.get("true"), arg.args.get("default")
+        else:
+            return node, cond
+        while isinstance(then, exp.Paren):
+            then = then.this
+        is_sum = isinstance(node, exp.Sum)
+        neutral = (
+            default is None
+            or isinstance(default, exp.Null)
+            or (
+                is_sum
+                and isinstance(default, exp.Literal)
+                and not default.is_string
+                and default.this in ("0", "0.0")
+            )
+        )
+        one = isinstance(then, exp.Literal) and not then.is_string and then.this == "1"
+        if not neutral or not (isinstance(then, exp.Column) or (one and isinstance(
+                node, exp.Sum | exp.Count))):  # fmt: skip
+            return node, cond
+        check_row_expr(when, self.scope, Use.FILTER, "a CASE inside an aggregate")
+        sql = f"TRY(CAST(({render(resolved(when, self.scope))}) AS BOOLEAN))"
+        new: exp.Expr = exp.Count(this=exp.Star()) if one else node.copy()
+        if not one and then is not None:
+            new.set("this", then.copy())
+        self.notes.append(f"{snippet(arg)} inside {func_name(node)} read as FILTER (WHERE …)")
+        return new, sql if cond is None else f"({cond} AND {sql})"
+
+    def _count(self, node: exp.Count, cond: str | None) -> tuple[str, OutputKind, list[str]]:
+        arg = node.this
+        if isinstance(arg, exp.Distinct):
+            cols = arg.expressions
+            ref = (
+                self.scope.resolve(cols[0])
+                if len(cols) == 1 and isinstance(cols[0], exp.Column)
+                else None
+            )
+            unit = self.scope.private_dataset.privacy_unit
+            if ref is None or not ref.source.private or ref.column.name != unit:
+                raise refuse(
+                    "UNSUPPORTED_AGGREGATE",
+                    f"'{snippet(node)}': COUNT(DISTINCT ...) is only supported on the "
+                    f"privacy unit ({unit}).",
+                    f"Count units with COUNT(DISTINCT {unit}); for the number of distinct "
+                    "values of a column, GROUP BY it and count the groups.",
+                    node,
+                )
+            if cond is None:
+                agg = "COUNT(DISTINCT __unit)"
+            else:
+                flag = self.value(f"CASE WHEN {cond} THEN 1 END")
+                agg = f"COUNT(DISTINCT CASE WHEN {flag} = 1 THEN __unit END)"
+            name = self.add(
+                ("count_units", cond),
+                agg,
+                kind="count_units",
+                column=ref.label,
+                lower=0.0,
+                upper=1.0,
+            )
+            return name, "count_units", [name]
+        if (
+            arg is None
+            or isinstance(arg, exp.Star)
+            or (isinstance(arg, exp.Literal) and not arg.is_string)
+        ):
+            if cond is None:
+                name = self.add(("count", None), "COUNT(*)", kind="count")
+            else:
+                v = self.value(f"CASE WHEN {cond} THEN 1 END")
+                name = self.add(("count", cond), f"COUNT({v})", kind="count")
+            return name, "count", [name]
+        if not isinstance(arg, exp.Column):
+            raise refuse(
+                "UNSUPPORTED_AGGREGATE",
+                f"'{snippet(node)}': COUNT takes *, a column or DISTINCT {self._unit()}.",
+                "Count rows with COUNT(*) and narrow them with WHERE or FILTER (WHERE ...).",
+                node,
+            )
+        ref = self.scope.resolve(arg)
+        if Use.IDENTIFIER in ref.uses:
+            raise refuse(
+                "IDENTIFIER_EXPOSED",
+                f"'{snippet(node)}' counts an identifier.",
+                f"Use COUNT(*) for rows or COUNT(DISTINCT {self._unit()}) for units.",
+                node,
+            )
+        if not ref.uses:
+            raise refuse(
+                "COLUMN_NOT_ALLOWED",
+                f"'{ref.label}' may not be used at all.",
+                "Use columns whose catalogue uses allow it.",
+                arg,
+            )
+        col = render(ref.sql())
+        v = self.value(col if cond is None else f"CASE WHEN {cond} THEN {col} END")
+        name = self.add(("count", v), f"COUNT({v})", kind="count", column=ref.label)
+        return name, "count", [name]
+
+    def _unit(self) -> str:
+        return self.scope.private_dataset.privacy_unit or "unit"
+
+    def _bounded(self, node: exp.Expr, arg: exp.Expr | None) -> ColumnRef:
+        while isinstance(arg, exp.Paren):
+            arg = arg.this
+        if isinstance(arg, exp.Distinct):
+            raise refuse(
+                "UNSUPPORTED_AGGREGATE",
+                f"'{snippet(node)}': DISTINCT inside this aggregate is not supported.",
+                "Remove DISTINCT.",
+                node,
+            )
+        if not isinstance(arg, exp.Column):
+            raise refuse(
+                "UNSUPPORTED_EXPRESSION",
+                f"'{snippet(node)}': aggregate a column, not an expression.",
+                "Write the aggregate over one bounded column, e.g. SUM(amount); combine "
+                "aggregates afterwards, e.g. SUM(a) / COUNT(*).",
+                node,
+            )
+        ref = self.scope.require(arg, Use.AGGREGATE, "an aggregate")
+        if ref.column.type not in NUMERIC_TYPES or ref.column.bounds is None:
+            raise refuse(
+                "UNBOUNDED_COLUMN",
+                f"'{ref.label}' has no declared bounds, so '{snippet(node)}' cannot be "
+                "computed privately.",
+                "Aggregate only numeric columns with bounds in the catalogue; count rows instead.",
+                node,
+            )
+        return ref
+
+    def _clamped(self, ref: ColumnRef, cond: str | None) -> tuple[str, float, float, bool]:
+        lo, hi = ref.column.bounds  # type: ignore[misc]
+        integer = ref.column.type in ("INTEGER", "BIGINT")
+        lit = (lambda x: str(int(x))) if integer else (lambda x: repr(float(x)))
+        sql = f"LEAST(GREATEST({render(ref.sql())}, {lit(lo)}), {lit(hi)})"
+        if cond is not None:
+            sql = f"CASE WHEN {cond} THEN {sql} END"
+        self.notes.append(f"{ref.label} clamped to [{lit(lo)}, {lit(hi)}]")
+        return sql, float(lo), float(hi), integer
+
+    def _moment(self, node: exp.Expr, cond: str | None) -> tuple[str, OutputKind, list[str]]:
+        ref = self._bounded(node, node.this)
+        sql, lo, hi, integer = self._clamped(ref, cond)
+        v = self.value(sql)
+        cast = "BIGINT" if integer else "DOUBLE"
+        s = self.add(
+            ("sum", v),
+            f"CAST(COALESCE(SUM({v}), 0) AS {cast})",
+            kind="sum",
+            column=ref.label,
+            lower=lo,
+            upper=hi,
+            integer=integer,
+        )
+        if isinstance(node, exp.Sum):
+            return s, "sum", [s]
+        c = self.add(("count", v), f"COUNT({v})", kind="count", column=ref.label)
+        if isinstance(node, exp.Avg):
+            post = f"CASE WHEN {c} > 0 THEN LEAST(GREATEST({s} / {c}, {lo!r}), {hi!r}) END"
+            return post, "mean", [s, c]
+        sq_lo = 0.0 if lo <= 0 <= hi else min(lo * lo, hi * hi)
+        sq_hi = max(lo * lo, hi * hi)
+        lit = (lambda x: str(int(x))) if integer else repr
+        sq = self.value(f"LEAST(GREATEST({v} * {v}, {lit(sq_lo)}), {lit(sq_hi)})")
+        ss = self.add(
+            ("sumsq", v),
+            f"CAST(COALESCE(SUM({sq}), 0) AS {cast})",
+            kind="sum",
+            column=f"{ref.label}^2",
+            lower=sq_lo,
+            upper=sq_hi,
+            integer=integer,
+        )
+        denom = f"{c}" if isinstance(node, _POP) else f"({c} - 1)"
+        least = 0 if isinstance(node, _POP) else 1
+        var = f"CASE WHEN {c} > {least} THEN GREATEST(({ss} - {s} * {s} / {c}) / {denom}, 0) END"
+        if isinstance(node, _STD):
+            return f"SQRT({var})", "stddev", [ss, s, c]
+        return var, "variance", [ss, s, c]
+
+    def _quantile(
+        self, node: exp.Expr, cond: str | None, flip: bool
+    ) -> tuple[str, OutputKind, list[str]]:
+        if isinstance(node, exp.Median):
+            alpha = 0.5
+        else:
+            q = node.args.get("quantile") or node.args.get("expression")
+            if not (isinstance(q, exp.Literal) and not q.is_string):
+                raise refuse(
+                    "UNSUPPORTED_AGGREGATE",
+                    f"'{snippet(node)}': the quantile must be one number between 0 and 1.",
+                    "Write QUANTILE_CONT(col, 0.9); one quantile per call.",
+                    node,
+                )
+            alpha = float(q.this)
+            if not 0.0 <= alpha <= 1.0:
+                raise refuse(
+                    "UNSUPPORTED_AGGREGATE",
+                    f"'{snippet(node)}': the quantile {q.this} is not between 0 and 1.",
+                    "Write a fraction, e.g. 0.25 for the lower quartile.",
+                    node,
+                )
+        if flip:
+            alpha = 1.0 - alpha
+        ref = self._bounded(node, node.this)
+        sql, lo, hi, integer = self._clamped(ref, cond)
+        cands = _candidates(lo, hi, integer)
+        v = self.value(sql)
+        slot = _slot_sql(v, cands, self.value)
+        name = self.add(
+            ("histogram", v, alpha),
+            f"histogram({slot})",
+            kind="histogram",
+            column=ref.label,
+            lower=lo,
+            upper=hi,
+            integer=integer,
+            candidates=cands,
+            alpha=alpha,
+        )
+        return name, "quantile", [name]
+
+
+def _within_group(node: exp.WithinGroup) -> tuple[exp.Expr, bool]:
+    """PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY col) → PercentileCont(col, q)."""
+    func, order = node.this, node.expression
+    items = order.expressions if isinstance(order, exp.Order) else []
+    if not isinstance(func, exp.PercentileCont | exp.PercentileDisc) or len(items) != 1:
+        raise refuse(
+            "UNSUPPORTED_AGGREGATE",
+            f"'{snippet(node)}' is not supported.",
+            "Write PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY col) or QUANTILE_CONT(col, q).",
+            node,
+        )
+    ordered = items[0]
+    rebuilt = type(func)(this=ordered.this, expression=func.this)
+    return rebuilt, bool(ordered.args.get("desc"))
+
+
+def _slot_sql(v: str, cands: tuple[float, ...], value: Callable[[str], str]) -> str:
+    """The row column holding the histogram slot of value v: 2k+1 when v equals
+    candidate k, else 2k where k is the number of candidates below v (see Measure).
+    Intermediate steps become their own columns (DuckDB reads earlier aliases)."""
+    n = len(cands)
+    lo, hi = cands[0], cands[-1]
+    if n == 1:
+        return value(f"CASE WHEN {v} = {lo!r} THEN 1 WHEN {v} > {lo!r} THEN 2 ELSE 0 END")
+    if all(c == lo + i for i, c in enumerate(cands)):  # consecutive integers
+        return value(
+            f"CAST(2 * CEIL({v} - {lo!r}) + CASE WHEN {v} = CEIL({v}) THEN 1 ELSE 0 END AS BIGINT)"
+        )
+    step = (hi - lo) / (n - 1)
+    if list(cands) == [lo + i * step for i in range(n - 1)] + [hi]:
+        # evenly spaced: candidate i is computed in SQL exactly as in Python
+        def cand(i: str) -> str:
+            return f"(CASE WHEN {i} >= {n - 1} THEN {hi!r} ELSE {lo!r} + ({i}) * {step!r} END)"
+    else:
+        lst = "[" + ", ".join(repr(c) for c in cands) + "]"
+
+        def cand(i: str) -> str:
+            return f"{lst}[({i}) + 1]"
+
+    k0 = value(f"LEAST(GREATEST(CAST(CEIL(({v} - {lo!r}) / {step!r}) AS BIGINT), 0), {n - 1})")
+    # k0 is within one of the true count of candidates below v; correct it
+    k = value(
+        f"({k0} + CASE WHEN {k0} < {n - 1} AND {cand(k0)} < {v} THEN 1 "
+        f"WHEN {k0} > 0 AND {cand(f'{k0} - 1')} >= {v} THEN -1 ELSE 0 END)"
+    )
+    return value(
+        f"CAST(2 * {k} + CASE WHEN {k} < {n} AND {cand(k)} = {v} THEN 1 ELSE 0 END AS BIGINT)"
+    )
