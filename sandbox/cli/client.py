@@ -215,12 +215,38 @@ def register(app: typer.Typer) -> None:
     def explain(
         ctx: typer.Context,
         query: Path = typer.Argument(..., help="A .sql file (or - for stdin)."),
-        scenario: str = typer.Option(..., "--scenario", "-s", help="The scenario (应用场景)."),
+        scenario: str = typer.Option(None, "--scenario", "-s", help="The scenario (应用场景)."),
         epsilon: float = typer.Option(None, "--epsilon", "-e", help="ε (default: the ceiling)."),
         delta: float = typer.Option(None, "--delta", "-d", help="δ."),
+        operator: str = typer.Option(
+            None,
+            "--operator",
+            "-o",
+            help="Explain locally against the policy files as this operator (no server).",
+        ),
         as_json: bool = JsonOption,
     ) -> None:
-        """Ask the server what a query would cost and how accurate it would be."""
+        """What a query would cost and how accurate it would be; touches no data.
+
+        With --operator the query is compiled locally against the policy files (as
+        `sandbox policy explain`); otherwise the server explains it for your token."""
+        if operator is not None:
+            from sandbox.cli.policy import explain as explain_locally
+
+            explain_locally(
+                ctx,
+                query=str(query),
+                operator=operator,
+                scenario=scenario,
+                epsilon=epsilon,
+                delta=delta,
+                as_json=as_json,
+            )
+            return
+        if scenario is None:
+            from sandbox.errors import BadInput
+
+            raise BadInput("explain needs --scenario.", hint="Pass --scenario ID.")
         api = _client(ctx)
         body: dict[str, Any] = {"sql": _read_sql(query), "scenario": scenario}
         if epsilon is not None:

@@ -37,7 +37,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(policy_app, name="policy")
     # `sandbox explain` is also the client's server-side explain (sandbox/cli/client.py);
     # whichever registers last wins, so the local one is always `sandbox policy explain`.
-    app.command("explain")(explain)
     policy_app.command("explain")(explain)
 
 
