@@ -41,7 +41,7 @@ CODES: dict[str, str] = {
     "PARSE_ERROR": "The SQL could not be parsed.",
     "MULTIPLE_STATEMENTS": "More than one statement was sent.",
     "NOT_SELECT": "Only SELECT queries are accepted (no DDL, DML, COPY, ATTACH, PRAGMA, SET).",
-    "TABLE_FUNCTION": "Table functions and file paths (read_csv, read_parquet, glob …) are refused.",
+    "TABLE_FUNCTION": "Table functions and file paths (read_csv, glob …) are refused.",
     "UNKNOWN_TABLE": "The table is not in the catalogue.",
     "UNKNOWN_COLUMN": "The column is not in the catalogue.",
     "TABLE_NOT_GRANTED": "The table's dataset is not in the operator's grant for this scenario.",
@@ -52,7 +52,7 @@ CODES: dict[str, str] = {
     "UNBOUNDED_COLUMN": "The aggregated column has no declared bounds.",
     "UNSUPPORTED_EXPRESSION": "The expression is not supported in this place.",
     "UNSUPPORTED_JOIN": "The JOIN is not on the privacy unit or a declared lookup key.",
-    "UNSUPPORTED_GROUP_KEY": "The GROUP BY key is not a group column or a simple derivation of one.",
+    "UNSUPPORTED_GROUP_KEY": "The GROUP BY key is not a group column or a simple derivation.",
     "WINDOW_FUNCTION": "Window functions are refused in operator queries.",
     "SUBQUERY": "Subqueries and CTEs are refused.",
     "UNSUPPORTED_CLAUSE": "The clause is not supported.",
@@ -72,6 +72,7 @@ CODES: dict[str, str] = {
     "INVALID_DELTA": "δ must be a finite number in [0, 1).",
     "EPSILON_ABOVE_CEILING": "ε is above the grant's per-query ceiling.",
     "DELTA_NOT_ALLOWED": "The dataset's policy allows no δ.",
+    "DELTA_ABOVE_GRANT": "δ is above the grant's total δ.",
     "DELTA_REQUIRED": "Private group keys need δ > 0 for partition selection.",
     "BUDGET_EXHAUSTED": "The request does not fit in what is left of the budget.",
     "INVALID_WEIGHTS": "Budget weights must be positive and one per output.",
@@ -83,6 +84,7 @@ CODES: dict[str, str] = {
     "BAD_REQUEST": "The request is malformed.",
     "PAYLOAD_TOO_LARGE": "The request body is too large.",
     "RATE_LIMITED": "Too many requests; wait and retry.",
+    "TOO_MANY_JOBS": "The operator has too many jobs waiting or running; wait for some.",
     "SELF_REVIEW": "A reviewer may not review a job they submitted, nor review it twice.",
     "REASON_REQUIRED": "A review decision needs a reason.",
     "CSRF_FAILED": "The form's CSRF token is missing or wrong.",
@@ -157,7 +159,12 @@ class QueryRefused(Refused):
     """The compiler refused the query. ``line``/``col`` locate the offending part."""
 
     def __init__(
-        self, code: str, message: str, *, hint: str = "", line: int | None = None,
+        self,
+        code: str,
+        message: str,
+        *,
+        hint: str = "",
+        line: int | None = None,
         col: int | None = None,
     ) -> None:
         details: dict[str, Any] = {}

@@ -120,10 +120,14 @@ class Plan:
             for k in d["keys"]
         )
         d["measures"] = tuple(
-            Measure(**{**m, "candidates": None if m["candidates"] is None else tuple(m["candidates"])})
+            Measure(
+                **{**m, "candidates": None if m["candidates"] is None else tuple(m["candidates"])}
+            )
             for m in d["measures"]
         )
-        d["outputs"] = tuple(Output(**{**o, "measures": tuple(o["measures"])}) for o in d["outputs"])
+        d["outputs"] = tuple(
+            Output(**{**o, "measures": tuple(o["measures"])}) for o in d["outputs"]
+        )
         d["notes"] = tuple(d.get("notes", ()))
         return cls(**d)
 

@@ -35,6 +35,10 @@ OPERATOR = (Role.OPERATOR,)
 SUPERVISOR = (Role.SUPERVISOR,)
 STAFF = (Role.SUPERVISOR, Role.ADMIN)
 ADMIN = (Role.ADMIN,)
+# jobs one operator may have waiting or running at once: a flood of tiny-ε queries must
+# not queue without bound in front of everyone else's
+MAX_ACTIVE_JOBS = 32
+_ACTIVE = (State.SUBMITTED, State.COMPILED, State.BUDGET_RESERVED, State.RUNNING, State.NOISED)
 
 
 class RateLimiter:
@@ -274,10 +278,30 @@ class Service:
 
         A refusal (bad query, no grant, no budget) is recorded on the job (state
         ``refused``) and raised with the job id in its details."""
+        from sandbox.privacy import check_epsilon_delta
+
         self._require(p, OPERATOR)
         if not sql.strip():
             raise BadInput("The SQL text is empty.", code="EMPTY_QUERY")
+        # NaN and ±inf cannot even be recorded on a job (SQLite stores NaN as NULL):
+        # refuse them before anything is written
+        check_epsilon_delta(epsilon, delta)
         conn = self.conn()
+        active = len(
+            jobs.list_jobs(
+                conn,
+                operator=p.name,
+                states=[s.value for s in _ACTIVE],
+                limit=MAX_ACTIVE_JOBS,
+            )
+        )
+        if active >= MAX_ACTIVE_JOBS:
+            raise RateLimited(
+                f"{active} of your jobs are waiting or running; at most {MAX_ACTIVE_JOBS} may be.",
+                code="TOO_MANY_JOBS",
+                hint="Wait for some to finish (`sandbox jobs`), then submit again.",
+                details={"retry_after": 30},
+            )
         job = jobs.create_job(
             conn,
             operator=p.name,
@@ -440,7 +464,9 @@ class Service:
                         "dataset": ds,
                         "valid_until": g.valid_until.isoformat(),
                         "max_epsilon_per_query": g.budget.max_epsilon_per_query,
-                        **_plain(ledger.balance(self.conn(), g, ds, definition=d.privacy.definition)),
+                        **_plain(
+                            ledger.balance(self.conn(), g, ds, definition=d.privacy.definition)
+                        ),
                     }
                 )
         return out
@@ -543,8 +569,8 @@ class Service:
     def _since_seq(self, since: str | None) -> int:
         if since is None or since == "":
             return 0
-        if since.isdigit():
-            return int(since)
+        if since.isascii() and since.isdigit():
+            return min(int(since), 2**63 - 1)  # SQLite's largest integer
         try:
             when = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError as exc:

@@ -23,7 +23,7 @@ def _field(default: Any, env: str, help: str) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = _field(DEFAULT_HOME, "SANDBOX_HOME", "Where state lives: database, keys, products.")
+    home: Path = _field(DEFAULT_HOME, "SANDBOX_HOME", "Where state lives: database, keys, data.")
     policies: Path = _field(Path("policies"), "SANDBOX_POLICIES", "Directory of policy files.")
     data_root: Path | None = _field(
         None, "SANDBOX_DATA_ROOT", "Root of the raw Parquet files (default: HOME/data)."
@@ -52,9 +52,7 @@ class Settings:
     max_body_bytes: int = _field(
         1024 * 1024, "SANDBOX_MAX_BODY_BYTES", "Largest request body the API accepts."
     )
-    rate_per_minute: int = _field(
-        120, "SANDBOX_RATE_PER_MINUTE", "Requests per minute per token."
-    )
+    rate_per_minute: int = _field(120, "SANDBOX_RATE_PER_MINUTE", "Requests per minute per token.")
     checkpoint_every: int = _field(
         256, "SANDBOX_CHECKPOINT_EVERY", "Sign an audit checkpoint every N events."
     )
@@ -97,11 +95,11 @@ class Settings:
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = type(f.default) if f.default is not None else Path
-    if kind is bool:
+    default: Any = f.default
+    if isinstance(default, bool):
         return raw.lower() in {"1", "true", "yes"}
-    if kind in (int, float, str):
-        return kind(raw)
+    if isinstance(default, int | float | str):
+        return type(default)(raw)
     return Path(raw)
 
 

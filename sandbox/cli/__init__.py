@@ -34,11 +34,12 @@ def _register() -> None:
         dev,
         policy,
         product,
+        reference,
         runner,
         server,
     )
 
-    for module in (policy, runner, server, client, product, audit, dev):
+    for module in (policy, runner, server, client, product, audit, dev, reference):
         module.register(app)
 
 
