@@ -672,7 +672,18 @@ class JobRunner:
             current = get_job(conn, job.id)
             if S.RELEASED not in ALLOWED[current.state]:
                 raise Conflict(f"Job {job.id} is {current.state.value}; it cannot be released.")
-            return self._release(conn, current, reviewers, actor, role, effects)
+            try:
+                return self._release(conn, current, reviewers, actor, role, effects)
+            except (Conflict, FileNotFoundError) as exc:
+                # cancelled (or rejected) meanwhile: its stored result was discarded, or
+                # the files just written must be
+                now = get_job(conn, job.id)
+                if now.state not in TERMINAL or now.state == S.RELEASED:
+                    raise
+                products.discard(self.settings.products_dir, job.id)
+                raise Conflict(
+                    f"Job {job.id} is {now.state.value}; it cannot be released."
+                ) from exc
 
     def _release(
         self,

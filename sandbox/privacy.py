@@ -158,7 +158,7 @@ def plan_cost(
     """Validate (ε, δ) against the grant and dataset policy and split them over measures.
 
     Raises BudgetRefused with INVALID_EPSILON, INVALID_DELTA, EPSILON_ABOVE_CEILING,
-    DELTA_NOT_ALLOWED, DELTA_REQUIRED or INVALID_WEIGHTS. Reads no data.
+    DELTA_NOT_ALLOWED, DELTA_ABOVE_GRANT, DELTA_REQUIRED or INVALID_WEIGHTS. Reads no data.
     """
     eps = _check_epsilon(epsilon)
     dlt = _check_delta(delta)
@@ -179,6 +179,14 @@ def plan_cost(
             "DELTA_NOT_ALLOWED",
             f"δ = {dlt:g} was asked, but dataset {dataset.id} allows no δ (pure ε only).",
             hint="Ask with δ = 0" + (" and public group keys." if plan.private_keys else "."),
+        )
+    if dlt > grant.budget.delta:
+        # under ρ-zCDP a larger δ buys a larger ρ for the same ε: a query asking for more
+        # δ than the whole grant has would pass the per-query ε ceiling in name only
+        raise _refuse(
+            "DELTA_ABOVE_GRANT",
+            f"δ = {dlt:g} is above the total δ = {grant.budget.delta:g} of grant {grant.id}.",
+            hint=f"Ask for δ ≤ {grant.budget.delta:g}.",
         )
     if dlt == 0 and plan.private_keys:
         private = ", ".join(k.name for k in plan.keys if k.public is None)
@@ -236,12 +244,23 @@ def plan_cost(
     )
 
 
+def check_epsilon_delta(epsilon: object, delta: object) -> None:
+    """Refuse (INVALID_EPSILON, INVALID_DELTA) an ε or δ that is not a valid number."""
+    _check_epsilon(epsilon)
+    _check_delta(delta)
+
+
+# the ledger's unit: a smaller ε is charged as this much anyway, and far smaller ones
+# make noise scales overflow
+MIN_EPSILON = 1e-9
+
+
 def _check_epsilon(epsilon: object) -> float:
     ok = isinstance(epsilon, int | float) and not isinstance(epsilon, bool)
-    if not ok or not math.isfinite(float(epsilon)) or float(epsilon) <= 0:  # type: ignore[arg-type]
+    if not ok or not math.isfinite(float(epsilon)) or float(epsilon) < MIN_EPSILON:  # type: ignore[arg-type]
         raise _refuse(
             "INVALID_EPSILON",
-            f"ε must be a finite number greater than 0; {epsilon!r} was given.",
+            f"ε must be a finite number of at least {MIN_EPSILON:g}; {epsilon!r} was given.",
             hint="For example --epsilon 0.5.",
         )
     return float(epsilon)  # type: ignore[arg-type]
@@ -302,8 +321,18 @@ def _split(plan: Plan, weights: dict[str, float] | None) -> dict[str, float]:
     for n in names:
         if raw[n] == 0.0:
             raw[n] = mean
-    total = sum(raw.values())
-    return {n: v / total for n, v in raw.items()}
+    # scale by the largest part first, so huge weights cannot overflow the sum
+    top = max(raw.values())
+    shares = {n: v / top for n, v in raw.items()} if math.isfinite(top) and top > 0 else {}
+    total = sum(shares.values())
+    if not shares or not math.isfinite(total) or any(v / total <= 0 for v in shares.values()):
+        raise _refuse(
+            "INVALID_WEIGHTS",
+            "Budget weights must be positive numbers of a usable size; these give an "
+            "output no budget or overflow.",
+            hint="Use weights of similar magnitude, for example 1 and 3.",
+        )
+    return {n: v / total for n, v in shares.items()}
 
 
 def _bound(m: Measure) -> float:
@@ -695,9 +724,18 @@ def _half_width(mc: MeasureCost, definition: str, alpha: float = ALPHA) -> float
             if mc.integer
             else dp.laplacian_scale_to_accuracy
         )
+    elif mc.integer and mc.scale > _EXACT_DISCRETE_GAUSSIAN_MAX_SCALE:
+        # OpenDP sums the discrete Gaussian's tail term by term: its time grows with the
+        # scale (seconds per 10⁷), so a tiny ε would tie up a worker for hours. Past this
+        # scale the continuous half-width rounded up, plus one, bounds it (and equals it
+        # in practice).
+        return math.ceil(float(dp.gaussian_scale_to_accuracy(scale=mc.scale, alpha=alpha))) + 1.0
     else:
         fn = dp.discrete_gaussian_scale_to_accuracy if mc.integer else dp.gaussian_scale_to_accuracy
     return float(fn(scale=mc.scale, alpha=alpha))
+
+
+_EXACT_DISCRETE_GAUSSIAN_MAX_SCALE = 1e4
 
 
 def _quantile_statement(m: Measure, mc: MeasureCost) -> dict[str, Any]:

@@ -25,6 +25,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, FKs on."""
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(Path(path))
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -35,6 +36,20 @@ def connect(path: Path | str) -> sqlite3.Connection:
     for ddl in _SCHEMAS.values():
         conn.executescript(ddl)
     return conn
+
+
+def _owner_only(path: Path) -> None:
+    """The database (jobs of every operator, the audit log) is readable by its owner
+    only. SQLite gives the -wal and -shm files the database file's permissions."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(OSError):  # missing, or not ours to change
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
 
 
 @contextmanager

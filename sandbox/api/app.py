@@ -53,6 +53,10 @@ def create_app(
         '{"error": {"code", "message", "hint"}}.',
         lifespan=lifespan,
         openapi_url="/openapi.json",
+        # FastAPI's /docs and /redoc pages load scripts from a CDN; on the console's
+        # origin such a script could drive a signed-in supervisor's session
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = svc
     app.state.settings = settings

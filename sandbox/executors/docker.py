@@ -203,7 +203,7 @@ class DockerExecutor:
             client = self.client
             stale = max(self.settings.job_timeout_s, WARM_IDLE_S) + 60
             sweep(client, home_label=self.home_label, max_age_s=stale)
-            self._sweep_runs_dir(stale)
+            self._sweep_runs_dir(stale, live=self._live_workdirs(client))
             self._image = self._resolve_image(client)
             self._ready = True
 
@@ -485,19 +485,44 @@ class DockerExecutor:
         self.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self.runs_dir
 
-    def _sweep_runs_dir(self, max_age_s: float) -> None:
-        """Remove run directories left by a crash (old enough not to be a live job's)."""
+    def _sweep_runs_dir(self, max_age_s: float, *, live: set[Path] | None = None) -> None:
+        """Remove run directories left by a crash (old enough not to be a live job's).
+
+        A younger directory that no container of this installation mounts (``live``)
+        is a crashed job's: its exact result is removed now, whatever its age (the
+        directory itself may be another executor's, about to create its container)."""
         if not self.runs_dir.is_dir():
             return
         now = time.time()
         for leftover in self.runs_dir.glob("job-*"):
             try:
-                if now - leftover.stat().st_mtime <= max_age_s:
-                    continue
+                young = now - leftover.stat().st_mtime <= max_age_s
             except OSError:
+                continue
+            if young:
+                if live is not None and leftover.resolve() not in live:
+                    out = leftover / "out"
+                    for name in ("result.arrow", "result.arrow.part"):
+                        with contextlib.suppress(OSError):
+                            (out / name).unlink()
                 continue
             _unmount(leftover / "out")
             shutil.rmtree(leftover, ignore_errors=True)
+
+    def _live_workdirs(self, client: Any) -> set[Path] | None:
+        """The run directories mounted by this installation's containers (any state);
+        None if the engine cannot say (then nothing young is touched)."""
+        label = [f"{LABEL}=1", f"{HOME_LABEL}={self.home_label}"]
+        try:
+            containers = client.containers.list(all=True, filters={"label": label})
+        except _docker_errors():
+            return None
+        live: set[Path] = set()
+        for container in containers:
+            for mount in container.attrs.get("Mounts", []) or []:
+                if mount.get("Destination") in ("/out", "/plan") and mount.get("Source"):
+                    live.add(Path(mount["Source"]).parent.resolve())
+        return live
 
     def _resolve_image(self, client: Any) -> str:
         import docker.errors

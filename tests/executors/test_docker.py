@@ -708,17 +708,21 @@ def _stamp(seconds_ago: float) -> str:
 
 
 @pytest.mark.parametrize(
-    ("state", "stale"),
+    ("status", "stamp", "ago", "stale"),
     [
-        ({"Status": "running", "StartedAt": _stamp(10)}, False),  # another executor's job
-        ({"Status": "running", "StartedAt": _stamp(1000)}, True),  # ran past any limit
-        ({"Status": "exited", "FinishedAt": _stamp(5)}, False),  # its owner reads it now
-        ({"Status": "exited", "FinishedAt": _stamp(120)}, True),
-        ({"Status": "created"}, True),  # created long ago, never started
+        ("running", "StartedAt", 10, False),  # another executor's job
+        ("running", "StartedAt", 1000, True),  # ran past any limit
+        ("exited", "FinishedAt", 5, False),  # its owner reads it now
+        ("exited", "FinishedAt", 120, True),
+        ("created", None, 0, True),  # created long ago, never started
     ],
 )
-def test_startup_sweep_leaves_other_executors_live_jobs(state: dict, stale: bool) -> None:
+def test_startup_sweep_leaves_other_executors_live_jobs(
+    status: str, stamp: str | None, ago: int, stale: bool
+) -> None:
     from sandbox.executors.docker import _is_stale
 
+    # the times are taken now, not when the tests were collected (which may be minutes ago)
+    state = {"Status": status, **({stamp: _stamp(ago)} if stamp else {})}
     attrs = {"State": state, "Created": _stamp(1000)}
     assert _is_stale(attrs, max_age_s=600) is stale
