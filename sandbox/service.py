@@ -143,6 +143,9 @@ class Service:
         from sandbox import audit
 
         self.runner.stop(wait=wait)
+        close = getattr(self.executor, "close", None)
+        if close is not None:  # removes warm runner containers
+            close()
         if self.started:
             self._audit("system", "system", "server.stopped")
             audit.checkpoint(self.conn(), self.audit_key)

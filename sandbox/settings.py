@@ -47,7 +47,8 @@ class Settings:
     warm_runners: int = _field(
         0,
         "SANDBOX_WARM_RUNNERS",
-        "Runner containers started ahead (per dataset set) waiting for their one job; 0: none.",
+        "Runner containers started ahead (per dataset set), each for one job; 0: none. "
+        "`sandbox serve` and `sandbox up` use 2 unless this is set.",
     )
     max_body_bytes: int = _field(
         1024 * 1024, "SANDBOX_MAX_BODY_BYTES", "Largest request body the API accepts."

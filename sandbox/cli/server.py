@@ -38,6 +38,9 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings(ctx)
 
 
+SERVER_WARM_RUNNERS = 2
+
+
 def serve_app(settings: Settings) -> None:
     """Serve the API with uvicorn on settings.host:port until interrupted."""
     import logging
@@ -47,6 +50,10 @@ def serve_app(settings: Settings) -> None:
     from sandbox.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not os.environ.get("SANDBOX_WARM_RUNNERS"):
+        # a served sandbox keeps two containers started ahead: a job then pays no
+        # container start (docs/performance.md); each still serves exactly one job
+        settings = settings.replace(warm_runners=SERVER_WARM_RUNNERS)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
 
