@@ -701,16 +701,17 @@ def _as_hist(value: Any) -> dict[int, int]:
 
 
 def _post_process(plan: Plan, noisy: pa.Table) -> pa.Table:
+    """Run post_sql over the noisy table only, in a boxed DuckDB (sandbox/hostsql.py)."""
     import duckdb
 
-    con = duckdb.connect(":memory:")
+    from sandbox import hostsql
+
     try:
-        con.register("noisy", noisy)
-        return con.sql(plan.post_sql).to_arrow_table()
-    except duckdb.Error as exc:
+        with hostsql.connect() as con:
+            con.register("noisy", noisy)
+            return hostsql.arrow(con, plan.post_sql)
+    except (duckdb.Error, hostsql.HostSQLTimeout) as exc:
         raise SystemFailure("Post-processing of the noisy table failed.", code="INTERNAL") from exc
-    finally:
-        con.close()
 
 
 # --------------------------------------------------------------------- accuracy

@@ -22,8 +22,8 @@ from sqlglot import exp
 
 from sandbox.catalog import Catalog, Use
 from sandbox.compiler.build import build_plan
-from sandbox.compiler.checks import check_row_expr, contains_aggregate, forbid_everywhere
-from sandbox.compiler.keys import make_key, render, resolved
+from sandbox.compiler.checks import contains_aggregate, forbid_everywhere, row_expr
+from sandbox.compiler.keys import make_key, render
 from sandbox.compiler.measures import Measures, quantile_candidates
 from sandbox.compiler.post import Outputs
 from sandbox.compiler.scope import build_scope
@@ -105,11 +105,11 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     where_sql = None
     terms: list[exp.Expr] = []
     if where is not None:
-        check_row_expr(where.this, scope, Use.FILTER, "WHERE")
+        cond, _ = row_expr(where.this, scope, Use.FILTER, "WHERE")
         # TRY: a row whose expression fails (overflow, bad cast) is dropped, never an
         # engine error that would end the run after the data was read
-        where_sql = f"TRY(CAST(({render(resolved(where.this, scope))}) AS BOOLEAN))"
-        terms = _and_terms(where.this)
+        where_sql = f"TRY(CAST(({render(cond)}) AS BOOLEAN))"
+        terms = _and_terms(cond)
 
     group = select.args.get("group")
     if group is not None:

@@ -21,11 +21,13 @@ import json
 import math
 from typing import Any
 
+from sandbox import hostsql
 from sandbox.compiler.keys import literal
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.post import Outputs, quote
 from sandbox.compiler.scope import Scope
 from sandbox.compiler.text import QueryRefused
+from sandbox.compiler.verify import verify_plan
 from sandbox.errors import SystemFailure
 from sandbox.plan import KeySpec, Plan
 
@@ -78,8 +80,9 @@ def build_plan(
         cols.append("random() AS __r")  # DuckDB refuses volatile window ORDER BY
     conds = [f"({where_sql})"] if where_sql else []
     for k in keys:
-        if k.public is not None:
-            conds.append(f"({k.sql}) IN ({', '.join(literal(v) for v in k.public)})")
+        if k.public is not None:  # no public value at all: no row can be released
+            values = ", ".join(literal(v) for v in k.public)
+            conds.append(f"({k.sql}) IN ({values})" if values else "FALSE")
     rows_sql = "SELECT " + ", ".join(cols) + "\n  " + "\n  ".join(from_lines)
     if conds:
         rows_sql += "\n  WHERE " + "\n    AND ".join(conds)
@@ -270,9 +273,13 @@ def check_plan(plan: Plan, scope: Scope) -> None:
     post_sql over one made-up noisy row, in a DuckDB with no file access. A query
     whose types do not fit is refused here, before any budget is reserved, rather
     than failing in the runner. No data is involved."""
+    with hostsql.connect() as con:
+        _check_plan(con, plan, scope)
+
+
+def _check_plan(con: Any, plan: Plan, scope: Scope) -> None:
     import duckdb
 
-    con = duckdb.connect(":memory:", config={"enable_external_access": False, "threads": 1})
     try:
         for s in scope.sources:
             cols = ", ".join(f'"{c.name}" {c.type}' for c in s.table.columns)
@@ -292,15 +299,14 @@ def check_plan(plan: Plan, scope: Scope) -> None:
         con.execute(f"CREATE TABLE noisy ({cols})")
         row = [(k.public[0] if k.public else None) for k in plan.keys] + [1 for _ in plan.measures]
         con.execute(f"INSERT INTO noisy VALUES ({', '.join('?' * len(row))})", row)
-        con.sql(plan.post_sql).fetchall()
+        hostsql.run(con, plan.post_sql)
         _check_parse(con, plan.sql, set(plan.tables) | set(_STAGES))
         _check_parse(con, plan.post_sql, {"noisy"})
-    except duckdb.Error as exc:
+        verify_plan(plan, scope.catalog, scope.grant)
+    except (duckdb.Error, hostsql.HostSQLTimeout) as exc:
         raise QueryRefused(
             "UNSUPPORTED_EXPRESSION",
             "The query does not type-check (for example text compared with a number, an "
             "unknown date part, or a condition that is not true/false).",
             hint="Compare columns with values of their own type; see docs/queries.md.",
         ) from exc
-    finally:
-        con.close()

@@ -1,14 +1,28 @@
-"""Which expressions may appear where. Whitelists, checked without recursion.
+"""Which expressions may appear where, and the compiler's own copy of each one.
+
+The grammar is an allowlist: for every node type the compiler accepts, the
+arguments it may carry and what each holds (an expression, a list of them, a flag,
+a date part, a cast type). Anything else is refused by default: a ``Var`` outside a
+date-part slot, ``Anonymous`` functions, ``Command``, raw strings, unknown nodes,
+and any argument a known node carries that the grammar does not list.
+
+``rebuild`` does not pass the operator's tree on: it returns a fresh tree made of
+nodes the compiler created itself. Columns become catalogue references made from
+catalogue names, literals are re-created from their checked values (numbers must
+look like numbers, strings are re-quoted by the generator), date parts come from a
+fixed list and cast types from their enum. So no text the operator wrote can reach
+the runner or post-processing SQL except as a re-created literal.
 
 Three places take row-level expressions (WHERE, GROUP BY keys, an aggregate's
 FILTER); one takes expressions over aggregates (SELECT/HAVING/ORDER BY, evaluated
-after noise). Anything not listed is refused, so the runner SQL can only contain
-functions we chose (no file access, no settings, no randomness from the operator).
+after noise).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Any
 
 from sqlglot import exp
 
@@ -16,68 +30,106 @@ from sandbox.catalog import Use
 from sandbox.compiler.scope import ColumnRef, Scope
 from sandbox.compiler.text import func_name, refuse, snippet
 
-# Row-level building blocks (WHERE, keys, FILTER).
-_ROW_NODES: tuple[type[exp.Expr], ...] = (
-    exp.Column,
-    exp.Identifier,
-    exp.Literal,
-    exp.Boolean,
-    exp.Null,
-    exp.Paren,
-    exp.Neg,
-    exp.Not,
-    exp.And,
-    exp.Or,
-    exp.EQ,
-    exp.NEQ,
-    exp.GT,
-    exp.GTE,
-    exp.LT,
-    exp.LTE,
-    exp.Is,
-    exp.In,
-    exp.Between,
-    exp.Like,
-    exp.ILike,
-    exp.Add,
-    exp.Sub,
-    exp.Mul,
-    exp.Div,
-    exp.IntDiv,
-    exp.Mod,
-    exp.Case,
-    exp.If,
-    exp.Cast,
-    exp.TryCast,
-    exp.DataType,
-    exp.DataTypeParam,
-    exp.Var,
-    exp.Floor,
-    exp.Ceil,
-    exp.Round,
-    exp.Abs,
-    exp.Coalesce,
-    exp.Least,
-    exp.Greatest,
-    exp.Lower,
-    exp.Upper,
-    exp.Length,
-    exp.Substring,
-    exp.Trim,
-    exp.Left,
-    exp.Right,
-    exp.Concat,
-    exp.DPipe,
-    exp.StartsWith,
-    exp.DateTrunc,
-    exp.TimestampTrunc,
-    exp.Extract,
-    exp.Year,
-    exp.Month,
-    exp.Day,
-    exp.Quarter,
-    exp.DayOfWeek,
+# What an argument slot holds.
+E = "expr"  # one expression
+L = "list"  # a list of expressions
+F = "flag"  # a Python bool set by the parser
+PART = "part"  # an EXTRACT date part
+UNIT = "unit"  # a date_trunc unit
+TYPE = "type"  # a cast target type
+POS = "pos"  # TRIM's LEADING / TRAILING / BOTH
+
+Grammar = dict[type[exp.Expr], dict[str, str]]
+
+_BINARY = {"this": E, "expression": E}
+_UNARY = {"this": E}
+
+_COMMON: Grammar = {
+    exp.Paren: _UNARY,
+    exp.Neg: _UNARY,
+    exp.Not: _UNARY,
+    exp.And: _BINARY,
+    exp.Or: _BINARY,
+    exp.EQ: _BINARY,
+    exp.NEQ: _BINARY,
+    exp.GT: _BINARY,
+    exp.GTE: _BINARY,
+    exp.LT: _BINARY,
+    exp.LTE: _BINARY,
+    exp.Is: {"this": E, "expression": E, "negate": F},
+    exp.In: {"this": E, "expressions": L},
+    exp.Between: {"this": E, "low": E, "high": E, "symmetric": F},
+    exp.Like: {"this": E, "expression": E, "negate": F},
+    exp.ILike: {"this": E, "expression": E, "negate": F},
+    exp.Add: _BINARY,
+    exp.Sub: _BINARY,
+    exp.Mul: _BINARY,
+    exp.Div: {"this": E, "expression": E, "typed": F, "safe": F},
+    exp.IntDiv: _BINARY,
+    exp.Mod: {"this": E, "expression": E, "safe": F},
+    exp.Case: {"this": E, "ifs": L, "default": E},
+    exp.If: {"this": E, "true": E, "false": E},
+    exp.Cast: {"this": E, "to": TYPE, "safe": F},
+    exp.TryCast: {"this": E, "to": TYPE, "safe": F, "requires_string": F},
+    exp.Floor: {"this": E, "decimals": E},
+    exp.Ceil: {"this": E, "decimals": E},
+    exp.Round: {"this": E, "decimals": E},
+    exp.Abs: _UNARY,
+    exp.Coalesce: {"this": E, "expressions": L, "is_nvl": F, "is_null": F},
+    exp.Least: {"this": E, "expressions": L, "ignore_nulls": F},
+    exp.Greatest: {"this": E, "expressions": L, "ignore_nulls": F},
+}
+# Row-level expressions (WHERE, GROUP BY keys, FILTER): also text and dates.
+ROW: Grammar = {
+    **_COMMON,
+    exp.Lower: _UNARY,
+    exp.Upper: _UNARY,
+    exp.Length: _UNARY,
+    exp.Substring: {"this": E, "start": E, "length": E},
+    exp.Trim: {"this": E, "expression": E, "position": POS},
+    exp.Left: _BINARY,
+    exp.Right: _BINARY,
+    exp.Concat: {"expressions": L, "safe": F, "coalesce": F},
+    exp.DPipe: {"this": E, "expression": E, "safe": F},
+    exp.StartsWith: _BINARY,
+    exp.DateTrunc: {"this": E, "unit": UNIT},
+    exp.TimestampTrunc: {"this": E, "unit": UNIT},
+    exp.Extract: {"this": PART, "expression": E},
+    exp.Year: _UNARY,
+    exp.Month: _UNARY,
+    exp.Day: _UNARY,
+    exp.Quarter: _UNARY,
+    exp.DayOfWeek: _UNARY,
+}
+# Post-processing over noisy aggregates: arithmetic and a few numeric functions.
+POST: Grammar = {
+    **_COMMON,
+    exp.Sqrt: _UNARY,
+    exp.Ln: _UNARY,
+    exp.Log: {"this": E, "expression": E},
+    exp.Exp: _UNARY,
+    exp.Pow: _BINARY,
+}
+
+EXTRACT_PARTS = frozenset(
+    {
+        "YEAR",
+        "QUARTER",
+        "MONTH",
+        "WEEK",
+        "DAY",
+        "DOW",
+        "DAYOFWEEK",
+        "ISODOW",
+        "DOY",
+        "DAYOFYEAR",
+        "ISOYEAR",
+        "DECADE",
+        "CENTURY",
+    }
 )
+TRUNC_UNITS = frozenset({"YEAR", "QUARTER", "MONTH", "WEEK", "DAY", "DECADE", "CENTURY"})
+_TRIM_POSITIONS = frozenset({"LEADING", "TRAILING", "BOTH"})
 _CAST_TYPES = {
     exp.DataType.Type.INT,
     exp.DataType.Type.BIGINT,
@@ -90,51 +142,13 @@ _CAST_TYPES = {
     exp.DataType.Type.DATE,
     exp.DataType.Type.BOOLEAN,
 }
-# Post-processing over noisy aggregates: arithmetic and a few numeric functions.
-_POST_NODES: tuple[type[exp.Expr], ...] = (
-    exp.Literal,
-    exp.Null,
-    exp.Boolean,
-    exp.Paren,
-    exp.Neg,
-    exp.Not,
-    exp.And,
-    exp.Or,
-    exp.EQ,
-    exp.NEQ,
-    exp.GT,
-    exp.GTE,
-    exp.LT,
-    exp.LTE,
-    exp.Is,
-    exp.In,
-    exp.Between,
-    exp.Like,
-    exp.ILike,
-    exp.Add,
-    exp.Sub,
-    exp.Mul,
-    exp.Div,
-    exp.IntDiv,
-    exp.Mod,
-    exp.Round,
-    exp.Abs,
-    exp.Floor,
-    exp.Ceil,
-    exp.Sqrt,
-    exp.Ln,
-    exp.Log,
-    exp.Exp,
-    exp.Pow,
-    exp.Coalesce,
-    exp.Least,
-    exp.Greatest,
-    exp.Cast,
-    exp.TryCast,
-    exp.DataType,
-    exp.Case,
-    exp.If,
-)
+_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+MAX_STRING = 1000
+MAX_NUMBER_TEXT = 60
+
+# A hook that makes the compiler's node for a leaf (a column, an aggregate) or
+# returns None to let the grammar handle the node.
+Leaf = Callable[[exp.Expr], exp.Expr | None]
 
 
 def is_aggregate(node: exp.Expr) -> bool:
@@ -173,16 +187,18 @@ def forbid_everywhere(node: exp.Expr) -> None:
             )
 
 
-def check_row_expr(
+def row_expr(
     node: exp.Expr,
     scope: Scope,
     use: Use,
     place: str,
     on_column: Callable[[exp.Column, ColumnRef], None] | None = None,
-) -> list[ColumnRef]:
-    """Check a row-level expression; return the columns it reads (each allowed ``use``)."""
+) -> tuple[exp.Expr, list[ColumnRef]]:
+    """Check a row-level expression and rebuild it over the runner's table aliases.
+    Returns the compiler's copy and the columns it reads (each allowed ``use``)."""
     refs: list[ColumnRef] = []
-    for n in node.walk():
+
+    def leaf(n: exp.Expr) -> exp.Expr | None:
         if is_aggregate(n):
             raise refuse(
                 "UNSUPPORTED_EXPRESSION",
@@ -195,10 +211,7 @@ def check_row_expr(
             refs.append(ref)
             if on_column is not None:
                 on_column(n, ref)
-            continue
-        if isinstance(n, exp.Identifier):
-            continue
-        check_node(n, _ROW_NODES, place)
+            return ref.sql()
         if isinstance(n, exp.In) and (n.args.get("query") or n.args.get("unnest")):
             raise refuse(
                 "SUBQUERY",
@@ -206,33 +219,133 @@ def check_row_expr(
                 "Write IN ('a', 'b', ...).",
                 n,
             )
-    return refs
+        return None
+
+    return rebuild(node, ROW, place, leaf), refs
 
 
-def check_node(n: exp.Expr, allowed: tuple[type[exp.Expr], ...], place: str) -> None:
-    if isinstance(n, exp.Literal) and n.is_string and len(n.this) > 1000:
-        raise refuse(
-            "UNSUPPORTED_EXPRESSION",
-            "A string literal is longer than 1000 characters.",
-            "Use shorter literals.",
-            n,
-        )
-    if isinstance(n, exp.DataType):
-        if n.this not in _CAST_TYPES or n.expressions and n.this != exp.DataType.Type.DECIMAL:
+def rebuild(node: exp.Expr, grammar: Grammar, place: str, leaf: Leaf) -> exp.Expr:
+    """A fresh copy of ``node`` made only of grammar nodes; ``leaf`` supplies the
+    compiler's node for columns and aggregates. Refuses anything not in the grammar."""
+    made = leaf(node)
+    if made is not None:
+        return made
+    kind = type(node)
+    if kind is exp.Literal:
+        return _literal(node, place)
+    if kind is exp.Boolean:
+        return exp.Boolean(this=node.this is True)
+    if kind is exp.Null:
+        return exp.Null()
+    slots = grammar.get(kind)
+    if slots is None:
+        raise _not_allowed(node, place)
+    args: dict[str, Any] = {}
+    for name, value in node.args.items():
+        if value is None or value is False or (isinstance(value, list) and not value):
+            continue
+        slot = slots.get(name)
+        if slot is None:
             raise refuse(
                 "UNSUPPORTED_EXPRESSION",
-                f"CAST to '{snippet(n)}' is not supported.",
-                "Cast to INTEGER, BIGINT, DOUBLE, DECIMAL, VARCHAR, DATE or BOOLEAN.",
-                n,
+                f"'{snippet(node)}' uses a form that is not supported in {place}.",
+                "See docs/queries.md for the accepted SQL.",
+                node,
             )
-        return
-    if isinstance(n, exp.Var):
-        return  # date parts: date_trunc('month', d), EXTRACT(year FROM d)
-    if isinstance(n, allowed):
-        return
-    if isinstance(n, exp.Func):
-        name = func_name(n)
+        args[name] = _slot(slot, value, node, grammar, place, leaf)
+    return kind(**args)
+
+
+def _slot(slot: str, value: Any, node: exp.Expr, grammar: Grammar, place: str, leaf: Leaf) -> Any:
+    if slot == F:
+        if not isinstance(value, bool):
+            raise _not_allowed(node, place)
+        return value
+    if slot == L:
+        if not isinstance(value, list):
+            raise _not_allowed(node, place)
+        return [rebuild(v, grammar, place, leaf) for v in value]
+    if slot == POS:
+        if not isinstance(value, str) or value.upper() not in _TRIM_POSITIONS:
+            raise _not_allowed(node, place)
+        return value.upper()
+    if not isinstance(value, exp.Expr):
+        raise _not_allowed(node, place)
+    if slot == E:
+        return rebuild(value, grammar, place, leaf)
+    if slot == TYPE:
+        return _cast_type(value)
+    return _date_part(value, EXTRACT_PARTS if slot == PART else TRUNC_UNITS, node)
+
+
+def _literal(node: exp.Expr, place: str) -> exp.Expr:
+    text = node.this
+    if not isinstance(text, str):
+        raise _not_allowed(node, place)
+    if node.args.get("is_string"):
+        if len(text) > MAX_STRING:
+            raise refuse(
+                "UNSUPPORTED_EXPRESSION",
+                f"A string literal is longer than {MAX_STRING} characters.",
+                "Use shorter literals.",
+                node,
+            )
+        return exp.Literal.string(text)
+    if len(text) > MAX_NUMBER_TEXT or not _NUMBER.fullmatch(text):
         raise refuse(
+            "UNSUPPORTED_EXPRESSION",
+            f"'{snippet(node)}' is not a plain decimal number.",
+            "Write numbers as digits, e.g. 42, 0.5 or 1e6.",
+            node,
+        )
+    return exp.Literal.number(text)
+
+
+def _date_part(value: exp.Expr, allowed: frozenset[str], node: exp.Expr) -> exp.Var:
+    name = None
+    if type(value) is exp.Var or (type(value) is exp.Literal and value.args.get("is_string")):
+        name = str(value.this).upper()
+    if name not in allowed:
+        raise refuse(
+            "UNSUPPORTED_EXPRESSION",
+            f"'{snippet(node)}' does not name a date part this function accepts.",
+            f"Use one of {', '.join(sorted(allowed))}.",
+            node,
+        )
+    return exp.Var(this=name)
+
+
+def _cast_type(value: exp.Expr) -> exp.DataType:
+    bad = refuse(
+        "UNSUPPORTED_EXPRESSION",
+        f"CAST to '{snippet(value)}' is not supported.",
+        "Cast to INTEGER, BIGINT, DOUBLE, DECIMAL, VARCHAR, DATE or BOOLEAN.",
+        value,
+    )
+    if type(value) is not exp.DataType or value.this not in _CAST_TYPES:
+        raise bad
+    if any(v for k, v in value.args.items() if k not in ("this", "expressions", "nested")):
+        raise bad
+    params = value.expressions
+    if not params:
+        return exp.DataType(this=value.this, nested=False)
+    if value.this != exp.DataType.Type.DECIMAL or len(params) > 2:
+        raise bad
+    made = []
+    for p in params:
+        lit = p.this if type(p) is exp.DataTypeParam and not p.args.get("expression") else None
+        if not (type(lit) is exp.Literal and not lit.is_string and str(lit.this).isdigit()):
+            raise bad
+        if not 0 <= int(lit.this) <= 38:
+            raise bad
+        made.append(exp.DataTypeParam(this=exp.Literal.number(int(lit.this))))
+    return exp.DataType(this=value.this, expressions=made, nested=False)
+
+
+def _not_allowed(n: exp.Expr, place: str) -> Exception:
+    if isinstance(n, exp.Func) and not isinstance(n, exp.Var):
+        name = func_name(n)
+        return refuse(
             "UNSUPPORTED_FUNCTION",
             f"The function {name.upper()} in '{snippet(n)}' is not supported in {place}.",
             "Supported: comparisons, IN, BETWEEN, LIKE, IS NULL, CASE, arithmetic, FLOOR, "
@@ -240,13 +353,9 @@ def check_node(n: exp.Expr, allowed: tuple[type[exp.Expr], ...], place: str) -> 
             "year(), month(). See docs/queries.md.",
             n,
         )
-    raise refuse(
+    return refuse(
         "UNSUPPORTED_EXPRESSION",
         f"'{snippet(n)}' is not supported in {place}.",
         "See docs/queries.md for the accepted SQL.",
         n,
     )
-
-
-def check_post_node(n: exp.Expr, place: str) -> None:
-    check_node(n, _POST_NODES, place)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import decimal
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot import exp
 
+from sandbox import hostsql
 from sandbox.catalog import Catalog, Use
-from sandbox.compiler.checks import check_row_expr
+from sandbox.compiler.checks import ROW, rebuild, row_expr
 from sandbox.compiler.scope import ColumnRef, Scope
 from sandbox.compiler.text import refuse, snippet
 from sandbox.errors import QueryRefused
@@ -28,6 +30,7 @@ from sandbox.errors import QueryRefused
 MAX_PUBLIC_KEYS = 10_000  # larger derived key sets are treated as private
 MAX_RANGE = 10_000  # integer bounds wider than this are not a public domain
 MAX_DOMAIN = 200_000  # product of column domains evaluated for one key
+KEY_TIMEOUT_S = 5.0  # evaluating one key over its public domain
 
 
 @dataclass
@@ -46,18 +49,14 @@ class Key:
         return any(r.source.multi for r in self.refs)
 
 
-def resolved(node: exp.Expr, scope: Scope, *, readable: bool = False) -> exp.Expr:
-    """A copy with every column replaced by its resolved form (runner alias or table)."""
+def resolved(node: exp.Expr, scope: Scope) -> exp.Expr:
+    """The compiler's copy of a row expression over the runner's aliases, for matching
+    SELECT / ORDER BY items to keys (no use check; refuses what the grammar refuses)."""
 
-    def fix(n: exp.Expr) -> exp.Expr:
-        if isinstance(n, exp.Column):
-            ref = scope.resolve(n)
-            if readable:
-                return exp.column(ref.column.name, table=ref.source.table.name)
-            return ref.sql()
-        return n
+    def leaf(n: exp.Expr) -> exp.Expr | None:
+        return scope.resolve(n).sql() if isinstance(n, exp.Column) else None
 
-    return node.transform(fix)
+    return rebuild(node, ROW, "GROUP BY", leaf)
 
 
 def render(node: exp.Expr) -> str:
@@ -68,13 +67,26 @@ def canonical(node: exp.Expr, scope: Scope) -> str:
     return render(resolved(node, scope))
 
 
+def runner_labels(scope: Scope) -> dict[tuple[str, str], str]:
+    """(runner alias, column) -> table.column, for columns the compiler wrote."""
+    return {
+        (s.alias, c.name): f"{s.table.name}.{c.name}"
+        for s in scope.sources
+        for c in s.table.columns
+    }
+
+
+def _columns_to(tree: exp.Expr, fix: Callable[[exp.Column], exp.Expr]) -> exp.Expr:
+    return tree.transform(lambda n: fix(n) if isinstance(n, exp.Column) else n)
+
+
 def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | None = None) -> Key:
     """Check a GROUP BY expression and work out its public values, if any.
 
-    ``where`` holds the WHERE clause's top-level AND terms: those that read only the
-    key's own columns narrow its public values (a key no domain value can reach
-    through the filter is never released). This uses the public domain only."""
-    refs = check_row_expr(expr, scope, Use.GROUP, "GROUP BY")
+    ``where`` holds the (rebuilt) WHERE clause's top-level AND terms: those that read
+    only the key's own columns narrow its public values (a key no domain value can
+    reach through the filter is never released). This uses the public domain only."""
+    tree, refs = row_expr(expr, scope, Use.GROUP, "GROUP BY")
     if not refs:
         raise refuse(
             "UNSUPPORTED_GROUP_KEY",
@@ -82,15 +94,19 @@ def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | No
             "Group by a column or an expression of one, e.g. FLOOR(age / 10) * 10.",
             expr,
         )
+    labels = runner_labels(scope)
+    readable = _columns_to(
+        tree, lambda c: exp.column(c.name, table=labels[(c.table, c.name)].split(".")[0])
+    )
     key = Key(
         name=name,
         expr=expr,
-        canon=canonical(expr, scope),
-        sql=f"TRY({render(resolved(expr, scope))})",  # a row that fails gives NULL
-        source=render(resolved(expr, scope, readable=True)),
+        canon=render(tree),
+        sql=f"TRY({render(tree)})",  # a row that fails gives NULL
+        source=render(readable),
         refs=refs,
     )
-    key.public = _public_values(expr, refs, scope, key, where or [])
+    key.public = _public_values(tree, refs, scope, key, where or [])
     return key
 
 
@@ -149,13 +165,12 @@ def _public_values(
         key.notes.append(f"key {key.name}: private (its public domain is too large)")
         return None
     names = {label: f"c{j}" for j, label in enumerate(cols)}
+    labels = runner_labels(scope)
 
-    def to_placeholder(n: exp.Expr) -> exp.Expr:
-        if isinstance(n, exp.Column):
-            return exp.column(names[scope.resolve(n).label])
-        return n
+    def to_placeholder(n: exp.Column) -> exp.Expr:
+        return exp.column(names[labels[(n.table, n.name)]])
 
-    body = render(expr.transform(to_placeholder))
+    body = render(_columns_to(expr, to_placeholder))
     parts, order, stride = [], [], 1
     for j, (label, r) in enumerate(reversed(list(cols.items()))):
         sql, _ = domains[label]  # type: ignore[misc]
@@ -165,9 +180,9 @@ def _public_values(
         stride *= _domain_size(r, catalog)
     filters = []
     for term in where:
-        labels = {scope.resolve(c).label for c in term.find_all(exp.Column)}
-        if labels and labels <= set(cols):
-            filters.append(f"({render(term.transform(to_placeholder))})")
+        read = {labels.get((c.table, c.name)) for c in term.find_all(exp.Column)}
+        if read and read <= set(cols):
+            filters.append(f"({render(_columns_to(term, to_placeholder))})")
 
     def query(narrow: list[str]) -> str:
         cond = f" WHERE {' AND '.join(narrow)}" if narrow else ""
@@ -179,7 +194,7 @@ def _public_values(
     try:
         values = _evaluate(query([]))
     except QueryRefused as exc:
-        raise refuse(exc.code, exc.message, exc.hint, expr) from exc
+        raise refuse(exc.code, exc.message, exc.hint, key.expr) from exc
     if filters and values is not None:
         try:
             values = _evaluate(query(filters))
@@ -205,18 +220,16 @@ def _evaluate(query: str) -> tuple[Any, ...] | None:
     """Run a key expression over public values only, in a DuckDB with no file access."""
     import duckdb
 
-    con = duckdb.connect(":memory:", config={"enable_external_access": False, "threads": 1})
     try:
-        rows = con.execute(query).fetchall()
-    except duckdb.Error as exc:
+        with hostsql.connect() as con:
+            rows = hostsql.run(con, query, timeout_s=KEY_TIMEOUT_S)
+    except (duckdb.Error, hostsql.HostSQLTimeout) as exc:
         raise QueryRefused(
             "UNSUPPORTED_GROUP_KEY",
-            "The GROUP BY key fails on the column's public values (for example a CAST "
-            "that does not fit).",
+            "The GROUP BY key fails or takes too long on the column's public values (for "
+            "example a CAST that does not fit).",
             hint="Simplify the key expression; see docs/queries.md.",
         ) from exc
-    finally:
-        con.close()
     out: list[Any] = []
     for (v,) in rows:
         if v is None:

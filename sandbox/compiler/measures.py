@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from sandbox.catalog import NUMERIC_TYPES, Use
-from sandbox.compiler.checks import check_row_expr
-from sandbox.compiler.keys import render, resolved
+from sandbox.compiler.checks import row_expr
+from sandbox.compiler.keys import render
 from sandbox.compiler.scope import ColumnRef, Scope
 from sandbox.compiler.text import func_name, refuse, snippet
 from sandbox.plan import Measure, OutputKind
@@ -88,8 +88,8 @@ class Measures:
         if isinstance(node, exp.Filter):
             where = node.expression
             inner = where.this if isinstance(where, exp.Where) else where
-            check_row_expr(inner, self.scope, Use.FILTER, "an aggregate's FILTER")
-            cond = f"TRY(CAST(({render(resolved(inner, self.scope))}) AS BOOLEAN))"
+            tree, _ = row_expr(inner, self.scope, Use.FILTER, "an aggregate's FILTER")
+            cond = f"TRY(CAST(({render(tree)}) AS BOOLEAN))"
             node = node.this
         alpha_flip = False
         if isinstance(node, exp.WithinGroup):
@@ -146,8 +146,8 @@ class Measures:
         if not neutral or not (isinstance(then, exp.Column) or (one and isinstance(
                 node, exp.Sum | exp.Count))):  # fmt: skip
             return node, cond
-        check_row_expr(when, self.scope, Use.FILTER, "a CASE inside an aggregate")
-        sql = f"TRY(CAST(({render(resolved(when, self.scope))}) AS BOOLEAN))"
+        tree, _ = row_expr(when, self.scope, Use.FILTER, "a CASE inside an aggregate")
+        sql = f"TRY(CAST(({render(tree)}) AS BOOLEAN))"
         new: exp.Expr = exp.Count(this=exp.Star()) if one else node.copy()
         if not one and then is not None:
             new.set("this", then.copy())

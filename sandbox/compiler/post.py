@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import sqlglot
 from sqlglot import exp
 
-from sandbox.compiler.checks import check_post_node, contains_aggregate, is_aggregate
+from sandbox.compiler.checks import POST, contains_aggregate, is_aggregate, rebuild
 from sandbox.compiler.keys import Key, canonical
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.scope import Scope
@@ -18,6 +18,9 @@ from sandbox.errors import QueryRefused
 from sandbox.plan import Output, OutputKind
 
 _RESERVED = re.compile(r"^(m\d+|__.*|noisy)$", re.IGNORECASE)
+# Output names reach the SQL as quoted identifiers: letters (any script), digits,
+# underscores, spaces and hyphens only, so a name is never more than a name.
+_NAME = re.compile(r"\w[\w \-]*")
 MAX_LIMIT = 1_000_000
 
 
@@ -110,11 +113,12 @@ class Outputs:
         self.keys.append(key)
 
     def _claim(self, name: str, node: exp.Expr) -> None:
-        if _RESERVED.match(name) or not name.strip() or len(name) > 128:
+        if _RESERVED.match(name) or not _NAME.fullmatch(name) or len(name) > 128:
             raise refuse(
                 "UNSUPPORTED_EXPRESSION",
                 f"The output name '{name[:40]}' is reserved or not usable.",
-                "Choose another alias (names like m0, __x and noisy are reserved).",
+                "Choose another alias: letters, digits, '_', ' ' and '-' (names like m0, "
+                "__x and noisy are reserved).",
                 node,
             )
         if name.lower() in self.names:
@@ -186,7 +190,7 @@ class Outputs:
         used: list[str] = []
         by_alias = {o.name.lower(): o for o in self.outputs} if aliases else {}
 
-        def fix(n: exp.Expr) -> exp.Expr:
+        def leaf(n: exp.Expr) -> exp.Expr | None:
             if is_aggregate(n):
                 sql, kind, ms = self.measures.aggregate(n)
                 self._last_kind = kind
@@ -215,11 +219,9 @@ class Outputs:
                 key = self._key_for(n)
                 if key is not None:
                     return exp.column(key.name, quoted=True)
-            if not isinstance(n, exp.Identifier):
-                check_post_node(n, place)
-            return n
+            return None
 
-        out = node.transform(fix)
+        out = rebuild(node, POST, place, leaf)
         return out.sql(dialect="duckdb", comments=False), used
 
     # -- HAVING, ORDER BY, LIMIT ---------------------------------------------------------
