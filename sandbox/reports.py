@@ -321,11 +321,9 @@ def _grant_for(grants: Grants | None, operator: str, scenario: str | None) -> An
 
 
 def _ledger_balance() -> Any:
-    try:
-        from sandbox import ledger  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(ledger, "balance", None)
+    from sandbox import ledger
+
+    return ledger.balance
 
 
 def _ledger(balance: Any, conn: sqlite3.Connection, grant: Any, dataset: str) -> Any:

@@ -605,10 +605,8 @@ class Service:
     ) -> dict[str, Any]:
         """The supervision report (per operator × scenario) and its alerts."""
         self._require(p, SUPERVISOR)
-        try:
-            from sandbox import reports
-        except ModuleNotFoundError as exc:
-            raise NotFound("Reports are not available on this server.") from exc
+        from sandbox import reports
+
         report: dict[str, Any] = reports.build_report(
             self.conn(), operator=operator, scenario=scenario, grants=self._grants
         )

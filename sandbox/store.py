@@ -70,8 +70,4 @@ def _load_schemas() -> None:
     import importlib
 
     for name in ("sandbox.audit", "sandbox.ledger", "sandbox.jobs", "sandbox.tokens"):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+        importlib.import_module(name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
@@ -72,11 +71,7 @@ def create_app(
 
 
 def _include_console(app: FastAPI, svc: Service) -> None:
-    """Include ``sandbox.web.create_router(service)`` if the console provides one."""
-    try:
-        import sandbox.web as web
-    except ModuleNotFoundError:  # pragma: no cover - the package always exists
-        return
-    make: Any = getattr(web, "create_router", None)
-    if make is not None:
-        app.include_router(make(svc))
+    """Include the web console's router (``sandbox.web.create_router``)."""
+    import sandbox.web as web
+
+    app.include_router(web.create_router(svc))

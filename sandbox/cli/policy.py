@@ -179,10 +179,8 @@ def _read_query(query: str) -> str:
 def _accuracy(
     plan: Plan, catalog: Catalog, grant: Any, epsilon: float, delta: float | None
 ) -> dict[str, Any]:
-    try:
-        from sandbox import privacy
-    except ImportError:  # pragma: no cover - the privacy layer is part of the package
-        return {"accuracy_note": "the privacy layer is not available"}
+    from sandbox import privacy
+
     dataset = catalog.dataset(plan.dataset)
     assert dataset is not None  # the compiler only plans catalogue datasets
     cost = privacy.plan_cost(

@@ -41,10 +41,8 @@ def quantile_candidates(lower: float, upper: float, integer: bool) -> tuple[floa
 
 
 def _candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
-    try:
-        from sandbox.privacy import quantile_candidates as shared  # type: ignore[attr-defined]
-    except ImportError:
-        return quantile_candidates(lower, upper, integer)
+    from sandbox.privacy import quantile_candidates as shared
+
     return tuple(float(c) for c in shared(lower, upper, integer))
 
 

@@ -529,10 +529,8 @@ class DockerExecutor:
 
         tag = self._image
         if tag is None:
-            try:
-                from sandbox.runner_image import image_tag
-            except ImportError as exc:
-                raise DockerUnavailable("No runner image is configured.") from exc
+            from sandbox.runner_image import image_tag
+
             tag = image_tag()
         try:
             client.images.get(tag)

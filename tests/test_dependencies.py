@@ -1,0 +1,114 @@
+"""Every third-party import is a declared dependency.
+
+A fresh ``pip install -e .`` gets only what pyproject.toml declares. A module under
+``sandbox/`` that imports a distribution that is merely present (pulled in by a test extra,
+say) works in CI and fails on an operator's machine: numpy once did exactly that, and every
+job failed. The runner runs in its own image, which installs duckdb and pyarrow only
+(runner/Dockerfile), so ``runner/`` is checked against that list.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OWN = {"sandbox", "sandbox_runner"}
+
+
+def _name(requirement: str) -> str:
+    """The normalised distribution name of a requirement string ("PyYAML>=6" -> "pyyaml")."""
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip())
+    assert match, requirement
+    return re.sub(r"[-_.]+", "-", match.group(0)).lower()
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def declared_runtime() -> set[str]:
+    return {_name(r) for r in _pyproject()["project"]["dependencies"]}
+
+
+def declared_test() -> set[str]:
+    return {_name(r) for r in _pyproject()["project"]["optional-dependencies"]["test"]}
+
+
+def runner_image_packages() -> set[str]:
+    """The distributions runner/Dockerfile pip-installs into the runner image."""
+    text = (ROOT / "runner" / "Dockerfile").read_text(encoding="utf-8")
+    found = {_name(m) for m in re.findall(r'"([A-Za-z0-9._-]+)==\$\{', text)}
+    assert found, "no pinned pip install found in runner/Dockerfile"
+    return found
+
+
+def imported_modules(root: Path) -> dict[str, list[str]]:
+    """Top-level third-party module names imported anywhere under root -> where (file:line)."""
+    found: dict[str, list[str]] = {}
+    # Helper modules beside the code (tests' api_helpers.py, say) are not distributions.
+    local = {p.stem for p in root.rglob("*.py")} | {p.name for p in root.rglob("*") if p.is_dir()}
+    local.add(root.name)
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in OWN or top in local:
+                    continue
+                where = f"{path.relative_to(root.parent)}:{node.lineno}"
+                found.setdefault(top, []).append(where)
+    return found
+
+
+def undeclared(root: Path, declared: set[str]) -> list[str]:
+    """'module (dists) at file:line' for each import no declared distribution provides."""
+    providers = packages_distributions()
+    problems = []
+    for module, where in sorted(imported_modules(root).items()):
+        dists = {_name(d) for d in providers.get(module, [])}
+        if not dists:
+            problems.append(f"{module}: no installed distribution provides it (at {where[0]})")
+        elif not dists & declared:
+            problems.append(f"{module} (from {', '.join(sorted(dists))}) at {', '.join(where)}")
+    return problems
+
+
+def test_the_checks_see_the_imports() -> None:
+    # The walk finds the imports it is meant to judge (a check that sees nothing passes).
+    assert {"duckdb", "pyarrow", "fastapi", "numpy"} <= set(imported_modules(ROOT / "sandbox"))
+    assert {"duckdb", "pyarrow"} <= set(imported_modules(ROOT / "runner" / "sandbox_runner"))
+
+
+def test_the_check_catches_an_undeclared_import(tmp_path: Path) -> None:
+    (tmp_path / "mod.py").write_text("def f():\n    import numpy\n", encoding="utf-8")
+    assert undeclared(tmp_path, {"duckdb"}) != []
+    assert undeclared(tmp_path, {"numpy"}) == []
+
+
+def test_sandbox_imports_only_declared_runtime_dependencies() -> None:
+    assert undeclared(ROOT / "sandbox", declared_runtime()) == []
+
+
+def test_runner_imports_only_what_its_image_installs() -> None:
+    assert runner_image_packages() == {"duckdb", "pyarrow"}
+    assert undeclared(ROOT / "runner" / "sandbox_runner", runner_image_packages()) == []
+
+
+def test_runner_image_packages_are_runtime_dependencies() -> None:
+    # The image pins the host's versions of these, so the host must have them.
+    assert runner_image_packages() <= declared_runtime()
+
+
+def test_tests_import_only_declared_dependencies() -> None:
+    assert undeclared(ROOT / "tests", declared_runtime() | declared_test()) == []
