@@ -133,7 +133,8 @@ ACTIONS: dict[str, str] = {
     "product.released": "A data product was released. subject: product id; details: "
     "manifest_digest, dataset.",
     "product.downloaded": "A product was downloaded. subject: product id.",
-    "job.failed": "A job failed. subject: job id; details: code, category.",
+    "job.failed": "A job failed. subject: job id; details: incident, stage, exception (type), "
+    "code, category, exit_code, oom_killed, peak_rss_kb.",
     "job.cancelled": "A job was cancelled. subject: job id; details: reason.",
     "audit.exported": "The audit log was exported. details: since, format, entries.",
     "server.started": "The server started.",

@@ -133,6 +133,19 @@ CREATE TABLE IF NOT EXISTS job_transitions (
     at          TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_transitions_job ON job_transitions (job_id);
+-- one row per failed job: the non-data facts of the failure (see JobRunner.fail)
+CREATE TABLE IF NOT EXISTS job_incidents (
+    incident     TEXT PRIMARY KEY,
+    job_id       TEXT NOT NULL UNIQUE,
+    stage        TEXT NOT NULL,
+    exception    TEXT NOT NULL,
+    code         TEXT NOT NULL,
+    category     TEXT,
+    exit_code    INTEGER,
+    oom_killed   INTEGER,
+    peak_rss_kb  INTEGER,
+    at           TEXT NOT NULL
+);
 """
 store.register_schema("sandbox.jobs", SCHEMA)
 
@@ -172,10 +185,15 @@ class Job:
         return Plan.from_json(self.record["plan_json"])
 
     def public(
-        self, *, operator_view: bool = True, transitions: list[dict[str, Any]] | None = None
+        self,
+        *,
+        operator_view: bool = True,
+        transitions: list[dict[str, Any]] | None = None,
+        incident: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """What the API shows. No exact data exists to show; an operator sees a system
-        failure only as a generic message (and the runner's category)."""
+        failure only as a generic message (and the runner's category) and the incident
+        id; a supervisor also sees the incident's facts (stage, exit code, OOM kill …)."""
         r = self.record
         cost = json.loads(r["cost_json"]) if r["cost_json"] else None
         out: dict[str, Any] = {
@@ -218,10 +236,34 @@ class Job:
             ):
                 err["message"] = GENERIC_FAILURE
                 err["hint"] = ""
+            if incident is not None:
+                err["incident"] = incident["incident"]
+                if operator_view:
+                    err["hint"] = err["hint"] or (
+                        f"Quote incident {incident['incident']} to a supervisor."
+                    )
+                else:
+                    err["diagnosis"] = {k: v for k, v in incident.items() if k != "incident"}
             out["error"] = err
         if transitions is not None:
             out["transitions"] = transitions
         return out
+
+
+def incident_for(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+    """The failed job's incident: id, stage, exception type, code, category, exit code,
+    OOM kill, memory peak (KiB). None for a job that did not fail."""
+    row = conn.execute(
+        "SELECT incident, stage, exception, code, category, exit_code, oom_killed, peak_rss_kb,"
+        " at FROM job_incidents WHERE job_id = ?",
+        (job_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    out = dict(row)
+    if out["oom_killed"] is not None:
+        out["oom_killed"] = bool(out["oom_killed"])
+    return out
 
 
 def get_job(conn: sqlite3.Connection, job_id: str) -> Job:
@@ -535,30 +577,44 @@ class JobRunner:
             exc.details.setdefault("job", job.id)
             raise
         except Exception as exc:
-            self.fail(conn, job.id, exc)
+            at = get_job(conn, job.id).state
+            self.fail(conn, job.id, exc, stage="compile" if at == S.SUBMITTED else "reserve")
             raise
         return job
 
     # the asynchronous part: run, noise, review, release
     def _run_safely(self, job_id: str) -> None:
+        """A worker: run the job; any failure is recorded on it (and logged), none escapes.
+        (Exception, not BaseException: an interrupt or exit is not a job failure, and
+        recover() fails a job left running at the next start.)"""
+        from sandbox.logs import describe
+
         conn = self._connect()
+        at = StageMark()
         try:
-            self.execute(conn, job_id)
+            self.execute(conn, job_id, at=at)
         except Exception as exc:  # noqa: BLE001 - recorded on the job; nothing escapes
-            log.error("job %s failed: %s", job_id, type(exc).__name__)
             try:
-                self.fail(conn, job_id, exc)
-            except Exception:  # noqa: BLE001
-                log.error("job %s: could not record the failure", job_id)
+                self.fail(conn, job_id, exc, stage=at.name)
+            except Exception as inner:  # noqa: BLE001 - the failure itself was logged
+                fields = {"event": "job.fail_unrecorded", "job": job_id, **describe(inner)}
+                log.error("job.fail_unrecorded", extra={"fields": fields})
         if self._after_job is not None:
             try:
                 self._after_job()
-            except Exception:  # noqa: BLE001 - a checkpoint is retried after the next job
-                log.error("after job %s: %s", job_id, "the audit checkpoint failed")
+            except Exception as exc:  # noqa: BLE001 - a checkpoint is retried after the next job
+                fields = {"event": "audit.checkpoint_failed", "job": job_id, **describe(exc)}
+                log.error("audit.checkpoint_failed", extra={"fields": fields})
 
-    def execute(self, conn: sqlite3.Connection, job_id: str) -> None:
+    def execute(
+        self, conn: sqlite3.Connection, job_id: str, *, at: StageMark | None = None
+    ) -> None:
+        """budget_reserved → running → noised → (in_review | released). A failure is
+        raised with ``at`` naming the stage it happened in."""
         from sandbox import ledger, privacy
 
+        at = at if at is not None else StageMark()
+        at.name = "start"
         job = get_job(conn, job_id)
         if job.state != S.BUDGET_RESERVED or self._stopping.is_set():
             return
@@ -587,18 +643,25 @@ class JobRunner:
         except Conflict:
             return  # cancelled meanwhile
         try:
+            at.name = "execute"
             exact = self.executor.run(plan, data_root=self.settings.data_dir, job_id=job_id)
+            at.name = "noise"
             noisy = privacy.release(plan, exact.table, cost)
             wall_s = float(getattr(exact, "wall_s", 0.0))
-        except BaseException as exc:
-            self.fail(conn, job_id, exc)
-            return
         finally:
             exact = None  # the exact table is dropped here; it is never stored
-        self._noised(conn, job, plan, noisy, wall_s)
+        at.name = "review"
+        self._noised(conn, job, plan, noisy, wall_s, at=at)
 
     def _noised(
-        self, conn: sqlite3.Connection, job: Job, plan: Plan, noisy: Any, wall_s: float
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        plan: Plan,
+        noisy: Any,
+        wall_s: float,
+        *,
+        at: StageMark | None = None,
     ) -> None:
         dupes = review.find_near_duplicates(
             conn,
@@ -642,6 +705,8 @@ class JobRunner:
         except Conflict:
             products.discard(self.settings.products_dir, job.id)  # cancelled while running
             return
+        if at is not None:
+            at.name = "release"
         self.route(conn, job)
 
     def route(self, conn: sqlite3.Connection, job: Job) -> Job:
@@ -737,16 +802,41 @@ class JobRunner:
             effects=register,
         )
 
-    def fail(self, conn: sqlite3.Connection, job_id: str, exc: BaseException) -> None:
-        """Record a failure; release the reservation if the job never ran."""
+    def fail(
+        self, conn: sqlite3.Connection, job_id: str, exc: BaseException, *, stage: str
+    ) -> None:
+        """Record a failure as an incident; release the reservation if the job never ran.
+
+        The incident is logged first (one JSON line, sandbox/logs.py), so it is logged
+        even if recording it fails. Its id and facts go on the job (``job_incidents``)
+        and into the ``job.failed`` audit event; its message never does."""
         job = get_job(conn, job_id)
         if job.state in TERMINAL:
             return
         cols = error_columns(exc)
+        incident = new_incident_id()
+        facts = incident_facts(exc, stage=stage)
+        log_incident(incident, job_id, facts, exc, job.state.value)
 
         def settle(c: sqlite3.Connection, j: Job) -> None:
             if j.state in _BEFORE_RUNNING:
                 release_budget(c, j)
+            c.execute(
+                "INSERT INTO job_incidents (incident, job_id, stage, exception, code, category,"
+                " exit_code, oom_killed, peak_rss_kb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    incident,
+                    j.id,
+                    facts["stage"],
+                    facts["exception"],
+                    facts["code"],
+                    facts["category"],
+                    facts["exit_code"],
+                    facts["oom_killed"],
+                    facts["peak_rss_kb"],
+                    now_iso(),
+                ),
+            )
 
         transition(
             conn,
@@ -754,7 +844,7 @@ class JobRunner:
             S.FAILED,
             actor=SYSTEM_ACTOR,
             role=SYSTEM_ROLE,
-            details={"code": cols["error_code"], "category": cols["error_category"]},
+            details={"incident": incident, **facts},
             updates=cols,
             effects=settle,
         )
@@ -796,6 +886,7 @@ class JobRunner:
                     code="JOB_INTERRUPTED",
                     hint="Submit the query again.",
                 ),
+                stage="recover",
             )
             counts["failed"] += 1
         for job in list_jobs(conn, states=[S.NOISED.value], limit=10_000):
@@ -803,7 +894,7 @@ class JobRunner:
                 self.route(conn, job)
                 counts["routed"] += 1
             except Exception as exc:  # noqa: BLE001 - e.g. the stored result is gone
-                self.fail(conn, job.id, exc)
+                self.fail(conn, job.id, exc, stage="recover")
                 counts["failed"] += 1
         for job in list_jobs(conn, states=[S.IN_REVIEW.value], limit=10_000):
             # approved, but the server stopped before the product was written
@@ -876,3 +967,67 @@ def _accuracy(accuracy: Any, checked: review.Checked) -> dict[str, Any]:
 def _jsonable(obj: Any) -> Any:
     """Accuracy figures as plain JSON (floats, lists, dicts)."""
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# --- failures ------------------------------------------------------------------------
+
+# Where a job was when it failed (the ``stage`` of an incident); docs/errors.md lists them.
+STAGES: dict[str, str] = {
+    "compile": "parsing and planning the SQL",
+    "reserve": "costing the plan and reserving the budget",
+    "start": "reading the job back before its run",
+    "execute": "the run in the runner container (the executor)",
+    "noise": "the privacy layer adding noise to the exact aggregates",
+    "review": "output checks and storing the noisy result",
+    "release": "signing and writing the data product",
+    "recover": "a server start finishing what the previous one left",
+}
+
+
+class StageMark:
+    """The stage a worker is in, read when something in it fails."""
+
+    def __init__(self, name: str = "start") -> None:
+        self.name = name
+
+
+def new_incident_id() -> str:
+    return "inc-" + secrets.token_hex(6)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def incident_facts(exc: BaseException, *, stage: str) -> dict[str, Any]:
+    """The non-data facts of a failure: stage, exception type, our code and category,
+    and what the executor measured (exit code, OOM kill, memory peak). Never a message."""
+    from sandbox.logs import exception_type
+
+    cols = error_columns(exc)
+    stats = getattr(exc, "stats", None)
+    stats = stats if isinstance(stats, dict) else {}
+    oom = stats.get("oom_killed")
+    return {
+        "stage": stage if stage in STAGES else "start",
+        "exception": exception_type(exc),
+        "code": cols["error_code"],
+        "category": cols["error_category"],
+        "exit_code": _int_or_none(stats.get("exit_code")),
+        "oom_killed": oom if isinstance(oom, bool) else None,
+        "peak_rss_kb": _int_or_none(stats.get("peak_rss_kb")),
+    }
+
+
+def log_incident(
+    incident: str, job_id: str, facts: dict[str, Any], exc: BaseException, state: str
+) -> None:
+    """The one server-log line of a failed job (JSON on stderr, see sandbox/logs.py):
+    the facts plus the traceback's frames, file:line:function. Never the exception's
+    text, which may quote data."""
+    from sandbox.logs import describe
+
+    fields = {"event": "job.failed", "incident": incident, "job": job_id, "state": state}
+    fields.update(facts)
+    fields.update(describe(exc))
+    log.error("job.failed", extra={"fields": fields})

@@ -338,6 +338,7 @@ class Service:
         view = job.public(
             operator_view=p.role == Role.OPERATOR,
             transitions=jobs.transitions(conn, job.id) if detail else None,
+            incident=jobs.incident_for(conn, job.id) if job.state == State.FAILED else None,
         )
         view["decisions"] = review.decisions(conn, job.id)
         view["approvals"] = sum(1 for d in view["decisions"] if d["decision"] == "approve")

@@ -139,6 +139,13 @@ def _show_job(job: dict[str, Any]) -> None:
         e = job["error"]
         extra = f" ({e['category']})" if e.get("category") else ""
         console.print(f"  [red]{e['code']}[/]{extra}: {e['message']}")
+        if e.get("incident"):
+            console.print(f"  incident {e['incident']}")
+        diagnosis = e.get("diagnosis")  # a supervisor's view: the incident's facts
+        if diagnosis:
+            facts = ("stage", "exception", "category", "exit_code", "oom_killed", "peak_rss_kb")
+            shown = [f"{k}={diagnosis[k]}" for k in facts if diagnosis.get(k) is not None]
+            console.print(f"  [dim]{'  '.join(shown)}[/]", highlight=False)
         if e.get("hint"):
             console.print(f"  [dim]hint: {e['hint']}[/]")
     for f in job.get("flags") or []:

@@ -14,6 +14,7 @@ from sandbox.cli.common import JsonOption, console, print_json
 
 def errors_markdown() -> str:
     from sandbox.errors import CATEGORIES, CODES
+    from sandbox.jobs import STAGES
 
     lines = [
         "# Error codes",
@@ -40,6 +41,28 @@ def errors_markdown() -> str:
         "| category | meaning |",
         "|---|---|",
         *(f"| `{name}` | {meaning} |" for name, meaning in CATEGORIES.items()),
+        "",
+        "## Failed jobs are incidents",
+        "",
+        "Every failed job gets an incident id (`inc-` and 12 hex digits): the operator",
+        "sees it in the job's error (`incident`, and in the hint), and quotes it.",
+        "Where the incident is logged (never with the exception's message, which may",
+        "quote data):",
+        "",
+        "- **The server log**: `sandbox serve` and `sandbox up` write JSON lines to",
+        "  stderr; a failure is one line with `event: job.failed`, `incident`, `job`,",
+        "  `state`, `stage`, `exception` (its type), `code`, `category`, `exit_code`,",
+        "  `oom_killed`, `peak_rss_kb`, and `frames` (`file:line:function`, innermost",
+        "  last), with `causes` for the exceptions it was raised from.",
+        "- **The supervisor's job view** (`sandbox status JOB` with a supervisor token,",
+        "  `GET /v1/jobs/{id}`): the error adds `diagnosis` with the same facts but the",
+        "  frames.",
+        "- **The audit log**: the `job.failed` event's details carry `incident` and",
+        "  the same facts.",
+        "",
+        "| stage | where the job was |",
+        "|---|---|",
+        *(f"| `{name}` | {meaning} |" for name, meaning in STAGES.items()),
         "",
     ]
     return "\n".join(lines)

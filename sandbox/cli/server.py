@@ -43,13 +43,12 @@ SERVER_WARM_RUNNERS = 2
 
 def serve_app(settings: Settings) -> None:
     """Serve the API with uvicorn on settings.host:port until interrupted."""
-    import logging
-
     import uvicorn
 
+    from sandbox import logs
     from sandbox.api.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()  # JSON lines on stderr: every job failure is one (docs/jobs.md)
     if not os.environ.get("SANDBOX_WARM_RUNNERS"):
         # a served sandbox keeps two containers started ahead: a job then pays no
         # container start (docs/performance.md); each still serves exactly one job

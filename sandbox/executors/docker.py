@@ -344,6 +344,7 @@ class DockerExecutor:
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 raise ExecutionFailed("engine_error") from exc
             stats["exit_code"] = exit_code
+            stats["oom_killed"] = oom
             if timed_out:
                 raise ExecutionFailed("timeout")
             if oom or exit_code == EXIT_KILLED:
