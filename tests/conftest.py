@@ -1,8 +1,9 @@
 """Fixtures shared across the suite. Area-specific fixtures live beside their tests.
 
 Container tests (marker ``container``) need a Docker engine and the runner image. On
-CI (``CI=true``) a missing engine is a failure, not a skip: the isolation is the
-product, and a CI that skips container tests tests nothing that matters.
+CI (``CI=true`` or ``CI=1``) a missing engine is a failure, not a skip: the isolation is
+the product, and a CI that skips container tests tests nothing that matters. The hook
+below makes that hold for every container and browser test, whatever made it skip.
 """
 
 from __future__ import annotations
@@ -18,6 +19,26 @@ from sandbox.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
+MUST_RUN_ON_CI = ("container", "browser")
+
+
+def on_ci() -> bool:
+    """True under CI: CI=true or CI=1 (any case), as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Under CI, a container or browser test that skipped has FAILED."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or not on_ci() or hasattr(report, "wasxfail"):
+        return
+    marks = [m for m in MUST_RUN_ON_CI if item.get_closest_marker(m) is not None]
+    if marks:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"{'/'.join(marks)} test skipped under CI (it must run): {reason}"
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +82,7 @@ def docker_client():  # type: ignore[no-untyped-def]
         client.ping()
     except Exception as exc:  # noqa: BLE001
         message = f"no Docker engine: {type(exc).__name__}"
-        if os.environ.get("CI") == "true":
+        if on_ci():
             pytest.fail(message + " (CI must run the container tests)")
         pytest.skip(message)
     yield client

@@ -130,6 +130,8 @@ def test_restart_mid_run_fails_the_job_and_keeps_the_charge(jsettings):
     assert blocking.entered.wait(30)
     assert first.get_job(SUP, job["id"])["state"] == "running"
     assert spent(first)["spent"] == pytest.approx(1.0)  # charged as it started running
+    old_workers = first.runner._pool
+    assert old_workers is not None
     first.stop(wait=False)  # the server dies with the container still running
 
     second = Service(jsettings)
@@ -139,7 +141,7 @@ def test_restart_mid_run_fails_the_job_and_keeps_the_charge(jsettings):
         assert after["state"] == "failed" and after["error"]["code"] == "JOB_INTERRUPTED"
         assert spent(second)["spent"] == pytest.approx(1.0) and spent(second)["reserved"] == 0
         blocking.go.set()  # the old worker finishes late: it must not resurrect the job
-        time.sleep(1.0)
+        old_workers.shutdown(wait=True)  # joined: the late worker has done all it will
         assert second.get_job(SUP, job["id"])["state"] == "failed"
         assert not (jsettings.products_dir / job["id"]).exists()
         operator_view = second.get_job(OP, job["id"])
@@ -217,7 +219,7 @@ def test_cancel_returns_budget_only_if_the_job_never_ran(jsettings):
         assert blocking.entered.wait(30)
         assert svc.cancel_job(OP, job["id"])["state"] == "cancelled"
         blocking.go.set()
-        time.sleep(1.0)
+        svc.runner.stop(wait=True)  # joins the worker: it has finished with the job
         assert svc.get_job(OP, job["id"])["state"] == "cancelled"
         assert spent(svc)["spent"] == pytest.approx(1.0)  # data may have been read
     finally:

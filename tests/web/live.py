@@ -8,7 +8,6 @@ their own tokens, exactly as the CLI does.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -144,7 +143,9 @@ def chromium_or_fail() -> None:
     if CHROMIUM.exists():
         return
     message = f"{CHROMIUM} is missing (apt-get install chromium; .ci/install does it)"
-    if os.environ.get("CI") == "true":
+    from tests.conftest import on_ci
+
+    if on_ci():
         pytest.fail(message + ": CI must run the browser tests")
     pytest.skip(message)
 
