@@ -23,8 +23,9 @@ from sqlglot import exp
 from sandbox.catalog import Catalog, Use
 from sandbox.compiler.build import build_plan
 from sandbox.compiler.checks import contains_aggregate, forbid_everywhere, row_expr
-from sandbox.compiler.keys import make_key, render
+from sandbox.compiler.keys import make_key
 from sandbox.compiler.measures import Measures, quantile_candidates
+from sandbox.compiler.nodes import as_bool
 from sandbox.compiler.post import Outputs
 from sandbox.compiler.scope import build_scope
 from sandbox.compiler.text import check_text, parse_statement, refuse, snippet, too_deep
@@ -77,7 +78,7 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     stmt = parse_statement(text)
     select = _as_select(stmt)
     forbid_everywhere(select)
-    scope, from_lines = build_scope(select, catalog, grant)
+    scope, relations = build_scope(select, catalog, grant)
     measures = Measures(scope)
     outputs = Outputs(scope, measures)
 
@@ -102,13 +103,13 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
         )
 
     where = select.args.get("where")
-    where_sql = None
+    where_node = None
     terms: list[exp.Expr] = []
     if where is not None:
         cond, _ = row_expr(where.this, scope, Use.FILTER, "WHERE")
         # TRY: a row whose expression fails (overflow, bad cast) is dropped, never an
         # engine error that would end the run after the data was read
-        where_sql = f"TRY(CAST(({render(cond)}) AS BOOLEAN))"
+        where_node = as_bool(cond)
         terms = _and_terms(cond)
 
     group = select.args.get("group")
@@ -149,8 +150,8 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     return build_plan(
         query_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         scope=scope,
-        from_lines=from_lines,
-        where_sql=where_sql,
+        relations=relations,
+        where=where_node,
         outputs=outputs,
         measures=measures,
     )

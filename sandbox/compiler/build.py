@@ -21,8 +21,10 @@ import json
 import math
 from typing import Any
 
+from sqlglot import exp
+
 from sandbox import hostsql
-from sandbox.compiler.keys import literal
+from sandbox.compiler import nodes as n_
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.post import Outputs, quote
 from sandbox.compiler.scope import Scope
@@ -39,8 +41,8 @@ def build_plan(
     *,
     query_sha256: str,
     scope: Scope,
-    from_lines: list[str],
-    where_sql: str | None,
+    relations: list[exp.Expr],
+    where: exp.Expr | None,
     outputs: Outputs,
     measures: Measures,
 ) -> Plan:
@@ -72,42 +74,46 @@ def build_plan(
     cap_groups = spans and limit_g < reach
     unit_groups = min(limit_g, reach) if spans else 1
 
-    unit_col = f'{scope.unit_source.alias}."{dataset.privacy_unit}"'
-    cols = [f"{unit_col} AS __unit"]
-    cols += [f"{k.sql} AS __k{j}" for j, k in enumerate(keys)]
-    cols += [f"{sql} AS {name}" for sql, name in measures.values.items()]
-    if unit_rows > 1:
-        cols.append("random() AS __r")  # DuckDB refuses volatile window ORDER BY
-    conds = [f"({where_sql})"] if where_sql else []
+    unit = exp.column(dataset.privacy_unit or "", table=scope.unit_source.alias, quoted=True)
+    items: list[exp.Expr] = [n_.alias(unit, "__unit", quote=False)]
+    items += [n_.alias(k.node, f"__k{j}", quote=False) for j, k in enumerate(keys)]
+    items += [n_.alias(node, name, quote=False) for node, name in measures.values.values()]
+    if unit_rows > 1:  # DuckDB refuses volatile window ORDER BY
+        items.append(n_.alias(exp.Rand(), "__r", quote=False))
+    conds = [where] if where is not None else []
     for k in keys:
         if k.public is not None:  # no public value at all: no row can be released
-            values = ", ".join(literal(v) for v in k.public)
-            conds.append(f"({k.sql}) IN ({values})" if values else "FALSE")
-    rows_sql = "SELECT " + ", ".join(cols) + "\n  " + "\n  ".join(from_lines)
-    if conds:
-        rows_sql += "\n  WHERE " + "\n    AND ".join(conds)
-    ctes = [f"__rows AS (\n  {rows_sql}\n)"]
-    last = "__rows"
+            listed = [n_.value(v) for v in k.public]
+            conds.append(
+                exp.In(this=exp.Paren(this=k.node.copy()), expressions=listed)
+                if listed
+                else exp.false()
+            )
+    rows = n_.select(
+        items,
+        relations[0],
+        joins=relations[1:],
+        where=n_.and_(*conds) if conds else None,
+    )
+    ctes: list[tuple[str, exp.Select]] = [("__rows", rows)]
     key_cols = [f"__k{j}" for j in range(len(keys))]
     if cap_groups:
-        order = ", ".join([f"hash(__unit, {', '.join(key_cols)})", *key_cols])
-        ctes.append(
-            f"__groups AS (\n  SELECT * FROM (SELECT *, DENSE_RANK() OVER "
-            f"(PARTITION BY __unit ORDER BY {order}) AS __gr FROM {last}) WHERE __gr <= "
-            f"{limit_g}\n)"
-        )
-        last = "__groups"
+        order: list[exp.Expr] = [
+            n_.call("hash", n_.name("__unit"), *map(n_.name, key_cols)),
+            *map(n_.name, key_cols),
+        ]
+        ctes.append(("__groups", _window(ctes[-1][0], exp.DenseRank(), order, "__gr", limit_g)))
         notes.append(
             f"groups per {dataset.privacy_unit} capped at {limit_g} "
             "(DENSE_RANK over the unit's keys in a pseudo-random order)"
         )
     if unit_rows > 1:
         ctes.append(
-            f"__bounded AS (\n  SELECT * FROM (SELECT *, ROW_NUMBER() OVER "
-            f"(PARTITION BY __unit ORDER BY __r) AS __rn FROM {last}) WHERE __rn <= "
-            f"{unit_rows}\n)"
+            (
+                "__bounded",
+                _window(ctes[-1][0], exp.RowNumber(), [n_.name("__r")], "__rn", unit_rows),
+            )
         )
-        last = "__bounded"
         notes.append(
             f"rows per {dataset.privacy_unit} capped at {unit_rows} "
             "(ROW_NUMBER in random order within each unit)"
@@ -116,28 +122,34 @@ def build_plan(
         notes.append(
             f"one row per {dataset.privacy_unit} in every table read; no per-unit window needed"
         )
-    select = [f"__k{j} AS {quote(k.name)}" for j, k in enumerate(keys)]
-    select += [
-        f"{agg} AS {quote(m.name)}" for m, agg in zip(measures.measures, measures.aggs, strict=True)
+    final = [n_.alias(n_.name(f"__k{j}"), k.name) for j, k in enumerate(keys)]
+    final += [
+        n_.alias(agg, m.name) for m, agg in zip(measures.measures, measures.aggs, strict=True)
     ]
-    sql = "WITH " + ",\n".join(ctes) + "\nSELECT " + ", ".join(select) + f"\nFROM {last}"
-    if keys:
-        sql += "\nGROUP BY " + ", ".join(key_cols)
+    runner = n_.select(
+        final, n_.table(ctes[-1][0], quote=False), group=[n_.name(c) for c in key_cols] or None
+    )
+    sql = n_.render(n_.with_ctes(ctes, runner), pretty=True)
 
     # TRY: post-processing never fails on odd noisy values (overflow, zero divisors)
-    post = "SELECT " + ", ".join(
-        f"{o.expr if o.kind == 'key' else f'TRY({o.expr})'} AS {quote(o.name)}"
+    post_items = [
+        n_.alias(
+            outputs.exprs[o.name] if o.kind == "key" else n_.try_(outputs.exprs[o.name]), o.name
+        )
         for o in outputs.outputs
+    ]
+    post_tree = n_.select(
+        post_items,
+        n_.table("noisy", quote=False),
+        where=n_.as_bool(outputs.having) if outputs.having is not None else None,
     )
-    post += "\nFROM noisy"
-    if outputs.having:
-        post += f"\nWHERE TRY(CAST(({outputs.having}) AS BOOLEAN))"
     if outputs.order:
-        post += "\nORDER BY " + ", ".join(outputs.order)
+        post_tree.set("order", exp.Order(expressions=outputs.order))
     if outputs.limit is not None:
-        post += f"\nLIMIT {outputs.limit}"
+        post_tree.set("limit", exp.Limit(expression=n_.num(outputs.limit)))
     if outputs.offset is not None:
-        post += f"\nOFFSET {outputs.offset}"
+        post_tree.set("offset", exp.Offset(expression=n_.num(outputs.offset)))
+    post = n_.render(post_tree, pretty=True)
 
     for n in measures.notes:
         if n not in notes:
@@ -266,6 +278,18 @@ def _check_parse(con: Any, sql: str, tables: set[str]) -> None:
             code="INTERNAL",
             details={"problems": sorted(set(bad))},
         )
+
+
+def _window(prev: str, func: exp.Expr, order: list[exp.Expr], col: str, limit: int) -> exp.Select:
+    """SELECT * FROM (SELECT *, func OVER (PARTITION BY __unit ORDER BY order) AS col
+    FROM prev) WHERE col <= limit: at most ``limit`` rows or groups per unit."""
+    window = exp.Window(
+        this=func,
+        partition_by=[n_.name("__unit")],
+        order=exp.Order(expressions=[exp.Ordered(this=o) for o in order]),
+    )
+    inner = n_.select([exp.Star(), n_.alias(window, col, quote=False)], n_.table(prev, quote=False))
+    return n_.select([exp.Star()], n_.subquery(inner), where=n_.lte(n_.name(col), n_.num(limit)))
 
 
 def check_plan(plan: Plan, scope: Scope) -> None:

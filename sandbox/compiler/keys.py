@@ -22,7 +22,9 @@ from sqlglot import exp
 
 from sandbox import hostsql
 from sandbox.catalog import Catalog, Use
+from sandbox.compiler import nodes as n_
 from sandbox.compiler.checks import ROW, rebuild, row_expr
+from sandbox.compiler.nodes import render
 from sandbox.compiler.scope import ColumnRef, Scope
 from sandbox.compiler.text import refuse, snippet
 from sandbox.errors import QueryRefused
@@ -38,7 +40,7 @@ class Key:
     name: str
     expr: exp.Expr  # the operator's expression
     canon: str  # resolved form, to match SELECT / ORDER BY items
-    sql: str  # runner SQL over the t-aliases
+    node: exp.Expr  # runner expression over the t-aliases
     source: str  # readable form for explain
     refs: list[ColumnRef]
     public: tuple[Any, ...] | None = None
@@ -57,10 +59,6 @@ def resolved(node: exp.Expr, scope: Scope) -> exp.Expr:
         return scope.resolve(n).sql() if isinstance(n, exp.Column) else None
 
     return rebuild(node, ROW, "GROUP BY", leaf)
-
-
-def render(node: exp.Expr) -> str:
-    return node.sql(dialect="duckdb", comments=False)
 
 
 def canonical(node: exp.Expr, scope: Scope) -> str:
@@ -102,7 +100,7 @@ def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | No
         name=name,
         expr=expr,
         canon=render(tree),
-        sql=f"TRY({render(tree)})",  # a row that fails gives NULL
+        node=n_.try_(tree),  # a row that fails gives NULL
         source=render(readable),
         refs=refs,
     )
@@ -110,22 +108,36 @@ def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | No
     return key
 
 
-def _domain(ref: ColumnRef, catalog: Catalog) -> tuple[str, str] | None:
-    """SQL for a column's public domain: (values SQL with columns v, i; description)."""
+def _domain(ref: ColumnRef, catalog: Catalog) -> tuple[exp.Expr, str] | None:
+    """A column's public domain as a relation with columns v, i; and a description."""
     col = ref.column
+    v, i = n_.name("v"), n_.name("i")
     if col.keys is not None:
         values = catalog.keys(col.keys)
-        rows = ", ".join(f"({_literal(v)}, {i})" for i, v in enumerate(values))
-        return f"(VALUES {rows}) AS d(v, i)", f"key set '{col.keys}' ({len(values)} values)"
+        rows = [exp.Tuple(expressions=[n_.value(x), n_.num(j)]) for j, x in enumerate(values)]
+        rel = exp.Values(
+            expressions=rows,
+            alias=exp.TableAlias(this=n_.ident("d", quoted=False), columns=[v.this, i.this]),
+        )
+        return rel, f"key set '{col.keys}' ({len(values)} values)"
     if col.type in ("INTEGER", "BIGINT") and col.bounds is not None:
         lo, hi = int(col.bounds[0]), int(col.bounds[1])
         if hi - lo + 1 <= MAX_RANGE:
-            return (
-                f"(SELECT range AS v, range - {lo} AS i FROM range({lo}, {hi + 1})) AS d",
-                f"the integer range of its bounds [{lo}, {hi}]",
+            r = n_.name("range")
+            sel = n_.select(
+                [n_.alias(r, "v", quote=False), n_.alias(n_.sub(r, n_.num(lo)), "i", quote=False)],
+                exp.Table(this=n_.call("range", n_.num(lo), n_.num(hi + 1))),
             )
+            return n_.subquery(sel, "d"), f"the integer range of its bounds [{lo}, {hi}]"
     if col.type == "BOOLEAN":
-        return "(VALUES (false, 0), (true, 1)) AS d(v, i)", "BOOLEAN"
+        rows = [
+            exp.Tuple(expressions=[n_.value(b), n_.num(j)]) for j, b in enumerate((False, True))
+        ]
+        rel = exp.Values(
+            expressions=rows,
+            alias=exp.TableAlias(this=n_.ident("d", quoted=False), columns=[v.this, i.this]),
+        )
+        return rel, "BOOLEAN"
     return None
 
 
@@ -170,26 +182,40 @@ def _public_values(
     def to_placeholder(n: exp.Column) -> exp.Expr:
         return exp.column(names[labels[(n.table, n.name)]])
 
-    body = render(_columns_to(expr, to_placeholder))
-    parts, order, stride = [], [], 1
+    body = _columns_to(expr, to_placeholder)
+    parts: list[exp.Expr] = []
+    order: exp.Expr | None = None
+    stride = 1
     for j, (label, r) in enumerate(reversed(list(cols.items()))):
-        sql, _ = domains[label]  # type: ignore[misc]
+        rel, _ = domains[label]  # type: ignore[misc]
         c = names[label]
-        parts.append(f"(SELECT CAST(v AS {r.column.type}) AS {c}, i AS i{c} FROM {sql}) AS x{j}")
-        order.append(f"i{c} * {stride}")
+        items = [
+            n_.alias(n_.cast(n_.name("v"), r.column.type), c, quote=False),
+            n_.alias(n_.name("i"), f"i{c}", quote=False),
+        ]
+        parts.append(n_.subquery(n_.select(items, rel), f"x{j}"))
+        term = n_.mul(n_.name(f"i{c}"), n_.num(stride))
+        order = term if order is None else n_.add(order, term)
         stride *= _domain_size(r, catalog)
     filters = []
     for term in where:
         read = {labels.get((c.table, c.name)) for c in term.find_all(exp.Column)}
         if read and read <= set(cols):
-            filters.append(f"({render(_columns_to(term, to_placeholder))})")
+            filters.append(_columns_to(term, to_placeholder))
 
-    def query(narrow: list[str]) -> str:
-        cond = f" WHERE {' AND '.join(narrow)}" if narrow else ""
-        return (
-            f"SELECT k FROM (SELECT ({body}) AS k, {' + '.join(order)} AS o "
-            f"FROM {' CROSS JOIN '.join(parts)}{cond}) GROUP BY k ORDER BY MIN(o)"
+    assert order is not None  # a key reads at least one column
+
+    def query(narrow: list[exp.Expr]) -> str:
+        assert order is not None
+        inner = n_.select(
+            [n_.alias(n_.wrap(body.copy()), "k", quote=False), n_.alias(order, "o", quote=False)],
+            parts[0].copy(),
+            joins=[exp.Join(this=p.copy(), kind="CROSS") for p in parts[1:]],
+            where=n_.and_(*[f.copy() for f in narrow]) if narrow else None,
         )
+        outer = n_.select([n_.name("k")], n_.subquery(inner), group=[n_.name("k")])
+        outer.set("order", exp.Order(expressions=[exp.Ordered(this=exp.Min(this=n_.name("o")))]))
+        return render(outer)
 
     try:
         values = _evaluate(query([]))
@@ -242,16 +268,3 @@ def _evaluate(query: str) -> tuple[Any, ...] | None:
             return None
         out.append(v)
     return tuple(out)
-
-
-def _literal(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return "'" + str(v).replace("'", "''") + "'"
-
-
-def literal(v: object) -> str:
-    """A SQL literal for a public key value (text we control, from the catalogue)."""
-    return _literal(v)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from sandbox.catalog import NUMERIC_TYPES, Use
+from sandbox.compiler import nodes as n_
 from sandbox.compiler.checks import row_expr
-from sandbox.compiler.keys import render
+from sandbox.compiler.nodes import render
 from sandbox.compiler.scope import ColumnRef, Scope
 from sandbox.compiler.text import func_name, refuse, snippet
 from sandbox.plan import Measure, OutputKind
@@ -50,17 +51,19 @@ def _candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
 class Measures:
     scope: Scope
     measures: list[Measure] = field(default_factory=list)
-    aggs: list[str] = field(default_factory=list)  # runner SQL per measure
-    values: dict[str, str] = field(default_factory=dict)  # row SQL -> __vN
+    aggs: list[exp.Expr] = field(default_factory=list)  # runner aggregate per measure
+    values: dict[str, tuple[exp.Expr, str]] = field(default_factory=dict)  # SQL -> node, __vN
     index: dict[tuple[object, ...], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def value(self, sql: str) -> str:
-        if sql not in self.values:
-            self.values[sql] = f"__v{len(self.values)}"
-        return self.values[sql]
+    def value(self, node: exp.Expr) -> exp.Column:
+        """The per-row column (__vN) holding ``node``; equal expressions share one."""
+        key = render(node)
+        if key not in self.values:
+            self.values[key] = (node, f"__v{len(self.values)}")
+        return n_.name(self.values[key][1])
 
-    def add(self, dedupe: tuple[object, ...], agg: str, **fields: object) -> str:
+    def add(self, dedupe: tuple[object, ...], agg: exp.Expr, **fields: object) -> str:
         if dedupe in self.index:
             return self.index[dedupe]
         name = str(fields.pop("name", f"m{sum(1 for m in self.measures if not m.selection)}"))
@@ -72,7 +75,7 @@ class Measures:
     def selection(self) -> str:
         return self.add(
             ("selection",),
-            "COUNT(DISTINCT __unit)",
+            _count_distinct(n_.name("__unit")),
             name="__units",
             kind="count_units",
             selection=True,
@@ -80,14 +83,14 @@ class Measures:
 
     # -- one aggregate call ------------------------------------------------------------
 
-    def aggregate(self, node: exp.Expr) -> tuple[str, OutputKind, list[str]]:
-        """Post-processing SQL for one aggregate, its output kind, the measures used."""
-        cond = None
+    def aggregate(self, node: exp.Expr) -> tuple[exp.Expr, OutputKind, list[str]]:
+        """Post-processing expression for one aggregate, its output kind, the measures."""
+        cond: exp.Expr | None = None
         if isinstance(node, exp.Filter):
             where = node.expression
             inner = where.this if isinstance(where, exp.Where) else where
             tree, _ = row_expr(inner, self.scope, Use.FILTER, "an aggregate's FILTER")
-            cond = f"TRY(CAST(({render(tree)}) AS BOOLEAN))"
+            cond = n_.as_bool(tree)
             node = node.this
         alpha_flip = False
         if isinstance(node, exp.WithinGroup):
@@ -113,7 +116,9 @@ class Measures:
             node,
         )
 
-    def _case_as_filter(self, node: exp.Expr, cond: str | None) -> tuple[exp.Expr, str | None]:
+    def _case_as_filter(
+        self, node: exp.Expr, cond: exp.Expr | None
+    ) -> tuple[exp.Expr, exp.Expr | None]:
         """SUM(CASE WHEN c THEN x END) is SUM(x) FILTER (WHERE c), the same for COUNT,
         AVG, quantiles …; SUM(CASE WHEN c THEN 1 ELSE 0 END) is COUNT(*) FILTER (WHERE c).
         Any other CASE inside an aggregate stays refused (its bounds are unknown)."""
@@ -145,14 +150,16 @@ class Measures:
                 node, exp.Sum | exp.Count))):  # fmt: skip
             return node, cond
         tree, _ = row_expr(when, self.scope, Use.FILTER, "a CASE inside an aggregate")
-        sql = f"TRY(CAST(({render(tree)}) AS BOOLEAN))"
+        sql = n_.as_bool(tree)
         new: exp.Expr = exp.Count(this=exp.Star()) if one else node.copy()
         if not one and then is not None:
             new.set("this", then.copy())
         self.notes.append(f"{snippet(arg)} inside {func_name(node)} read as FILTER (WHERE …)")
-        return new, sql if cond is None else f"({cond} AND {sql})"
+        return new, sql if cond is None else n_.and_(cond, sql)
 
-    def _count(self, node: exp.Count, cond: str | None) -> tuple[str, OutputKind, list[str]]:
+    def _count(
+        self, node: exp.Count, cond: exp.Expr | None
+    ) -> tuple[exp.Expr, OutputKind, list[str]]:
         arg = node.this
         if isinstance(arg, exp.Distinct):
             cols = arg.expressions
@@ -172,30 +179,30 @@ class Measures:
                     node,
                 )
             if cond is None:
-                agg = "COUNT(DISTINCT __unit)"
+                agg = _count_distinct(n_.name("__unit"))
             else:
-                flag = self.value(f"CASE WHEN {cond} THEN 1 END")
-                agg = f"COUNT(DISTINCT CASE WHEN {flag} = 1 THEN __unit END)"
+                flag = self.value(n_.when(cond, n_.num(1)))
+                agg = _count_distinct(n_.when(n_.eq(flag, n_.num(1)), n_.name("__unit")))
             name = self.add(
-                ("count_units", cond),
+                ("count_units", _key(cond)),
                 agg,
                 kind="count_units",
                 column=ref.label,
                 lower=0.0,
                 upper=1.0,
             )
-            return name, "count_units", [name]
+            return n_.name(name), "count_units", [name]
         if (
             arg is None
             or isinstance(arg, exp.Star)
             or (isinstance(arg, exp.Literal) and not arg.is_string)
         ):
             if cond is None:
-                name = self.add(("count", None), "COUNT(*)", kind="count")
+                name = self.add(("count", None), exp.Count(this=exp.Star()), kind="count")
             else:
-                v = self.value(f"CASE WHEN {cond} THEN 1 END")
-                name = self.add(("count", cond), f"COUNT({v})", kind="count")
-            return name, "count", [name]
+                v = self.value(n_.when(cond, n_.num(1)))
+                name = self.add(("count", _key(cond)), exp.Count(this=v), kind="count")
+            return n_.name(name), "count", [name]
         if not isinstance(arg, exp.Column):
             raise refuse(
                 "UNSUPPORTED_AGGREGATE",
@@ -218,10 +225,10 @@ class Measures:
                 "Use columns whose catalogue uses allow it.",
                 arg,
             )
-        col = render(ref.sql())
-        v = self.value(col if cond is None else f"CASE WHEN {cond} THEN {col} END")
-        name = self.add(("count", v), f"COUNT({v})", kind="count", column=ref.label)
-        return name, "count", [name]
+        col = ref.sql()
+        v = self.value(col if cond is None else n_.when(cond, col))
+        name = self.add(("count", v.name), exp.Count(this=v), kind="count", column=ref.label)
+        return n_.name(name), "count", [name]
 
     def _unit(self) -> str:
         return self.scope.private_dataset.privacy_unit or "unit"
@@ -255,24 +262,27 @@ class Measures:
             )
         return ref
 
-    def _clamped(self, ref: ColumnRef, cond: str | None) -> tuple[str, float, float, bool]:
+    def _clamped(
+        self, ref: ColumnRef, cond: exp.Expr | None
+    ) -> tuple[exp.Expr, float, float, bool]:
         lo, hi = ref.column.bounds  # type: ignore[misc]
         integer = ref.column.type in ("INTEGER", "BIGINT")
-        lit = (lambda x: str(int(x))) if integer else (lambda x: repr(float(x)))
-        sql = f"LEAST(GREATEST({render(ref.sql())}, {lit(lo)}), {lit(hi)})"
+        lit = _lit(integer)
+        node = n_.clamp(ref.sql(), lit(lo), lit(hi))
         if cond is not None:
-            sql = f"CASE WHEN {cond} THEN {sql} END"
-        self.notes.append(f"{ref.label} clamped to [{lit(lo)}, {lit(hi)}]")
-        return sql, float(lo), float(hi), integer
+            node = n_.when(cond, node)
+        self.notes.append(f"{ref.label} clamped to [{render(lit(lo))}, {render(lit(hi))}]")
+        return node, float(lo), float(hi), integer
 
-    def _moment(self, node: exp.Expr, cond: str | None) -> tuple[str, OutputKind, list[str]]:
+    def _moment(
+        self, node: exp.Expr, cond: exp.Expr | None
+    ) -> tuple[exp.Expr, OutputKind, list[str]]:
         ref = self._bounded(node, node.this)
         sql, lo, hi, integer = self._clamped(ref, cond)
         v = self.value(sql)
-        cast = "BIGINT" if integer else "DOUBLE"
         s = self.add(
-            ("sum", v),
-            f"CAST(COALESCE(SUM({v}), 0) AS {cast})",
+            ("sum", v.name),
+            _sum(v, integer),
             kind="sum",
             column=ref.label,
             lower=lo,
@@ -280,34 +290,39 @@ class Measures:
             integer=integer,
         )
         if isinstance(node, exp.Sum):
-            return s, "sum", [s]
-        c = self.add(("count", v), f"COUNT({v})", kind="count", column=ref.label)
+            return n_.name(s), "sum", [s]
+        c = self.add(("count", v.name), exp.Count(this=v), kind="count", column=ref.label)
+        sn, cn = n_.name(s), n_.name(c)
         if isinstance(node, exp.Avg):
-            post = f"CASE WHEN {c} > 0 THEN LEAST(GREATEST({s} / {c}, {lo!r}), {hi!r}) END"
-            return post, "mean", [s, c]
+            mean = n_.clamp(n_.div(sn, cn), n_.num(lo), n_.num(hi))
+            return n_.when(n_.gt(cn, n_.num(0)), mean), "mean", [s, c]
         sq_lo = 0.0 if lo <= 0 <= hi else min(lo * lo, hi * hi)
         sq_hi = max(lo * lo, hi * hi)
-        lit = (lambda x: str(int(x))) if integer else repr
-        sq = self.value(f"LEAST(GREATEST({v} * {v}, {lit(sq_lo)}), {lit(sq_hi)})")
+        lit = _lit(integer)
+        sq = self.value(n_.clamp(n_.mul(v, v), lit(sq_lo), lit(sq_hi)))
         ss = self.add(
-            ("sumsq", v),
-            f"CAST(COALESCE(SUM({sq}), 0) AS {cast})",
+            ("sumsq", v.name),
+            _sum(sq, integer),
             kind="sum",
             column=f"{ref.label}^2",
             lower=sq_lo,
             upper=sq_hi,
             integer=integer,
         )
-        denom = f"{c}" if isinstance(node, _POP) else f"({c} - 1)"
-        least = 0 if isinstance(node, _POP) else 1
-        var = f"CASE WHEN {c} > {least} THEN GREATEST(({ss} - {s} * {s} / {c}) / {denom}, 0) END"
+        pop = isinstance(node, _POP)
+        denom = cn if pop else n_.sub(cn, n_.num(1))
+        spread = n_.div(n_.sub(n_.name(ss), n_.div(n_.mul(sn, sn), cn)), denom)
+        var = n_.when(
+            n_.gt(cn, n_.num(0 if pop else 1)),
+            n_.greatest(spread, n_.num(0)),
+        )
         if isinstance(node, _STD):
-            return f"SQRT({var})", "stddev", [ss, s, c]
+            return exp.Sqrt(this=var), "stddev", [ss, s, c]
         return var, "variance", [ss, s, c]
 
     def _quantile(
-        self, node: exp.Expr, cond: str | None, flip: bool
-    ) -> tuple[str, OutputKind, list[str]]:
+        self, node: exp.Expr, cond: exp.Expr | None, flip: bool
+    ) -> tuple[exp.Expr, OutputKind, list[str]]:
         if isinstance(node, exp.Median):
             alpha = 0.5
         else:
@@ -335,8 +350,8 @@ class Measures:
         v = self.value(sql)
         slot = _slot_sql(v, cands, self.value)
         name = self.add(
-            ("histogram", v, alpha),
-            f"histogram({slot})",
+            ("histogram", v.name, alpha),
+            n_.call("histogram", slot),
             kind="histogram",
             column=ref.label,
             lower=lo,
@@ -345,7 +360,24 @@ class Measures:
             candidates=cands,
             alpha=alpha,
         )
-        return name, "quantile", [name]
+        return n_.name(name), "quantile", [name]
+
+
+def _key(cond: exp.Expr | None) -> str | None:
+    return None if cond is None else render(cond)
+
+
+def _lit(integer: bool) -> Callable[[float], exp.Expr]:
+    return (lambda x: n_.num(int(x))) if integer else (lambda x: n_.num(float(x)))
+
+
+def _sum(v: exp.Expr, integer: bool) -> exp.Expr:
+    total = exp.Coalesce(this=exp.Sum(this=v), expressions=[n_.num(0)])
+    return n_.cast(total, "BIGINT" if integer else "DOUBLE")
+
+
+def _count_distinct(e: exp.Expr) -> exp.Expr:
+    return exp.Count(this=exp.Distinct(expressions=[e]))
 
 
 def _within_group(node: exp.WithinGroup) -> tuple[exp.Expr, bool]:
@@ -364,35 +396,44 @@ def _within_group(node: exp.WithinGroup) -> tuple[exp.Expr, bool]:
     return rebuilt, bool(ordered.args.get("desc"))
 
 
-def _slot_sql(v: str, cands: tuple[float, ...], value: Callable[[str], str]) -> str:
+def _slot_sql(
+    v: exp.Column, cands: tuple[float, ...], value: Callable[[exp.Expr], exp.Column]
+) -> exp.Column:
     """The row column holding the histogram slot of value v: 2k+1 when v equals
     candidate k, else 2k where k is the number of candidates below v (see Measure).
     Intermediate steps become their own columns (DuckDB reads earlier aliases)."""
-    n = len(cands)
+    num, one, zero = n_.num, n_.num(1), n_.num(0)
+    count = len(cands)
     lo, hi = cands[0], cands[-1]
-    if n == 1:
-        return value(f"CASE WHEN {v} = {lo!r} THEN 1 WHEN {v} > {lo!r} THEN 2 ELSE 0 END")
+    if count == 1:
+        return value(n_.cases([(n_.eq(v, num(lo)), one), (n_.gt(v, num(lo)), num(2))], zero))
     if all(c == lo + i for i, c in enumerate(cands)):  # consecutive integers
-        return value(
-            f"CAST(2 * CEIL({v} - {lo!r}) + CASE WHEN {v} = CEIL({v}) THEN 1 ELSE 0 END AS BIGINT)"
-        )
-    step = (hi - lo) / (n - 1)
-    if list(cands) == [lo + i * step for i in range(n - 1)] + [hi]:
+        up = exp.Ceil(this=n_.sub(v, num(lo)))
+        exact = n_.when(n_.eq(v, exp.Ceil(this=v)), one, zero)
+        return value(n_.cast(n_.add(n_.mul(num(2), up), exact), "BIGINT"))
+    step = (hi - lo) / (count - 1)
+    if list(cands) == [lo + i * step for i in range(count - 1)] + [hi]:
         # evenly spaced: candidate i is computed in SQL exactly as in Python
-        def cand(i: str) -> str:
-            return f"(CASE WHEN {i} >= {n - 1} THEN {hi!r} ELSE {lo!r} + ({i}) * {step!r} END)"
+        def cand(i: exp.Expr) -> exp.Expr:
+            return n_.when(
+                n_.gte(i, num(count - 1)), num(hi), n_.add(num(lo), n_.mul(i, num(step)))
+            )
     else:
-        lst = "[" + ", ".join(repr(c) for c in cands) + "]"
+        listed = exp.Array(expressions=[num(c) for c in cands])
 
-        def cand(i: str) -> str:
-            return f"{lst}[({i}) + 1]"
+        def cand(i: exp.Expr) -> exp.Expr:
+            return n_.call("list_extract", listed.copy(), n_.add(i, one))
 
-    k0 = value(f"LEAST(GREATEST(CAST(CEIL(({v} - {lo!r}) / {step!r}) AS BIGINT), 0), {n - 1})")
+    ratio = n_.div(n_.sub(v, num(lo)), num(step))
+    k0 = value(n_.least(n_.greatest(n_.cast(exp.Ceil(this=ratio), "BIGINT"), zero), num(count - 1)))
     # k0 is within one of the true count of candidates below v; correct it
-    k = value(
-        f"({k0} + CASE WHEN {k0} < {n - 1} AND {cand(k0)} < {v} THEN 1 "
-        f"WHEN {k0} > 0 AND {cand(f'{k0} - 1')} >= {v} THEN -1 ELSE 0 END)"
+    fix = n_.cases(
+        [
+            (n_.and_(n_.lt(k0, num(count - 1)), n_.lt(cand(k0), v)), one),
+            (n_.and_(n_.gt(k0, zero), n_.gte(cand(n_.sub(k0, one)), v)), num(-1)),
+        ],
+        zero,
     )
-    return value(
-        f"CAST(2 * {k} + CASE WHEN {k} < {n} AND {cand(k)} = {v} THEN 1 ELSE 0 END AS BIGINT)"
-    )
+    k = value(n_.add(k0, fix))
+    exact = n_.when(n_.and_(n_.lt(k, num(count)), n_.eq(cand(k), v)), one, zero)
+    return value(n_.cast(n_.add(n_.mul(num(2), k), exact), "BIGINT"))

@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import sqlglot
 from sqlglot import exp
 
+from sandbox.compiler import nodes as n_
 from sandbox.compiler.checks import POST, contains_aggregate, is_aggregate, rebuild
 from sandbox.compiler.keys import Key, canonical
 from sandbox.compiler.measures import Measures
+from sandbox.compiler.nodes import render
 from sandbox.compiler.scope import Scope
 from sandbox.compiler.text import func_name, refuse, snippet
 from sandbox.errors import QueryRefused
@@ -25,11 +26,8 @@ MAX_LIMIT = 1_000_000
 
 
 def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _parse(sql: str) -> exp.Expr:
-    return exp.Paren(this=sqlglot.parse_one(sql, read="duckdb"))
+    """A quoted identifier as text, for explain and docs (the SQL itself is a tree)."""
+    return render(exp.to_identifier(name, quoted=True))
 
 
 @dataclass
@@ -39,8 +37,9 @@ class Outputs:
     keys: list[Key] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
-    having: str | None = None
-    order: list[str] = field(default_factory=list)
+    exprs: dict[str, exp.Expr] = field(default_factory=dict)  # output name -> its node
+    having: exp.Expr | None = None
+    order: list[exp.Ordered] = field(default_factory=list)
     limit: int | None = None
     offset: int | None = None
 
@@ -143,14 +142,17 @@ class Outputs:
         alias = item.alias if isinstance(item, exp.Alias) and item.alias else None
         expr = item.this if isinstance(item, exp.Alias) else item
         if contains_aggregate(expr):
-            sql, used = self.transform(expr, "SELECT")
+            node, used = self.transform(expr, "SELECT")
             core = expr
             while isinstance(core, exp.Paren):
                 core = core.this
             kind: OutputKind = self._last_kind if is_aggregate(core) else "derived"
             name = alias or self._default_name(core)
             self._claim(name, item)
-            self.outputs.append(Output(name=name, kind=kind, measures=tuple(used), expr=sql))
+            self.exprs[name] = node
+            self.outputs.append(
+                Output(name=name, kind=kind, measures=tuple(used), expr=render(node))
+            )
             return
         key = self._key_for(expr)
         if key is None:
@@ -166,6 +168,7 @@ class Outputs:
         name = alias or key.name
         if name != key.name:
             self._claim(name, item)
+        self.exprs[name] = n_.quoted(key.name)
         self.outputs.append(Output(name=name, kind="key", expr=quote(key.name)))
 
     def _default_name(self, core: exp.Expr) -> str:
@@ -185,17 +188,17 @@ class Outputs:
 
     def transform(
         self, node: exp.Expr, place: str, *, aliases: bool = False
-    ) -> tuple[str, list[str]]:
-        """Rewrite an expression over aggregates and keys into SQL over ``noisy``."""
+    ) -> tuple[exp.Expr, list[str]]:
+        """Rebuild an expression over aggregates and keys as a tree over ``noisy``."""
         used: list[str] = []
         by_alias = {o.name.lower(): o for o in self.outputs} if aliases else {}
 
         def leaf(n: exp.Expr) -> exp.Expr | None:
             if is_aggregate(n):
-                sql, kind, ms = self.measures.aggregate(n)
+                node, kind, ms = self.measures.aggregate(n)
                 self._last_kind = kind
                 used.extend(m for m in ms if m not in used)
-                return _parse(sql)
+                return n_.wrap(node)
             if isinstance(n, exp.Column):
                 if (
                     by_alias
@@ -205,7 +208,7 @@ class Outputs:
                 ):
                     out = by_alias[n.name.lower()]
                     used.extend(m for m in out.measures if m not in used)
-                    return _parse(out.expr)
+                    return n_.wrap(self.exprs[out.name].copy())
                 key = self._key_for(n)
                 if key is None:
                     raise refuse(
@@ -221,14 +224,13 @@ class Outputs:
                     return exp.column(key.name, quoted=True)
             return None
 
-        out = rebuild(node, POST, place, leaf)
-        return out.sql(dialect="duckdb", comments=False), used
+        return rebuild(node, POST, place, leaf), used
 
     # -- HAVING, ORDER BY, LIMIT ---------------------------------------------------------
 
     def set_having(self, node: exp.Expr) -> None:
-        sql, used = self.transform(node, "HAVING", aliases=True)
-        self.having = sql
+        tree, used = self.transform(node, "HAVING", aliases=True)
+        self.having = tree
         self._extra = used
 
     def set_order(self, order: exp.Order) -> None:
@@ -246,14 +248,14 @@ class Outputs:
                         f"Positions run from 1 to {len(self.outputs)}.",
                         e,
                     )
-                sql = quote(self.outputs[n - 1].name)
+                sql: exp.Expr = n_.quoted(self.outputs[n - 1].name)
             elif (
                 isinstance(e, exp.Column)
                 and not e.table
                 and any(o2.name.lower() == e.name.lower() for o2 in self.outputs)
             ):
                 name = next(o2.name for o2 in self.outputs if o2.name.lower() == e.name.lower())
-                sql = quote(name)
+                sql = n_.quoted(name)
             else:
                 sql, _ = self.transform(e, "ORDER BY", aliases=True)
                 if not any(isinstance(n, exp.Column) or is_aggregate(n) for n in e.walk()):
@@ -263,14 +265,10 @@ class Outputs:
                         "Order by an output name, a position (ORDER BY 2) or an aggregate.",
                         e,
                     )
-                sql = f"TRY({sql})"
-            desc = " DESC" if isinstance(o, exp.Ordered) and o.args.get("desc") else ""
-            nulls = (
-                " NULLS FIRST"
-                if isinstance(o, exp.Ordered) and o.args.get("nulls_first")
-                else " NULLS LAST"
-            )
-            self.order.append(f"{sql}{desc}{nulls}")
+                sql = n_.try_(sql)
+            desc = isinstance(o, exp.Ordered) and bool(o.args.get("desc"))
+            first = isinstance(o, exp.Ordered) and bool(o.args.get("nulls_first"))
+            self.order.append(exp.Ordered(this=sql, desc=desc, nulls_first=first))
 
     def set_limit(self, limit: exp.Expr | None, offset: exp.Expr | None) -> None:
         if limit is not None:

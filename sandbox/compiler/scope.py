@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from sandbox.catalog import Catalog, Column, Dataset, Table, Use
+from sandbox.compiler import nodes as n_
 from sandbox.compiler.text import refuse, snippet
 from sandbox.grants import Grant
 
@@ -149,8 +150,9 @@ _USE_HINT = {
 }
 
 
-def build_scope(select: exp.Select, catalog: Catalog, grant: Grant) -> tuple[Scope, list[str]]:
-    """Resolve FROM and JOINs; return the scope and the runner's FROM clause lines."""
+def build_scope(select: exp.Select, catalog: Catalog, grant: Grant) -> tuple[Scope, list[exp.Expr]]:
+    """Resolve FROM and JOINs; return the scope and the runner's relations: the first
+    one, then one JOIN node per join."""
     scope = Scope(catalog, grant)
     from_ = select.args.get("from_") or select.args.get("from")
     if from_ is None:
@@ -161,7 +163,7 @@ def build_scope(select: exp.Select, catalog: Catalog, grant: Grant) -> tuple[Sco
             select,
         )
     first = _add_source(scope, from_.this)
-    lines = [f"FROM {_relation(first)} AS {first.alias}"]
+    lines: list[exp.Expr] = [_relation(first)]
     for join in select.args.get("joins") or []:
         source, line = _add_join(scope, join)
         lines.append(line)
@@ -186,14 +188,19 @@ def build_scope(select: exp.Select, catalog: Catalog, grant: Grant) -> tuple[Sco
     return scope, lines
 
 
-def _relation(source: Source) -> str:
+def _relation(source: Source) -> exp.Expr:
     """How the runner reads a table. A lookup table is read with one row per lookup
     key, so a duplicated key in public data can never multiply a unit's rows."""
-    name = f'"{source.table.name}"'
     key = source.table.lookup_key
     if not source.dataset.is_public or key is None:
-        return name
-    return f'(SELECT * FROM {name} QUALIFY ROW_NUMBER() OVER (PARTITION BY "{key}") = 1)'
+        return n_.table(source.table.name, source.alias)
+    first = exp.EQ(
+        this=exp.Window(this=exp.RowNumber(), partition_by=[n_.quoted(key)]),
+        expression=n_.num(1),
+    )
+    sel = n_.select([exp.Star()], n_.table(source.table.name))
+    sel.set("qualify", exp.Qualify(this=first))
+    return n_.subquery(sel, source.alias)
 
 
 def _add_source(scope: Scope, node: exp.Expr) -> Source:
@@ -286,7 +293,7 @@ def _add_source(scope: Scope, node: exp.Expr) -> Source:
     return source
 
 
-def _add_join(scope: Scope, join: exp.Join) -> tuple[Source, str]:
+def _add_join(scope: Scope, join: exp.Join) -> tuple[Source, exp.Expr]:
     side = (join.side or "").upper()
     kind = (join.kind or "").upper()
     if (side, kind) not in _ALLOWED_JOINS or join.args.get("method"):
@@ -380,9 +387,7 @@ def _add_join(scope: Scope, join: exp.Join) -> tuple[Source, str]:
             )
         # a lookup row is repeated on each row of the table it is joined from
         lookup.source.multi = lookup.source.multi or other.source.multi
-    word = "LEFT JOIN" if side == "LEFT" else "JOIN"
-    line = (
-        f"{word} {_relation(source)} AS {source.alias} ON "
-        f"{a.sql().sql(dialect='duckdb')} = {b.sql().sql(dialect='duckdb')}"
-    )
+    line = exp.Join(this=_relation(source), on=exp.EQ(this=a.sql(), expression=b.sql()))
+    if side == "LEFT":
+        line.set("side", "LEFT")
     return source, line
