@@ -11,12 +11,21 @@ selection.
 from __future__ import annotations
 
 import csv
+import math
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sandbox.errors import PolicyInvalid
 
@@ -50,6 +59,19 @@ class Use(StrEnum):
 ColumnType = Literal["VARCHAR", "INTEGER", "BIGINT", "DOUBLE", "DATE", "BOOLEAN"]
 NUMERIC_TYPES = {"INTEGER", "BIGINT", "DOUBLE"}
 
+# Limits that keep every sensitivity the privacy layer computes a finite number that
+# OpenDP's 64-bit integer and float domains take: what passes `policy check` must not
+# fail later. A bound is at most MAX_BOUND in size (2**53: beyond it floats skip
+# integers); one unit's largest contribution to a sum, rows_per_unit x max(|lo|, |hi|),
+# is at most MAX_BOUND too; for an integer column the sum of squares behind VARIANCE
+# and STDDEV, rows_per_unit x max(|lo|, |hi|)**2, fits in a signed 64-bit integer.
+MAX_BOUND = 2.0**53
+MAX_ROWS_PER_UNIT = 1_000_000
+MAX_GROUPS_PER_UNIT = 1_000_000
+MAX_INTEGER_SQUARES = 2**62
+# a table file: "<dataset dir>/<file>", each part of the names the runner accepts
+_FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,6 +88,16 @@ class Column(_Model):
     # optional hint for synthetic data: {"dist": "normal", "mean": .., "sd": ..} or
     # {"weights": {key: weight}}; never derived from raw data
     synthetic: dict[str, object] | None = None
+
+    @field_validator("bounds")
+    @classmethod
+    def _finite(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None:
+            if not all(math.isfinite(b) for b in v):
+                raise ValueError("bounds must be finite numbers")
+            if max(abs(b) for b in v) > MAX_BOUND:
+                raise ValueError("bounds must lie within ±2**53")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Column:
@@ -87,7 +119,7 @@ class Table(_Model):
     name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
     description: str = ""
     file: str  # Parquet path relative to the data root
-    rows_per_unit: int | None = Field(default=None, ge=1)  # None: a lookup table
+    rows_per_unit: int | None = Field(default=None, ge=1, le=MAX_ROWS_PER_UNIT)  # None: lookup
     # a lookup table's unique key: other tables may JOIN it on a column with this
     # column's key set
     lookup_key: str | None = None
@@ -103,6 +135,27 @@ class Table(_Model):
             raise ValueError(f"table {self.name}: duplicate column names")
         if ".." in Path(self.file).parts or Path(self.file).is_absolute():
             raise ValueError(f"table {self.name}: file must be relative, without '..'")
+        parts = self.file.split("/")
+        if len(parts) < 2 or not all(_FILE_PART.match(p) and p not in {".", ".."} for p in parts):
+            raise ValueError(
+                f"table {self.name}: file must be '<dataset directory>/<file>' with parts "
+                "of letters, digits, '_', '-' and '.'"
+            )
+        rows = self.rows_per_unit or 1
+        for c in self.columns:
+            if c.bounds is None:
+                continue
+            reach = max(abs(c.bounds[0]), abs(c.bounds[1]))
+            if rows * reach > MAX_BOUND:
+                raise ValueError(
+                    f"table {self.name}: column {c.name}: rows_per_unit x the largest bound "
+                    "exceeds 2**53"
+                )
+            if c.type in ("INTEGER", "BIGINT") and rows * reach * reach > MAX_INTEGER_SQUARES:
+                raise ValueError(
+                    f"table {self.name}: column {c.name}: rows_per_unit x the largest bound "
+                    "squared exceeds 2**62 (the integer sum of squares would overflow)"
+                )
         if self.lookup_key is not None and self.column(self.lookup_key) is None:
             raise ValueError(f"table {self.name}: lookup_key is not a column")
         return self
@@ -122,7 +175,7 @@ class SharingPolicy(_Model):
 class PrivacyPolicy(_Model):
     definition: Literal["pure", "zcdp"] = "pure"
     delta_allowed: bool = True
-    max_groups_per_unit: int = Field(default=1, ge=1)  # per query
+    max_groups_per_unit: int = Field(default=1, ge=1, le=MAX_GROUPS_PER_UNIT)  # per query
 
 
 class Dataset(_Model):
@@ -252,8 +305,16 @@ def _read_yaml(path: Path) -> object:
             return yaml.safe_load(fh)
     except FileNotFoundError as exc:
         raise PolicyInvalid(f"{path} does not exist", hint="Pass --policies DIR.") from exc
+    except IsADirectoryError as exc:
+        raise PolicyInvalid(f"{path.name} is a directory, not a file") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyInvalid(f"{path.name} is not UTF-8 text") from exc
+    except OSError as exc:
+        raise PolicyInvalid(f"{path.name} cannot be read") from exc
     except yaml.YAMLError as exc:
         raise PolicyInvalid(f"{path.name} is not valid YAML") from exc
+    except RecursionError as exc:
+        raise PolicyInvalid(f"{path.name} is nested too deeply") from exc
 
 
 def _first_error(exc: ValidationError) -> str:

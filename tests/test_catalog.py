@@ -76,6 +76,54 @@ def _col(data: dict[str, Any], ds: str, table: str, col: str) -> dict[str, Any]:
         (lambda d: dataset(d, "enterprises")["tables"][0].update(name="persons"), "unique"),
         (lambda d: d["key_sets"].update(counties={"file": "key_sets/missing.csv"}), "cannot read"),
         (lambda d: d["key_sets"].update(sexes={"values": []}), "empty"),
+        # each of these passed `policy check` and then crashed explain with INTERNAL
+        (
+            lambda d: _col(d, "population", "persons", "age").update(bounds=[0, 1e308]),
+            "columns.5.bounds: Value error, bounds must lie within",
+        ),
+        (
+            lambda d: _col(d, "population", "persons", "age").update(bounds=[0, float("inf")]),
+            "columns.5.bounds: Value error, bounds must be finite",
+        ),
+        (
+            lambda d: _col(d, "population", "persons", "age").update(bounds=[float("-inf"), 0]),
+            "bounds must be finite",
+        ),
+        (
+            lambda d: _col(d, "population", "persons", "age").update(bounds=[0, float("nan")]),
+            "bounds must be finite",
+        ),
+        (
+            lambda d: dataset(d, "population")["tables"][0].update(rows_per_unit=10**21),
+            "tables.0.rows_per_unit: Input should be less than or equal to 1000000",
+        ),
+        (
+            lambda d: (
+                dataset(d, "social_insurance")["tables"][1].update(rows_per_unit=10**6),
+                _col(d, "social_insurance", "payments", "amount").update(bounds=[0, 1e12]),
+            ),
+            "column amount: rows_per_unit x the largest bound exceeds 2**53",
+        ),
+        (
+            lambda d: _col(d, "population", "persons", "age").update(bounds=[0, 2**32]),
+            "column age: rows_per_unit x the largest bound squared exceeds 2**62",
+        ),
+        (
+            lambda d: dataset(d, "population")["privacy"].update(max_groups_per_unit=10**7),
+            "privacy.max_groups_per_unit",
+        ),
+        (
+            lambda d: dataset(d, "population")["tables"][0].update(file="persons.parquet"),
+            "file must be '<dataset directory>/<file>'",
+        ),
+        (
+            lambda d: dataset(d, "population")["tables"][0].update(file="population/"),
+            "file must be '<dataset directory>/<file>'",
+        ),
+        (
+            lambda d: dataset(d, "population")["tables"][0].update(file="population/a b.parquet"),
+            "file must be '<dataset directory>/<file>'",
+        ),
     ],
     ids=[
         "bounds-order",
@@ -97,6 +145,17 @@ def _col(data: dict[str, Any], ds: str, table: str, col: str) -> dict[str, Any]:
         "dup-table",
         "keyset-file",
         "keyset-empty",
+        "bounds-huge",
+        "bounds-inf",
+        "bounds-minus-inf",
+        "bounds-nan",
+        "rows-per-unit-huge",
+        "contribution-huge",
+        "squares-overflow",
+        "groups-huge",
+        "file-one-part",
+        "file-empty-part",
+        "file-space",
     ],
 )
 def test_invalid_catalogues(tmp_path: Path, edit: Any, fragment: str) -> None:
@@ -116,3 +175,21 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     (tmp_path / "catalog.yaml").write_text("datasets: [\n", "utf-8")
     with pytest.raises(PolicyInvalid, match="not valid YAML"):
         load_catalog(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["catalog.yaml", "grants.yaml"])
+def test_unreadable_policy_files(tmp_path: Path, name: str) -> None:
+    from sandbox.grants import load_grants
+
+    def load() -> None:
+        load_grants(policies, load_catalog(policies))
+
+    policies = make_policies(tmp_path)
+    text = (policies / name).read_text("utf-8")
+    (policies / name).write_bytes(b"# \xff\xfe\n" + text.encode("utf-8"))
+    with pytest.raises(PolicyInvalid, match=f"{name} is not UTF-8 text"):
+        load()
+    (policies / name).unlink()
+    (policies / name).mkdir()
+    with pytest.raises(PolicyInvalid, match=f"{name} is a directory, not a file"):
+        load()

@@ -77,6 +77,30 @@ def test_policy_check_invalid_catalog(tmp_path: Path) -> None:
     assert json.loads(out)["error"]["code"] == "POLICY_INVALID"
 
 
+@pytest.mark.parametrize("broken", ["directory", "latin-1", "bounds-inf", "one-part-file"])
+def test_policy_check_refuses_what_would_crash_later(tmp_path: Path, broken: str) -> None:
+    def persons(d: dict[str, Any]) -> dict[str, Any]:
+        return dataset(d, "population")["tables"][0]  # type: ignore[no-any-return]
+
+    def edit(d: dict[str, Any]) -> None:
+        if broken == "bounds-inf":
+            next(c for c in persons(d)["columns"] if c["name"] == "age")["bounds"] = [0, 1e999]
+        if broken == "one-part-file":
+            persons(d)["file"] = "persons.parquet"
+
+    policies = make_policies(tmp_path, catalog=edit)
+    if broken == "directory":
+        (policies / "catalog.yaml").unlink()
+        (policies / "catalog.yaml").mkdir()
+    if broken == "latin-1":
+        (policies / "catalog.yaml").write_bytes("title: 公共数据\n".encode("gb18030"))
+    code, out = _run(tmp_path, "policy", "check", "--json", policies=policies)
+    assert code == 2, out
+    err = json.loads(out)["error"]
+    assert err["code"] == "POLICY_INVALID"
+    assert "catalog.yaml" in err["message"]
+
+
 def test_policy_catalog_json(tmp_path: Path) -> None:
     code, out = _run(tmp_path, "policy", "catalog", "--json")
     assert code == 0, out
