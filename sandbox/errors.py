@@ -82,6 +82,7 @@ CODES: dict[str, str] = {
     "NOT_FOUND": "No such object (or it is not yours).",
     "INVALID_STATE": "The object is not in a state that allows this.",
     "BAD_REQUEST": "The request is malformed.",
+    "DUPLICATE_KEY": "A key appears twice in one JSON object of the request body.",
     "PAYLOAD_TOO_LARGE": "The request body is too large.",
     "RATE_LIMITED": "Too many requests; wait and retry.",
     "TOO_MANY_JOBS": "The operator has too many jobs waiting or running; wait for some.",

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from sandbox import store
+from sandbox import store, strictjson
 from sandbox.errors import BadInput
 
 SCHEMA = """
@@ -283,12 +283,24 @@ def _invalid(message: str) -> BadInput:
 def verify_product(
     data: bytes, signed: dict[str, Any] | bytes, public_key: Ed25519PublicKey
 ) -> dict[str, Any]:
-    """Check a result file against its signed manifest; the manifest, or PRODUCT_INVALID."""
+    """Check a result file against its signed manifest; the manifest, or PRODUCT_INVALID.
+
+    The manifest is read as strict JSON: a duplicate key is refused (a reader that kept
+    the first value would see another manifest than the one whose last values were
+    signed), and so is nesting deeper than any manifest has. ``signature.key_id`` must
+    name ``public_key``: it is not covered by the signature, so it is checked here.
+    """
     if isinstance(signed, bytes | bytearray):
         try:
-            signed = json.loads(signed)
-        except (ValueError, UnicodeDecodeError) as exc:
+            signed = strictjson.loads(signed)
+        except strictjson.JSONRefused as exc:
+            if exc.reason == "duplicate_key":
+                raise _invalid(f"The manifest has the key {exc.key!r} twice.") from exc
+            if exc.reason == "too_deep":
+                raise _invalid("The manifest nests deeper than any manifest does.") from exc
             raise _invalid("The manifest is not valid JSON.") from exc
+    elif strictjson.depth(signed) > strictjson.MAX_DEPTH:
+        raise _invalid("The manifest nests deeper than any manifest does.")
     if not isinstance(signed, dict):
         raise _invalid("The manifest is not a JSON object.")
     manifest = signed.get("manifest")
@@ -297,12 +309,21 @@ def verify_product(
         raise _invalid("The manifest file lacks 'manifest' or 'signature'.")
     if sig.get("algorithm") != "Ed25519":
         raise _invalid("The signature algorithm is not Ed25519.")
+    if sig.get("key_id") != key_id(public_key):
+        raise _invalid(
+            "The signature's key_id is not the id of this public key: the manifest names "
+            "another signing key."
+        )
     try:
         value = base64.b64decode(str(sig.get("value", "")), validate=True)
     except ValueError as exc:
         raise _invalid("The signature is not valid base64.") from exc
     try:
-        public_key.verify(value, canonical(manifest))
+        signed_bytes = canonical(manifest)
+    except (ValueError, TypeError) as exc:
+        raise _invalid("The manifest holds values that are not JSON.") from exc
+    try:
+        public_key.verify(value, signed_bytes)
     except InvalidSignature as exc:
         raise _invalid(
             "The manifest's signature does not verify with this public key: the manifest "

@@ -120,3 +120,48 @@ def test_missing_manifest_is_rejected(tmp_path):
     with pytest.raises(BadInput) as info:
         products.verify_files(tmp_path / "x.csv", key.public_key())
     assert info.value.code == "PRODUCT_INVALID"
+
+
+def _manifest_text(root) -> bytes:
+    return products.manifest_file(root / "products", "j-abc", "csv").read_bytes()
+
+
+def test_a_manifest_with_a_duplicate_key_is_rejected(released):
+    # the signature covers the last value; a reader keeping the first would see ε = 0.1
+    root, key, _ = released
+    data = products.product_file(root / "products", "j-abc", "csv").read_bytes()
+    text = _manifest_text(root)
+    assert b'"privacy_loss":{"definition"' in text
+    doubled = text.replace(b'"privacy_loss":{', b'"privacy_loss":{"epsilon":0.1,', 1)
+    with pytest.raises(BadInput, match="the key 'epsilon' twice") as info:
+        products.verify_product(data, doubled, key.public_key())
+    assert info.value.code == "PRODUCT_INVALID"
+
+
+def test_the_signature_key_id_must_name_the_key(released):
+    root, key, _ = released
+    data = products.product_file(root / "products", "j-abc", "csv").read_bytes()
+    signed = json.loads(_manifest_text(root))
+    assert signed["signature"]["key_id"] == keys.key_id(key.public_key())
+    signed["signature"]["key_id"] = "k-0000000000000000"
+    with pytest.raises(BadInput, match="key_id") as info:
+        products.verify_product(data, signed, key.public_key())
+    assert info.value.code == "PRODUCT_INVALID"
+    del signed["signature"]["key_id"]
+    with pytest.raises(BadInput, match="key_id"):
+        products.verify_product(data, signed, key.public_key())
+
+
+@pytest.mark.parametrize("levels", [40, 100_000])
+def test_a_deeply_nested_manifest_is_product_invalid(released, levels):
+    root, key, _ = released
+    data = products.product_file(root / "products", "j-abc", "csv").read_bytes()
+    deep = b'{"manifest": ' + b"[" * levels + b"]" * levels + b', "signature": {}}'
+    with pytest.raises(BadInput, match="nests deeper") as info:
+        products.verify_product(data, deep, key.public_key())
+    assert info.value.code == "PRODUCT_INVALID"
+    nested: list = []
+    for _ in range(levels if levels < 1000 else 5000):
+        nested = [nested]
+    with pytest.raises(BadInput, match="nests deeper"):
+        products.verify_product(data, {"manifest": nested, "signature": {}}, key.public_key())

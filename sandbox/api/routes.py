@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.api.deps import get_principal, get_service
+from sandbox.api.limits import StrictJSONRoute
 from sandbox.service import Service
 from sandbox.tokens import Principal
 
@@ -39,7 +40,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1", responses=ERRORS, route_class=StrictJSONRoute)
 
 Svc = Depends(get_service)
 Caller = Depends(get_principal)
@@ -47,7 +48,8 @@ Format = Literal["csv", "parquet", "json"]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "0.5" and true are not numbers (lax pydantic made true ε = 1)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ExplainRequest(_Body):

@@ -297,3 +297,63 @@ def test_reports_and_a_late_decision(api):
     group = next(g for g in report["groups"] if g["operator"] == "op-jinshu")
     assert group["scenario"] == "employment-income"
     assert_error(api.get("/v1/reports", "op-jinshu"), 403, "FORBIDDEN")
+
+
+# --- strict request bodies -------------------------------------------------------
+
+
+@pytest.mark.parametrize("epsilon", ["0.5", True])
+def test_epsilon_must_be_a_json_number(api, epsilon):
+    err = assert_error(
+        api.submit("op-jinshu", POPULATION_SQL, "employment-income", epsilon), 422, "BAD_REQUEST"
+    )
+    assert err["fields"][0]["field"] == "epsilon"
+    body = {"sql": POPULATION_SQL, "scenario": "employment-income", "epsilon": epsilon}
+    err = assert_error(api.post("/v1/explain", "op-jinshu", json=body), 422, "BAD_REQUEST")
+    assert err["fields"][0]["field"] == "epsilon"
+
+
+def test_weights_and_delta_are_strict_too(api):
+    body = {"sql": POPULATION_SQL, "scenario": "employment-income", "epsilon": 1}
+    for extra in ({"delta": "0"}, {"delta": False}, {"weights": {"n": "1"}}):
+        assert_error(api.post("/v1/jobs", "op-jinshu", json=body | extra), 422, "BAD_REQUEST")
+    assert api.post("/v1/explain", "op-jinshu", json=body).status_code == 200  # an int is a number
+
+
+def test_duplicate_keys_are_refused(api):
+    raw = (
+        b'{"sql": "SELECT sex, COUNT(*) AS n FROM persons GROUP BY sex", '
+        b'"scenario": "employment-income", "epsilon": 0.1, "epsilon": 5}'
+    )
+    headers = {"Content-Type": "application/json"}
+    for path in ("/v1/jobs", "/v1/explain"):
+        err = assert_error(
+            api.post(path, "op-jinshu", content=raw, headers=dict(headers)), 422, "DUPLICATE_KEY"
+        )
+        assert "'epsilon'" in err["message"]
+    nested = b'{"decision": "approve", "reason": "ok", "reason": "changed"}'
+    assert_error(
+        api.post("/v1/review/j-x", "supervisor-li", content=nested, headers=dict(headers)),
+        422,
+        "DUPLICATE_KEY",
+    )
+    assert api.service.list_jobs(api.service.authenticate(api.token("op-jinshu"))) == []
+
+
+def test_nan_and_deep_bodies_are_refused(api):
+    headers = {"Content-Type": "application/json"}
+    nan = b'{"sql": "SELECT 1", "scenario": "employment-income", "epsilon": NaN}'
+    err = assert_error(
+        api.post("/v1/jobs", "op-jinshu", content=nan, headers=dict(headers)), 422, "BAD_REQUEST"
+    )
+    assert "NaN" in err["message"]
+    deep = (
+        b'{"sql": "x", "scenario": "s", "epsilon": 1, "weights": '
+        + b"[" * 20_000
+        + b"]" * 20_000
+        + b"}"
+    )
+    err = assert_error(
+        api.post("/v1/jobs", "op-jinshu", content=deep, headers=dict(headers)), 422, "BAD_REQUEST"
+    )
+    assert "nests deeper" in err["message"]
