@@ -12,7 +12,8 @@ Rules live in ``policies/review.yaml``. On every noisy result, before release:
 All of it is post-processing of differentially private output, so it costs no budget.
 How many supervisors must approve depends on the dataset's grade; a flagged job of an
 automatic grade waits for ``flagged_approvals``. A reviewer may not be the submitter
-nor decide twice; every decision carries a reason; one rejection rejects.
+nor decide twice (reviewers are compared by principal id: NFKC, case-folded, see
+sandbox/tokens.py); every decision carries a reason; one rejection rejects.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sandbox import store
 from sandbox.catalog import _first_error, _read_yaml
 from sandbox.errors import BadInput, Conflict, PolicyInvalid
 from sandbox.plan import Plan
+from sandbox.tokens import fold_identity
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_decisions (
@@ -286,14 +288,17 @@ def record_decision(
             hint="Say why, in a sentence; it is kept in the audit log.",
             http_status=422,
         )
-    if reviewer == submitter:
+    # one person, one id: compared after NFKC and case folding (tokens.principal_id),
+    # also against decisions recorded before ids were normalised
+    reviewer = fold_identity(reviewer)
+    if reviewer == fold_identity(submitter):
         raise Conflict(
             "A reviewer may not review a job they submitted.", code="SELF_REVIEW", http_status=403
         )
-    done = conn.execute(
-        "SELECT 1 FROM review_decisions WHERE job_id = ? AND reviewer = ?", (job_id, reviewer)
-    ).fetchone()
-    if done is not None:
+    earlier = conn.execute(
+        "SELECT reviewer, decision FROM review_decisions WHERE job_id = ?", (job_id,)
+    ).fetchall()
+    if any(fold_identity(r["reviewer"]) == reviewer for r in earlier):
         raise Conflict(
             "You have already reviewed this job; another supervisor must decide.",
             code="SELF_REVIEW",
@@ -306,9 +311,6 @@ def record_decision(
     )
     if decision == "reject":
         return "rejected"
-    approvals = conn.execute(
-        "SELECT COUNT(DISTINCT reviewer) FROM review_decisions"
-        " WHERE job_id = ? AND decision = 'approve'",
-        (job_id,),
-    ).fetchone()[0]
-    return "approved" if approvals >= required else "pending"
+    approvers = {fold_identity(r["reviewer"]) for r in earlier if r["decision"] == "approve"}
+    approvers.add(reviewer)
+    return "approved" if len(approvers) >= required else "pending"

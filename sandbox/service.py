@@ -657,6 +657,7 @@ def issue_token(
         conn, grants = svc_or_conn.conn(), svc_or_conn.grants
     else:
         conn = svc_or_conn
+    subject = tokens.principal_id(subject) if subject.strip() else subject
     if r == Role.OPERATOR and grants is not None and grants.operator(subject) is None:
         known = ", ".join(o.id for o in grants.operators)
         raise Refused(

@@ -11,6 +11,14 @@ optional expiry and whether it was revoked. Roles:
 
 Issuing and revoking write ``token.issued`` / ``token.revoked`` audit events in the
 same transaction as the change.
+
+Whom a token names is a **principal id**, the identity the two-person rule counts:
+the subject as given, NFKC-normalised and case-folded, which must then be 1 to 64 of
+``a-z 0-9 . _ -``, starting with a letter or digit (``principal_id``). So
+"Supervisor-Li" and fullwidth "Ｓｕｐｅｒｖｉｓｏｒ-Ｌｉ" are the same person as
+"supervisor-li", and a name that only looks like it ("supervisоr-li" with a Cyrillic
+"о") is refused rather than counted as somebody else: no two distinct ids look alike
+beyond what ASCII letters and digits already allow.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import hashlib
 import re
 import secrets
 import sqlite3
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -65,6 +74,27 @@ class Principal:
 
 SYSTEM = Principal(Role.ADMIN, "system")
 
+_PRINCIPAL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def fold_identity(name: str) -> str:
+    """NFKC, case-fold, NFKC again (case-folding can undo NFKC): how names compare."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def principal_id(subject: str) -> str:
+    """The principal id a token names (see the module docstring); BadInput otherwise."""
+    folded = fold_identity(subject.strip())
+    if not _PRINCIPAL_ID.fullmatch(folded):
+        raise BadInput(
+            "A principal id is 1 to 64 of the letters a-z, the digits 0-9, '.', '_' and "
+            "'-' (after Unicode normalisation and case folding), starting with a letter "
+            "or digit.",
+            hint="Name the person with an ASCII id such as supervisor-li; look-alike "
+            "letters from other scripts are refused.",
+        )
+    return folded
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -98,9 +128,11 @@ def create_token(
     label: str = "",
     now: datetime | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Issue a token; return (the secret, shown once; its public record)."""
+    """Issue a token; return (the secret, shown once; its public record). The record's
+    ``subject`` is the normalised principal id."""
     if not subject.strip():
         raise BadInput("A token must name whom it is for.")
+    subject = principal_id(subject)
     now = now or _now()
     secret = PREFIX + secrets.token_urlsafe(32)
     token_id = "tok_" + secrets.token_hex(6)
@@ -194,4 +226,5 @@ def authenticate(conn: sqlite3.Connection, token: str, *, now: datetime | None =
         expires = datetime.fromisoformat(row["expires_at"])
         if (now or _now()) >= expires:
             raise denied
-    return Principal(Role(row["role"]), row["subject"], row["id"])
+    # a token issued before ids were normalised still names its person as one id
+    return Principal(Role(row["role"]), fold_identity(row["subject"]), row["id"])

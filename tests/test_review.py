@@ -198,3 +198,29 @@ def test_near_duplicates_found_in_the_window(conn):
         ("j-same", "same_plan"),
         ("j-shape", "differs_in_constants"),
     ]
+
+
+@pytest.mark.parametrize("again", ["Supervisor-Li", "SUPERVISOR-LI", "Ｓｕｐｅｒｖｉｓｏｒ-Ｌｉ"])
+def test_one_person_under_two_spellings_is_one_reviewer(conn, again):
+    assert _decide(conn, "supervisor-li") == "pending"
+    with pytest.raises(Conflict) as twice:
+        _decide(conn, again)
+    assert twice.value.code == "SELF_REVIEW"
+    assert [d["reviewer"] for d in review.decisions(conn, "j-1")] == ["supervisor-li"]
+
+
+def test_the_submitter_under_another_spelling_may_not_review(conn):
+    with pytest.raises(Conflict) as own:
+        _decide(conn, "OP-Jinshu")
+    assert own.value.code == "SELF_REVIEW"
+
+
+def test_decisions_recorded_before_normalisation_still_count_once(conn):
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO review_decisions VALUES ('j-1', 'Supervisor-Li', 'approve', 'ok', ?)",
+            (NOW.isoformat(),),
+        )
+    with pytest.raises(Conflict):
+        _decide(conn, "supervisor-li")
+    assert _decide(conn, "supervisor-wang", required=3) == "pending"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -77,3 +78,59 @@ def test_parse_duration():
 def test_revoking_an_unknown_token_is_not_found(conn):
     with pytest.raises(NotFound):
         tokens.revoke_token(conn, "tok_missing")
+
+
+# --- principal ids: one person, one id -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "supervisor-li",
+        "Supervisor-Li",
+        "SUPERVISOR-LI",
+        " supervisor-li ",
+        "Ｓｕｐｅｒｖｉｓｏｒ－Ｌｉ",  # fullwidth letters and hyphen
+        "ｓｕｐｅｒｖｉｓｏｒ-ｌｉ",
+    ],
+)
+def test_case_and_width_fold_to_one_principal_id(given):
+    assert tokens.principal_id(given) == "supervisor-li"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "supervis\u043er-li",  # Cyrillic о
+        "supervisor-l\u0456",  # Cyrillic і
+        "\u0455upervisor-li",  # Cyrillic ѕ
+        "supervisor-\u217cı",  # a dotless i after the Roman numeral ⅼ
+        "supervisor\u200b-li",  # a zero-width space
+        "李主任",
+        "-li",
+        "a" * 65,
+        "li wang",
+    ],
+)
+def test_look_alikes_and_other_scripts_are_refused(conn, given):
+    with pytest.raises(BadInput, match="principal id"):
+        tokens.principal_id(given)
+    with pytest.raises(BadInput, match="principal id"):
+        tokens.create_token(conn, role=Role.SUPERVISOR, subject=given)
+
+
+def test_tokens_carry_the_principal_id(conn):
+    secret, record = tokens.create_token(
+        conn, role=Role.SUPERVISOR, subject="Ｓｕｐｅｒｖｉｓｏｒ-Li"
+    )
+    assert record["subject"] == "supervisor-li"
+    assert tokens.authenticate(conn, secret).name == "supervisor-li"
+    issued = [e for e in audit.events(conn) if e.action == "token.issued"]
+    assert json.loads(issued[-1].details)["for"] == "supervisor-li"
+
+
+def test_a_token_from_before_normalisation_names_the_folded_id(conn):
+    secret, record = tokens.create_token(conn, role=Role.SUPERVISOR, subject="supervisor-li")
+    with store.transaction(conn):
+        conn.execute("UPDATE tokens SET subject = 'Supervisor-Li' WHERE id = ?", (record["id"],))
+    assert tokens.authenticate(conn, secret).name == "supervisor-li"

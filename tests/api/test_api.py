@@ -357,3 +357,31 @@ def test_nan_and_deep_bodies_are_refused(api):
         api.post("/v1/jobs", "op-jinshu", content=deep, headers=dict(headers)), 422, "BAD_REQUEST"
     )
     assert "nests deeper" in err["message"]
+
+
+# --- review identity --------------------------------------------------------------
+
+
+def test_two_spellings_of_one_supervisor_are_one_approval(api):
+    job = api.submit("op-jinshu", INSURED_SQL, "pension-contributions", 0.5, delta=1e-6).json()
+    assert api.wait(job["id"], "op-jinshu")["state"] == "in_review"
+    api.token("Supervisor-Li", role="supervisor")
+    api.token("Ｓｕｐｅｒｖｉｓｏｒ-ｌｉ", role="supervisor")
+
+    def decide(who):
+        body = {"decision": "approve", "reason": "fine"}
+        return api.post(f"/v1/review/{job['id']}", who, json=body)
+
+    assert decide("supervisor-li").json()["outcome"] == "pending"
+    assert_error(decide("Supervisor-Li"), 409, "SELF_REVIEW")
+    assert_error(decide("Ｓｕｐｅｒｖｉｓｏｒ-ｌｉ"), 409, "SELF_REVIEW")
+    assert api.get(f"/v1/jobs/{job['id']}", "op-jinshu").json()["state"] == "in_review"
+
+
+def test_a_look_alike_supervisor_token_is_refused(api):
+    api.token("root", role="admin")
+    body = {"role": "supervisor", "subject": "supervis\u043er-li"}
+    err = assert_error(api.post("/v1/admin/tokens", "root", json=body), 400, "BAD_REQUEST")
+    assert "principal id" in err["message"]
+    body = {"role": "operator", "subject": "OP-Jinshu"}
+    assert api.post("/v1/admin/tokens", "root", json=body).json()["subject"] == "op-jinshu"
