@@ -13,10 +13,15 @@ Integrity, in the style of Certificate Transparency (RFC 6962 / RFC 9162):
 - chain hash = SHA-256(previous chain hash || leaf hash) (cheap local checks; names
   the first broken link)
 - checkpoint = {tree_size, root_hash, time, key_id} signed with the bureau's Ed25519
-  audit key, written every ``checkpoint_every`` events and on shutdown.
+  audit key, written after every job's final transition, every ``checkpoint_every``
+  events and on shutdown (and pushed to a witness off the host, sandbox/audit_export.py).
 
 ``verify`` recomputes every leaf, the chain and the root at every checkpoint, checks
-every signature, and reports the FIRST problem by kind and sequence number.
+every signature, and reports the FIRST problem by kind and sequence number. Entries
+after the last signed checkpoint are protected by the hash chain only (whoever can
+write the database can rewrite them and recompute the chain): the report counts them
+as ``unsigned_entries``, and with ``require_signed`` a log with entries but no
+checkpoint that verifies fails.
 ``prove`` gives an inclusion proof that a third party checks with the public key alone
 (``verify_proof``); ``prove_consistency`` shows that an older signed tree head is a
 prefix of a newer one. The event vocabulary is ``ACTIONS`` (docs/audit.md).
@@ -353,13 +358,28 @@ def checkpoint(conn: sqlite3.Connection, key: Ed25519PrivateKey) -> dict[str, An
 
 
 def maybe_checkpoint(
-    conn: sqlite3.Connection, key: Ed25519PrivateKey, every: int
+    conn: sqlite3.Connection,
+    key: Ed25519PrivateKey,
+    every: int,
+    *,
+    final_actions: frozenset[str] = frozenset(),
 ) -> dict[str, Any] | None:
-    """Sign a checkpoint if ``every`` or more events came since the last one."""
+    """Sign a checkpoint if ``every`` or more events came since the last one, or if one
+    of them is in ``final_actions`` (a job's final transition); the new checkpoint."""
     n = _size(conn)
     last = conn.execute("SELECT MAX(tree_size) FROM audit_checkpoints").fetchone()[0] or 0
+    if n <= last:
+        return None
     if n - last >= max(1, every):
         return checkpoint(conn, key)
+    if final_actions:
+        marks = ",".join("?" * len(final_actions))
+        hit = conn.execute(
+            f"SELECT 1 FROM audit_events WHERE seq > ? AND action IN ({marks}) LIMIT 1",
+            (last, *sorted(final_actions)),
+        ).fetchone()
+        if hit is not None:
+            return checkpoint(conn, key)
     return None
 
 
@@ -487,6 +507,7 @@ KINDS = {
     "truncated": "the log is shorter than a signed checkpoint",
     "bad_signature": "a checkpoint signature does not verify",
     "wrong_key": "the checkpoints were not signed by the given public key",
+    "unsigned": "the log has entries but no checkpoint that verifies with the given key",
     "malformed": "the export or a record in it could not be read",
 }
 
@@ -503,6 +524,8 @@ class VerifyReport:
     key_id: str
     problem: Problem | None = None
     warnings: list[str] = field(default_factory=list)
+    # entries after the last signed checkpoint: chained, but not signed (not verified)
+    unsigned_entries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -525,12 +548,16 @@ def verify(
     public_key: Ed25519PublicKey | Path | str | bytes | None,
     *,
     trusted_checkpoints: list[dict[str, Any]] | None = None,
+    require_signed: bool = False,
 ) -> VerifyReport:
     """Recompute everything in a live log (a connection) or an export file.
 
     ``trusted_checkpoints`` are signed checkpoints kept elsewhere (e.g. from an older
-    export); they are checked against the log like its own. ``public_key=None`` is only
-    allowed for an export, and then uses the key inside the export (a warning says so).
+    export or a witness); they are checked against the log like its own.
+    ``public_key=None`` is only allowed for an export, and then uses the key inside the
+    export (a warning says so). ``require_signed``: a log with entries and no checkpoint
+    that verifies with the key fails (problem ``unsigned``) instead of warning: deleting
+    the checkpoint table and rewriting history with recomputed hashes leaves exactly that.
     """
     warnings: list[str] = []
     if isinstance(source, sqlite3.Connection):
@@ -563,7 +590,7 @@ def verify(
             cps.setdefault(size, c)
     ordered = sorted(cps.values(), key=lambda c: int(c["tree_size"]))
     try:
-        report = _verify_stream(src, ordered, public_key)
+        report = _verify_stream(src, ordered, public_key, require_signed=require_signed)
     except (ValueError, KeyError, TypeError) as exc:
         # A record that cannot even be read (bad hex, missing field) in an export.
         report = VerifyReport(
@@ -584,7 +611,7 @@ def verify(
 
 
 def _verify_stream(
-    src: _Source, cps: list[dict[str, Any]], public_key: Ed25519PublicKey
+    src: _Source, cps: list[dict[str, Any]], public_key: Ed25519PublicKey, *, require_signed: bool
 ) -> VerifyReport:
     kid = key_id(public_key)
     report = VerifyReport(
@@ -709,13 +736,25 @@ def _verify_stream(
                 tree_size=size,
             )
         )
+    unsigned = max(0, report.last_seq - report.signed_size)
+    report.unsigned_entries = unsigned
+    if require_signed and report.last_seq > 0 and report.signed_size == 0:
+        return fail(
+            Problem(
+                "unsigned",
+                f"No checkpoint verifies with the given key {kid}: none of the "
+                f"{report.last_seq} entries is signed, so the log may have been rewritten "
+                "with recomputed hashes (and its checkpoints deleted).",
+                tree_size=0,
+            )
+        )
     if not cps:
         report.warnings.append("there is no signed checkpoint: nothing here is signed")
-    unsigned = report.last_seq - report.signed_size
     if unsigned > 0:
         report.warnings.append(
-            f"{unsigned} entries after the last signed checkpoint are protected only by the "
-            "hash chain; run 'sandbox audit checkpoint'"
+            f"{unsigned} entries after the last signed checkpoint (entries "
+            f"{report.signed_size + 1}..{report.last_seq}) are not verified: only the hash "
+            "chain protects them; run 'sandbox audit checkpoint'"
         )
     return report
 

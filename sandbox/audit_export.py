@@ -1,4 +1,5 @@
-"""Audit log exports (JSONL or CSV) and reading them back for verification.
+"""What of the audit log leaves the host: exports (JSONL or CSV), read back for
+verification, and checkpoints pushed to a witness.
 
 An export holds a header (format, the audit public key PEM and its key id), a
 ``prefix`` record, the events from the chosen start on (with their leaf and chain
@@ -6,6 +7,12 @@ hashes), and every signed checkpoint. An export that starts after entry 1 carrie
 its prefix the Merkle frontier of entries 1..first-1 (the roots of its perfect
 subtrees) and the chain hash before its first entry, so every later signed root can
 still be recomputed; those signed roots authenticate the frontier.
+
+A **witness** is somewhere the host cannot rewrite: every new checkpoint is appended,
+as one JSON line, to ``SANDBOX_AUDIT_WITNESS_FILE`` (a path outside the sandbox home,
+e.g. an append-only mount of another machine) and/or POSTed as JSON to
+``SANDBOX_AUDIT_WITNESS_URL``. ``sandbox audit verify --checkpoint FILE`` checks the
+log against what the witness holds (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -13,7 +20,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import os
 import sqlite3
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sandbox.audit import (
     _COLUMNS,
+    CHECKPOINT_FORMAT,
     EXPORT_FORMAT,
     ZERO_HASH,
     AuditEvent,
@@ -37,7 +49,17 @@ from sandbox.errors import BadInput
 from sandbox.keys import key_id, public_key_pem
 from sandbox.merkle import Frontier
 
-__all__ = ["export_log", "parse_since", "read_export"]
+__all__ = [
+    "export_log",
+    "parse_since",
+    "push_checkpoint",
+    "read_checkpoints",
+    "read_export",
+    "witness_record",
+]
+
+log = logging.getLogger("sandbox.audit")
+WITNESS_TIMEOUT_S = 5.0
 
 _CSV_COLUMNS = [
     "record", "seq", "time", "actor", "role", "action", "subject", "scenario", "details",
@@ -270,3 +292,86 @@ def _read_csv(path: Path) -> _Source:
 
     src.rows = rows()
     return src
+
+
+# --------------------------------------------------------------------------- witness
+
+
+def witness_record(cp: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint as a witness keeps it: the signed fields and the format name."""
+    fields = ("tree_size", "root_hash", "time", "key_id", "signature")
+    return {"format": CHECKPOINT_FORMAT, **{k: cp[k] for k in fields}}
+
+
+def check_witness(file: Path | None, url: str, home: Path) -> None:
+    """Refuse a witness file inside the sandbox home (whoever rewrites the database
+    could rewrite it too) and a URL that is not http(s)."""
+    if url and not url.startswith(("http://", "https://")):
+        raise BadInput(
+            "SANDBOX_AUDIT_WITNESS_URL must be an http:// or https:// URL.",
+            hint="For example https://witness.example/checkpoints.",
+        )
+    if file is not None and file.resolve().is_relative_to(home.resolve()):
+        raise BadInput(
+            "SANDBOX_AUDIT_WITNESS_FILE is inside SANDBOX_HOME; a witness must be out of "
+            "reach of whoever can write the database.",
+            hint="Point it at another disk or machine (an append-only mount).",
+        )
+
+
+def push_checkpoint(cp: dict[str, Any], *, file: Path | None, url: str) -> list[str]:
+    """Send one new checkpoint to the witness file and/or URL; what failed (for the log).
+
+    The file gets one JSON line, appended and flushed to disk; the URL a POST of the
+    JSON with a 2xx answer expected within WITNESS_TIMEOUT_S. A failure is logged and
+    returned, never raised: the job that triggered the checkpoint has already finished.
+    """
+    line = canonical_json(witness_record(cp))
+    failed: list[str] = []
+    if file is not None:
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            failed.append(f"file ({type(exc).__name__})")
+    if url and not url.startswith(("http://", "https://")):
+        failed.append("url (not http or https)")
+    elif url:
+        request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
+            url,
+            data=line.encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=WITNESS_TIMEOUT_S) as resp:  # noqa: S310
+                if not 200 <= resp.status < 300:
+                    failed.append(f"url (HTTP {resp.status})")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            failed.append(f"url ({type(exc).__name__})")
+    for what in failed:
+        log.error("audit witness: checkpoint %s not delivered to the %s", cp["tree_size"], what)
+    return failed
+
+
+def read_checkpoints(path: Path) -> list[dict[str, Any]]:
+    """Checkpoints held elsewhere: a JSON object or list, or JSON lines (a witness file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"Cannot read checkpoints from {path}.") from exc
+    try:
+        items: Any = json.loads(text)
+    except ValueError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise BadInput(f"{path} holds neither JSON nor JSON lines.") from exc
+    items = items if isinstance(items, list) else [items]
+    if not all(isinstance(c, dict) and "tree_size" in c for c in items):
+        raise BadInput(f"{path} holds something other than checkpoints.")
+    return items

@@ -38,6 +38,8 @@ ADMIN = (Role.ADMIN,)
 # jobs one operator may have waiting or running at once: a flood of tiny-ε queries must
 # not queue without bound in front of everyone else's
 MAX_ACTIVE_JOBS = 32
+# a job's final transition is followed by a signed audit checkpoint
+FINAL_ACTIONS = frozenset(f"job.{s.value}" for s in jobs.TERMINAL)
 _ACTIVE = (State.SUBMITTED, State.COMPILED, State.BUDGET_RESERVED, State.RUNNING, State.NOISED)
 
 
@@ -71,7 +73,9 @@ class Service:
 
     def __init__(self, settings: Settings, *, executor: Any = None) -> None:
         from sandbox import keys
+        from sandbox.audit_export import check_witness
 
+        check_witness(settings.audit_witness_file, settings.audit_witness_url, settings.home)
         self.settings = settings
         self.catalog: Catalog = load_catalog(settings.policies)
         self._grants: Grants = load_grants(settings.policies, self.catalog)
@@ -137,6 +141,7 @@ class Service:
         self._audit("system", "system", "server.started", details={"version": _version()})
         self.started = True
         self.runner.start()
+        self.maybe_checkpoint()  # recovery may have failed jobs: their ends get signed
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop the worker, record the stop, sign an audit checkpoint, close connections."""
@@ -148,7 +153,7 @@ class Service:
             close()
         if self.started:
             self._audit("system", "system", "server.stopped")
-            audit.checkpoint(self.conn(), self.audit_key)
+            self._witness(audit.checkpoint(self.conn(), self.audit_key))
             self.started = False
         with self._conns_lock:
             conns, self._conns = self._conns, []
@@ -158,9 +163,29 @@ class Service:
         self._local = threading.local()
 
     def maybe_checkpoint(self) -> None:
+        """Sign a checkpoint after any job's final transition (cheap: the Merkle frontier
+        resumes from the last one) or every ``checkpoint_every`` events; push it to the
+        witness. Then only events since the last job ended are merely chained."""
         from sandbox import audit
 
-        audit.maybe_checkpoint(self.conn(), self.audit_key, self.settings.checkpoint_every)
+        cp = audit.maybe_checkpoint(
+            self.conn(),
+            self.audit_key,
+            self.settings.checkpoint_every,
+            final_actions=FINAL_ACTIONS,
+        )
+        if cp is not None:
+            self._witness(cp)
+
+    def _witness(self, cp: dict[str, Any]) -> None:
+        from sandbox.audit_export import push_checkpoint
+
+        s = self.settings
+        if (s.audit_witness_file is not None or s.audit_witness_url) and cp.get(
+            "tree_size"
+        ) != getattr(self, "_witnessed", None):
+            push_checkpoint(cp, file=s.audit_witness_file, url=s.audit_witness_url)
+            self._witnessed = cp.get("tree_size")
 
     @property
     def grants(self) -> Grants:
@@ -399,6 +424,7 @@ class Service:
     def cancel_job(self, p: Principal, job_id: str) -> dict[str, Any]:
         job = self._own_job(p, job_id)
         job = self.runner.cancel(self.conn(), job, actor=p.name, role=p.role.value)
+        self.maybe_checkpoint()
         return self._job_view(p, job)
 
     # --- products ------------------------------------------------------------------
@@ -594,9 +620,12 @@ class Service:
 
     def audit_verify(self, p: Principal) -> dict[str, Any]:
         from sandbox import audit
+        from sandbox.audit_export import read_checkpoints
 
         self._require(p, STAFF)
-        report = audit.verify(self.conn(), self.audit_key.public_key())
+        witness = self.settings.audit_witness_file
+        held = read_checkpoints(witness) if witness is not None and witness.is_file() else []
+        report = audit.verify(self.conn(), self.audit_key.public_key(), trusted_checkpoints=held)
         return _plain(report.to_dict())
 
     # --- reports -------------------------------------------------------------------

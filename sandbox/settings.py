@@ -55,7 +55,17 @@ class Settings:
     )
     rate_per_minute: int = _field(120, "SANDBOX_RATE_PER_MINUTE", "Requests per minute per token.")
     checkpoint_every: int = _field(
-        256, "SANDBOX_CHECKPOINT_EVERY", "Sign an audit checkpoint every N events."
+        256,
+        "SANDBOX_CHECKPOINT_EVERY",
+        "Sign an audit checkpoint every N events (and always after a job's final transition).",
+    )
+    audit_witness_file: Path | None = _field(
+        None,
+        "SANDBOX_AUDIT_WITNESS_FILE",
+        "Append every audit checkpoint (a JSON line) to this file; it must be outside HOME.",
+    )
+    audit_witness_url: str = _field(
+        "", "SANDBOX_AUDIT_WITNESS_URL", "POST every audit checkpoint (JSON) to this URL."
     )
     server_url: str = _field(
         "http://127.0.0.1:8000", "SANDBOX_URL", "Server URL used by the CLI client."

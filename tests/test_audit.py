@@ -659,3 +659,41 @@ def test_a_log_without_checkpoints_warns_that_nothing_is_signed(tmp_path: Path) 
     report = audit.verify(conn, key.public_key())
     assert report.ok and report.signed_size == 0
     assert any("no signed checkpoint" in w for w in report.warnings)
+
+
+# ---------------------------------------------------------------- the tail (issue 22)
+
+
+def test_a_final_transition_is_checkpointed_at_once(tmp_path: Path) -> None:
+    conn, key = make_log(tmp_path, 12, every=100)
+    final = frozenset({"job.released", "job.failed"})
+    assert audit.maybe_checkpoint(conn, key, 100, final_actions=final) is None
+    with store.transaction(conn):
+        audit.append(conn, actor="system", role="system", action="job.failed", subject="j-1")
+    cp = audit.maybe_checkpoint(conn, key, 100, final_actions=final)
+    assert cp is not None and cp["tree_size"] == 13
+    assert audit.maybe_checkpoint(conn, key, 100, final_actions=final) is None  # nothing new
+
+
+def test_entries_after_the_last_checkpoint_are_counted_unverified(tmp_path: Path) -> None:
+    conn, key = make_log(tmp_path, 23)
+    conn.execute("UPDATE audit_events SET subject = 'j-other' WHERE seq = 22")
+    rehash_from(conn, 22)
+    report = audit.verify(conn, key.public_key())
+    assert report.ok and report.signed_size == 20 and report.unsigned_entries == 3
+    assert report.to_dict()["unsigned_entries"] == 3
+
+
+def test_deleted_checkpoints_and_rewritten_history_fail_when_a_signature_is_required(
+    tmp_path: Path,
+) -> None:
+    conn, key = make_log(tmp_path, 25)
+    conn.execute("DELETE FROM audit_checkpoints")
+    conn.execute("UPDATE audit_events SET actor = 'op-huaxin' WHERE seq = 3")
+    rehash_from(conn, 3)
+    assert audit.verify(conn, key.public_key()).ok  # alone, the log cannot tell
+    report = audit.verify(conn, key.public_key(), require_signed=True)
+    assert not report.ok and report.problem is not None
+    assert report.problem.kind == "unsigned" and report.unsigned_entries == 25
+    empty = store.connect(tmp_path / "empty.db")
+    assert audit.verify(empty, key.public_key(), require_signed=True).ok  # nothing to sign

@@ -1,5 +1,12 @@
 """CLI commands: ``sandbox audit …`` (verify, prove, export, show, checkpoint) and
-``sandbox report`` (supervision report and alerts)."""
+``sandbox report`` (supervision report and alerts).
+
+``sandbox audit verify`` exits 0 when every entry is covered by a signed checkpoint
+that verifies, 1 when the log does not verify (``AUDIT_INVALID``; with
+``--public-key``, also when no checkpoint verifies at all), 2 when the request was
+refused (no such file or key), and 3 (``UNVERIFIED_EXIT``) when the log verifies but
+entries after the last signed checkpoint are only hash-chained.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ audit_app = typer.Typer(
     help="The tamper-evident audit log: verify, prove, export, show, checkpoint.",
     no_args_is_help=True,
 )
+
+UNVERIFIED_EXIT = 3
 
 PublicKeyOption = typer.Option(
     None, "--public-key", help="The bureau's audit public key (PEM); default HOME/keys/audit.pub."
@@ -100,25 +109,38 @@ def verify_command(
     export_file: Path = typer.Option(None, "--export", help="Verify an export file instead."),
     public_key: Path = PublicKeyOption,
     trusted: list[Path] = typer.Option(
-        [], "--checkpoint", help="A signed checkpoint kept elsewhere (JSON); repeatable."
+        [],
+        "--checkpoint",
+        help="Signed checkpoints kept elsewhere (JSON, or a witness file of JSON lines); "
+        "repeatable. SANDBOX_AUDIT_WITNESS_FILE is read too when it exists.",
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Recompute every hash, root and signature; exit 1 naming the first problem."""
+    """Recompute every hash, root and signature; exit 1 naming the first problem, 3 if
+    entries after the last checkpoint are unverified (see the module docstring)."""
     from sandbox import audit
+    from sandbox.audit_export import read_checkpoints
 
     s = settings(ctx)
-    held = [_read_json(p) for p in trusted]
-    held = [c for item in held for c in (item if isinstance(item, list) else [item])]
+    if s.audit_witness_file is not None and s.audit_witness_file.is_file():
+        trusted = [*trusted, s.audit_witness_file]
+    held = [c for p in trusted for c in read_checkpoints(p)]
+    # a key given on purpose is a key held off the host: nothing signed by it is a failure
+    strict = public_key is not None
     if export_file is not None:
         if not export_file.is_file():
             raise BadInput(f"No export file at {export_file}.")
         key = _public_key(s, public_key) if public_key is not None else None
-        report = audit.verify(export_file, key, trusted_checkpoints=held)
+        report = audit.verify(export_file, key, trusted_checkpoints=held, require_signed=strict)
     else:
         conn = _conn(s)
         try:
-            report = audit.verify(conn, _public_key(s, public_key), trusted_checkpoints=held)
+            report = audit.verify(
+                conn,
+                _public_key(s, public_key),
+                trusted_checkpoints=held,
+                require_signed=strict,
+            )
         finally:
             conn.close()
     if not report.ok:
@@ -131,14 +153,17 @@ def verify_command(
         )
     if as_json:
         print_json(report.to_dict())
-        return
-    console.print(
-        f"[green]ok[/] {report.entries} entries ({report.first_seq}..{report.last_seq}), "
-        f"{report.checkpoints} checkpoints, {report.roots_checked} roots recomputed, "
-        f"signed up to {report.signed_size}, key {report.key_id}"
-    )
-    for w in report.warnings:
-        console.print(f"[yellow]warning[/] {w}")
+    else:
+        verdict = "[green]ok[/]" if not report.unsigned_entries else "[yellow]unverified tail[/]"
+        console.print(
+            f"{verdict} {report.entries} entries ({report.first_seq}..{report.last_seq}), "
+            f"{report.checkpoints} checkpoints, {report.roots_checked} roots recomputed, "
+            f"signed up to {report.signed_size}, key {report.key_id}"
+        )
+        for w in report.warnings:
+            console.print(f"[yellow]warning[/] {w}")
+    if report.unsigned_entries:
+        raise typer.Exit(UNVERIFIED_EXIT)
 
 
 @audit_app.command("checkpoint")
@@ -146,13 +171,17 @@ def verify_command(
 def checkpoint_command(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Sign a checkpoint of the current tree head now."""
     from sandbox import audit
+    from sandbox.audit_export import check_witness, push_checkpoint
 
     s = settings(ctx)
+    check_witness(s.audit_witness_file, s.audit_witness_url, s.home)
     conn = _conn(s)
     try:
         cp = audit.checkpoint(conn, _audit_key(s, conn))
     finally:
         conn.close()
+    if s.audit_witness_file is not None or s.audit_witness_url:
+        push_checkpoint(cp, file=s.audit_witness_file, url=s.audit_witness_url)
     if as_json:
         print_json(cp)
     else:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from api_helpers import ENTERPRISE_SQL, INSURED_SQL, POPULATION_SQL
 
-from sandbox import keys, products, tokens
+from sandbox import audit, keys, products, tokens
 from sandbox.tokens import Role
 
 
@@ -385,3 +386,72 @@ def test_a_look_alike_supervisor_token_is_refused(api):
     assert "principal id" in err["message"]
     body = {"role": "operator", "subject": "OP-Jinshu"}
     assert api.post("/v1/admin/tokens", "root", json=body).json()["subject"] == "op-jinshu"
+
+
+# --- audit checkpoints after every job, pushed to a witness -----------------------
+
+
+def _wait_for(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def test_every_finished_job_is_signed_and_sent_to_the_witness(make_api, tmp_path):
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Witness(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Witness)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    witness_file = tmp_path / "off-host" / "witness.jsonl"
+    witness_file.parent.mkdir()
+    try:
+        api = make_api(
+            checkpoint_every=10_000,
+            audit_witness_file=witness_file,
+            audit_witness_url=f"http://127.0.0.1:{server.server_port}/cp",
+        )
+        job = api.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit", 1.0).json()
+        assert api.wait(job["id"], "op-huaxin")["state"] == "released"
+        conn = api.service.conn()
+        (released,) = [e.seq for e in audit.events(conn, action="job.released")]
+        assert _wait_for(lambda: audit.checkpoints(conn)[-1:][0]["tree_size"] >= released)
+        assert _wait_for(lambda: received and received[-1]["tree_size"] >= released)
+        lines = [json.loads(x) for x in witness_file.read_text().splitlines()]
+        assert [c["tree_size"] for c in lines] == [c["tree_size"] for c in received]
+        assert all(c["format"] == audit.CHECKPOINT_FORMAT for c in received)
+        report = api.service.audit_verify(api.service.authenticate(api.token("supervisor-li")))
+        assert report["ok"] and report["signed_size"] >= released
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_refused_job_is_signed_too(make_api):
+    api = make_api(checkpoint_every=10_000)
+    resp = api.submit("op-huaxin", "SELECT * FROM enterprises", "sme-credit", 1.0)
+    assert resp.status_code == 400
+    conn = api.service.conn()
+    (refused,) = [e.seq for e in audit.events(conn, action="job.refused")]
+    assert audit.checkpoints(conn)[-1]["tree_size"] >= refused
+
+
+def test_a_witness_inside_home_is_refused(make_api, api_settings):
+    from sandbox.errors import BadInput
+
+    with pytest.raises(BadInput, match="inside SANDBOX_HOME"):
+        make_api(audit_witness_file=api_settings.home / "witness.jsonl")
+    with pytest.raises(BadInput, match="http"):
+        make_api(audit_witness_url="file:///etc/passwd")

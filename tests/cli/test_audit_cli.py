@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -172,8 +173,112 @@ def test_checkpoints_held_elsewhere_catch_a_deleted_tail(home: Path, tmp_path: P
     conn.execute("DELETE FROM audit_checkpoints WHERE tree_size > 12")
     conn.close()
     code, out = run(home, "audit", "verify", "--json")
-    assert code == 0  # the shortened log is consistent on its own
+    assert code == 3  # consistent on its own; entries 11-12 after the last checkpoint unsigned
+    assert json.loads(out)["unsigned_entries"] == 2
     code, out = run(home, "audit", "verify", "--checkpoint", str(held), "--json")
     assert code == 1
     problem = json.loads(out)["error"]["problem"]
     assert (problem["kind"], problem["seq"], problem["tree_size"]) == ("truncated", 13, 20)
+
+
+# --- the tail after the last checkpoint (issue 22) -----------------------------------
+
+
+def _rehash_from(conn: Any, seq: int) -> None:
+    """Recompute leaf and chain hashes from ``seq`` on, as an attacker on the host can."""
+    import hashlib
+
+    row = conn.execute("SELECT chain_hash FROM audit_events WHERE seq = ?", (seq - 1,)).fetchone()
+    chain = bytes(row[0]) if row else audit.ZERO_HASH
+    for ev in audit.events(conn, since_seq=seq - 1):
+        leaf = audit.leaf_hash(
+            audit.event_bytes(
+                ev.seq, ev.time, ev.actor, ev.role, ev.action, ev.subject, ev.scenario, ev.details
+            )
+        )
+        chain = hashlib.sha256(chain + leaf).digest()
+        conn.execute(
+            "UPDATE audit_events SET leaf_hash=?, chain_hash=? WHERE seq=?", (leaf, chain, ev.seq)
+        )
+
+
+def _append(home: Path, n: int) -> None:
+    conn = store.connect(home / "sandbox.db")
+    for i in range(n):
+        with store.transaction(conn):
+            audit.append(conn, actor="op-jinshu", role="operator", action="job.submitted",
+                         subject=f"j-tail-{i}", details={"sql_sha256": "cd" * 32})  # fmt: skip
+    conn.close()
+
+
+def test_an_edit_after_the_last_checkpoint_is_reported_unverified(home: Path) -> None:
+    _append(home, 3)  # entries 31..33, after the checkpoint at 30
+    conn = store.connect(home / "sandbox.db")
+    conn.execute("UPDATE audit_events SET subject = 'j-other' WHERE seq = 32")
+    _rehash_from(conn, 32)
+    conn.close()
+    code, out = run(home, "audit", "verify", "--json")
+    assert code == 3, out
+    report = json.loads(out)
+    assert report["ok"] and report["signed_size"] == 30 and report["unsigned_entries"] == 3
+    assert "entries 31..33" in report["warnings"][-1]
+    code, out = run(home, "audit", "verify")
+    assert code == 3 and "unverified tail" in out
+
+
+def test_deleted_tail_events_are_caught_by_the_checkpoint_after_them(home: Path) -> None:
+    # the server signs after every job's final transition, so the deleted events of a
+    # finished job are inside a checkpoint
+    _append(home, 2)
+    conn = store.connect(home / "sandbox.db")
+    with store.transaction(conn):
+        audit.append(conn, actor="system", role="system", action="job.released", subject="j-x")
+    key = keys.load_or_create(home / "keys", "audit")
+    assert audit.maybe_checkpoint(conn, key, 256, final_actions=frozenset({"job.released"}))
+    conn.execute("DELETE FROM audit_events WHERE seq > 31")
+    conn.close()
+    code, out = run(home, "audit", "verify", "--json")
+    assert code == 1
+    problem = json.loads(out)["error"]["problem"]
+    assert (problem["kind"], problem["tree_size"]) == ("truncated", 33)
+
+
+def test_no_checkpoint_and_a_rewritten_history_fail_with_the_public_key(home: Path) -> None:
+    pub = str(home / "keys" / "audit.pub")
+    conn = store.connect(home / "sandbox.db")
+    conn.execute("DELETE FROM audit_checkpoints")
+    conn.execute("UPDATE audit_events SET actor = 'op-huaxin' WHERE seq = 5")
+    _rehash_from(conn, 5)
+    conn.close()
+    code, out = run(home, "audit", "verify", "--public-key", pub, "--json")
+    assert code == 1, out
+    err = json.loads(out)["error"]
+    assert err["code"] == "AUDIT_INVALID" and err["problem"]["kind"] == "unsigned"
+    assert "No checkpoint verifies" in err["message"]
+    code, out = run(home, "audit", "verify", "--json")  # the host's own key: not trusted
+    assert code == 3 and json.loads(out)["unsigned_entries"] == 30
+
+
+def test_witness_file_gets_each_checkpoint_and_verify_reads_it(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    witness = tmp_path / "elsewhere" / "witness.jsonl"
+    witness.parent.mkdir()
+    monkeypatch.setenv("SANDBOX_AUDIT_WITNESS_FILE", str(witness))
+    _append(home, 2)
+    code, out = run(home, "audit", "checkpoint", "--json")
+    assert code == 0, out
+    lines = [json.loads(line) for line in witness.read_text().splitlines()]
+    assert [c["tree_size"] for c in lines] == [32]
+    assert lines[0]["format"] == audit.CHECKPOINT_FORMAT
+    # the host deletes the tail and the checkpoint that covered it: the witness still has it
+    conn = store.connect(home / "sandbox.db")
+    conn.execute("DELETE FROM audit_events WHERE seq > 30")
+    conn.execute("DELETE FROM audit_checkpoints WHERE tree_size > 30")
+    conn.close()
+    code, out = run(home, "audit", "verify", "--json")
+    assert code == 1
+    assert json.loads(out)["error"]["problem"]["kind"] == "truncated"
+    monkeypatch.setenv("SANDBOX_AUDIT_WITNESS_FILE", str(home / "witness.jsonl"))
+    code, out = run(home, "audit", "checkpoint", "--json")
+    assert code == 2 and "inside SANDBOX_HOME" in json.loads(out)["error"]["message"]
