@@ -8,7 +8,15 @@ released and downloaded. Alerts point a supervisor at patterns worth a look:
 - ``budget_nearly_exhausted``: 80 % or more of a grant's budget on a dataset spent;
 - ``query_burst``: 3 or more jobs with the same plan digest (or the same SQL hash)
   from one operator within an hour;
-- ``resource_limit``: runs that hit the memory, time or resource limits.
+- ``resource_limit``: runs that hit the memory, time or resource limits;
+- ``failure_burst``: 3 or more failed jobs of one operator within an hour, whatever
+  the category (``plan_mismatch``, ``engine_error``, ``INTERNAL`` …);
+- ``plan_mismatch``: any run whose result was not what the Plan declared
+  (``plan_mismatch``, ``output_invalid``): it does not happen by accident;
+- ``filter_sweep``: 3 or more queries of one operator within an hour that are the
+  same but for one constant (e.g. ``WHERE age = 30``, ``= 31``, ``= 32``): a sweep
+  over a filter value, the classic way to single somebody out by differencing. Read
+  from the jobs table's SQL; the alert names the jobs, never the constants.
 
 Jobs are attributed to an operator through their ``job.submitted`` event (its actor
 and scenario); later events about the job (subject = job id) follow it, whoever wrote
@@ -34,6 +42,11 @@ ALERT_RULES: dict[str, Any] = {
     "burst_count": 3,
     "burst_window_s": 3600,
     "limit_categories": ("memory", "timeout", "resource_limit"),
+    "failure_burst": 3,
+    "failure_window_s": 3600,
+    "mismatch_categories": ("plan_mismatch", "output_invalid"),
+    "sweep_count": 3,
+    "sweep_window_s": 3600,
 }
 
 # Job states after which data has been read and the budget is kept.
@@ -66,6 +79,8 @@ class _Job:
     outcome: str | None = None
     refusal: str | None = None
     category: str | None = None
+    failure: str | None = None  # the category, else the error code (every failure counts)
+    failed_at: datetime | None = None
 
 
 @dataclass
@@ -104,6 +119,8 @@ def build_report(
         entries += 1
         details = _details(ev)
         job = jobs.get(ev.subject)
+        if ev.action == "job.failed" and job is not None:
+            job.failed_at = _time(ev.time)
         if ev.action == "job.submitted" or (
             job is None and ev.action == "job.refused" and ev.role == "operator"
         ):
@@ -143,6 +160,12 @@ def build_report(
     alerts: list[dict[str, Any]] = []
     for g, rg in zip(selected, report_groups, strict=True):
         alerts += _alerts(g, rg)
+    by_operator: dict[str, list[_Job]] = defaultdict(list)
+    for g in selected:
+        by_operator[g.operator] += g.jobs
+    for op, op_jobs in sorted(by_operator.items()):
+        alerts += _failure_alerts(op, op_jobs)
+        alerts += _sweep_alerts(op, op_jobs, _job_sql(conn, [j.id for j in op_jobs]))
     return {
         "generated_at": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "filters": {"operator": operator, "scenario": scenario},
@@ -168,10 +191,11 @@ def _apply(job: _Job, action: str, details: dict[str, Any]) -> None:
         job.charged = job.charged or job.reserved or action == "budget.charged"
     elif action == "budget.released":
         job.released_budget = True
-    elif action in ("container.finished", "job.failed"):
+    elif action == "job.failed":
         category = _str(details.get("category"))
         if category and category != "ok":
             job.category = category
+        job.failure = job.category or _str(details.get("code")) or "UNKNOWN"
     if action in _OUTCOMES:
         job.outcome = _OUTCOMES[action]
         if action == "job.refused":
@@ -183,7 +207,7 @@ def _group_report(
 ) -> dict[str, Any]:
     outcomes = Counter(j.outcome or "open" for j in g.jobs)
     refusals = Counter(j.refusal for j in g.jobs if j.refusal)
-    failures = Counter(j.category for j in g.jobs if j.category)
+    failures = Counter(j.failure for j in g.jobs if j.failure)
     datasets = sorted({j.dataset for j in g.jobs if j.dataset})
     spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for j in g.jobs:
@@ -367,3 +391,104 @@ def _num(value: Any) -> float:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _in_window(jobs: list[_Job], when: Any, window: timedelta) -> list[_Job]:
+    """The largest run of ``jobs`` (sorted by ``when``) that fits in ``window``."""
+    jobs = sorted(jobs, key=when)
+    best: list[_Job] = []
+    lo = 0
+    for hi in range(len(jobs)):
+        while when(jobs[hi]) - when(jobs[lo]) > window:
+            lo += 1
+        if hi - lo + 1 > len(best):
+            best = jobs[lo : hi + 1]
+    return best
+
+
+def _failure_alerts(operator: str, jobs: list[_Job]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    base = {"operator": operator, "scenario": None}
+    failed = [j for j in jobs if j.failure]
+    window = timedelta(seconds=ALERT_RULES["failure_window_s"])
+    burst = _in_window(failed, lambda j: j.failed_at or j.time, window)
+    if len(burst) >= ALERT_RULES["failure_burst"]:
+        out.append(
+            {
+                **base,
+                "kind": "failure_burst",
+                "count": len(burst),
+                "jobs": [j.id for j in burst],
+                "categories": dict(Counter(j.failure for j in burst)),
+                "message": f"{len(burst)} failed jobs within an hour.",
+            }
+        )
+    odd = [j for j in failed if j.failure in ALERT_RULES["mismatch_categories"]]
+    if odd:
+        out.append(
+            {
+                **base,
+                "kind": "plan_mismatch",
+                "count": len(odd),
+                "jobs": [j.id for j in odd],
+                "categories": dict(Counter(j.failure for j in odd)),
+                "message": f"{len(odd)} runs returned something other than their Plan.",
+            }
+        )
+    return out
+
+
+def _job_sql(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, str]:
+    """The SQL text of these jobs, from the jobs table (absent in a bare audit log)."""
+    out: dict[str, str] = {}
+    try:
+        for i in range(0, len(job_ids), 500):
+            chunk = job_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in conn.execute(f"SELECT id, sql FROM jobs WHERE id IN ({marks})", chunk):
+                out[str(r[0])] = str(r[1])
+    except sqlite3.OperationalError:  # no jobs table: an audit log on its own
+        return {}
+    return out
+
+
+def _sweep_alerts(operator: str, jobs: list[_Job], sql: dict[str, str]) -> list[dict[str, Any]]:
+    """Queries that are the same but for one constant, many values of it in a window."""
+    from sandbox.review import sql_literals, sql_shape
+
+    window = timedelta(seconds=ALERT_RULES["sweep_window_s"])
+    # (shape, position, the other constants) -> [(job, the constant at the position)]
+    buckets: dict[tuple[str, int, tuple[str, ...]], list[tuple[_Job, str]]] = defaultdict(list)
+    for j in jobs:
+        text = sql.get(j.id)
+        if text is None:
+            continue
+        shape, lits = sql_shape(text), sql_literals(text)
+        for i, lit in enumerate(lits):
+            buckets[(shape, i, tuple(lits[:i] + lits[i + 1 :]))].append((j, lit))
+    out: list[dict[str, Any]] = []
+    seen: set[frozenset[str]] = set()
+    for (shape, _i, _rest), members in buckets.items():
+        value = dict((j.id, lit) for j, lit in members)
+        # one job per distinct constant (the first of each), then the densest window
+        firsts: dict[str, _Job] = {}
+        for j, lit in sorted(members, key=lambda m: m[0].time):
+            firsts.setdefault(lit, j)
+        sweep = _in_window(list(firsts.values()), lambda j: j.time, window)
+        ids = frozenset(j.id for j in sweep)
+        if len({value[j.id] for j in sweep}) < ALERT_RULES["sweep_count"] or ids in seen:
+            continue
+        seen.add(ids)
+        out.append(
+            {
+                "operator": operator,
+                "scenario": None,
+                "kind": "filter_sweep",
+                "count": len(sweep),
+                "jobs": [j.id for j in sweep],
+                "shape": shape[:16],
+                "message": f"{len(sweep)} queries within an hour that differ only in one "
+                "constant: a sweep over a filter value.",
+            }
+        )
+    return out

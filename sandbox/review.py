@@ -227,6 +227,14 @@ def sql_shape(sql: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def sql_literals(sql: str) -> list[str]:
+    """The constants of the SQL in order (strings first, then numbers): the values that
+    ``sql_shape`` replaces. Two queries of one shape differ only in these."""
+    strings = _STRING.findall(sql)
+    numbers = _NUMBER.findall(_STRING.sub("?", sql))
+    return [*strings, *numbers]
+
+
 def find_near_duplicates(
     conn: sqlite3.Connection,
     *,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,88 @@ def test_resource_limit_alert_for_memory_timeout_and_resource_limit(stream: Stre
 def test_empty_log_gives_an_empty_report(stream: Stream) -> None:
     report = reports.build_report(stream.conn)
     assert report["groups"] == [] and report["alerts"] == [] and report["entries"] == 0
+
+
+# --- failures of every category, filter sweeps (issue 22) ---------------------------
+
+
+def _fail(stream: Stream, op: str, sc: str, code: str) -> str:
+    """A job that failed without a runner category (e.g. INTERNAL on the host)."""
+    stream.n += 1
+    job_id = f"j-{stream.n:03d}"
+    stream.event(op, "operator", "job.submitted", job_id, sc, sql_sha256="c" * 64, epsilon=1.0)
+    stream.event("system", "system", "job.failed", job_id, sc, code=code)
+    return job_id
+
+
+def test_a_burst_of_failures_of_any_category_alerts(stream: Stream) -> None:
+    op = "op-huaxin"
+    failed = [
+        stream.job(op, "sme-credit", dataset="enterprises", category="plan_mismatch"),
+        stream.job(op, "sme-credit", dataset="enterprises", category="engine_error"),
+        _fail(stream, op, "sme-2024-study", "INTERNAL"),
+    ]
+    stream.job("op-jinshu", "employment-income", dataset="population", category="engine_error")
+    report = reports.build_report(stream.conn)
+    [burst] = alerts(report, "failure_burst")
+    assert burst["operator"] == op and burst["jobs"] == failed and burst["count"] == 3
+    assert burst["categories"] == {"plan_mismatch": 1, "engine_error": 1, "INTERNAL": 1}
+    assert group(report, op, "sme-2024-study")["failures_by_category"] == {"INTERNAL": 1}
+    assert group(report, op, "sme-2024-study")["jobs"]["failed"] == 1
+
+
+def test_failures_spread_over_hours_do_not_burst(stream: Stream) -> None:
+    op = "op-huaxin"
+    for i in range(3):
+        job_id = stream.job(op, "sme-credit", dataset="enterprises", category="engine_error")
+        stream.conn.execute(
+            "UPDATE audit_events SET time = ? WHERE subject = ?",
+            (f"2026-03-01T{8 + i * 2:02d}:00:00.000000Z", job_id),
+        )
+    assert alerts(reports.build_report(stream.conn), "failure_burst") == []
+
+
+def test_a_single_plan_mismatch_alerts(stream: Stream) -> None:
+    job_id = stream.job("op-huaxin", "sme-credit", dataset="enterprises", category="plan_mismatch")
+    [alert] = alerts(reports.build_report(stream.conn), "plan_mismatch")
+    assert alert["jobs"] == [job_id] and alert["categories"] == {"plan_mismatch": 1}
+
+
+def _with_sql(stream: Stream, op: str, sc: str, sql: str) -> str:
+    from sandbox import jobs, review
+
+    job_id = stream.job(op, sc, dataset="population")
+    now = "2026-03-01T08:00:00+00:00"
+    assert jobs.State  # the jobs schema is registered with the store
+    stream.conn.execute(
+        "INSERT INTO jobs (id, operator, scenario, sql, sql_sha256, sql_shape, epsilon, delta,"
+        " state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (job_id, op, sc, sql, "s" * 64, review.sql_shape(sql), 1.0, 0.0, "noised", now, now),
+    )
+    return job_id
+
+
+SWEEP = "SELECT COUNT(*) AS n FROM persons WHERE county = '140105' AND age = {}"
+
+
+def test_queries_differing_in_one_filter_constant_are_a_sweep(tmp_path: Path) -> None:
+    stream = Stream(store.connect(tmp_path / "s.db"))
+    op, sc = "op-jinshu", "employment-income"
+    swept = [_with_sql(stream, op, sc, SWEEP.format(age)) for age in (30, 31, 32)]
+    _with_sql(stream, op, sc, "SELECT sex, COUNT(*) AS n FROM persons GROUP BY sex")
+    _with_sql(stream, "op-huaxin", "sme-credit", SWEEP.format(40))  # another operator
+    report = reports.build_report(stream.conn)
+    [sweep] = alerts(report, "filter_sweep")
+    assert sweep["operator"] == op and sweep["jobs"] == swept and sweep["count"] == 3
+    assert "140105" not in json.dumps(sweep) and "'30'" not in json.dumps(sweep)
+
+
+def test_queries_differing_in_two_constants_or_repeated_are_no_sweep(tmp_path: Path) -> None:
+    stream = Stream(store.connect(tmp_path / "s.db"))
+    op, sc = "op-jinshu", "employment-income"
+    two = "SELECT COUNT(*) AS n FROM persons WHERE county = '{}' AND age = {}"
+    for county, age in (("140105", 30), ("140106", 31), ("140107", 32)):
+        _with_sql(stream, op, sc, two.format(county, age))
+    for _ in range(3):
+        _with_sql(stream, op, sc, SWEEP.format(50))  # the same query again: not a sweep
+    assert alerts(reports.build_report(stream.conn), "filter_sweep") == []
