@@ -101,14 +101,13 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 """
 store.register_schema("sandbox.audit", SCHEMA)
 
-# The event vocabulary: action -> what it records and the details it carries.
+# The event vocabulary: action -> what it records and the details it carries. Only
+# actions the code writes (tests/test_audit.py checks the source and docs/audit.md).
 ACTIONS: dict[str, str] = {
     "auth.failed": "A sign-in or token check failed. details: reason.",
     "token.issued": "An API token was issued. subject: token id; details: role, expires.",
     "token.revoked": "An API token was revoked. subject: token id.",
     "grant.changed": "Grants were (re)loaded or changed. subject: grant id; details: change.",
-    "policy.loaded": "Policy files were loaded. details: files, digests.",
-    "catalog.changed": "The catalogue changed. subject: dataset; details: version, digest.",
     "key.created": "A signing key was created. subject: key name; details: key_id.",
     # The job state machine (sandbox.jobs) writes one "job.<state>" event per transition;
     # details always carry "from" (the previous state).
@@ -124,15 +123,9 @@ ACTIONS: dict[str, str] = {
     "job.in_review": "The job waits for supervisor review. details: required_approvals.",
     "job.released": "The job's product was released. details: files, reviewers.",
     "job.rejected": "A supervisor rejected the release. details: reason.",
-    "budget.reserved": "Budget reserved. subject: job id; details: grant, dataset, epsilon, "
-    "delta, rho.",
-    "budget.charged": "Budget charged (data was read). subject: job id; details as reserved.",
-    "budget.released": "A reservation was returned. subject: job id; details as reserved.",
-    "container.started": "A runner container started. subject: job id; details: limits, image.",
-    "container.finished": "A runner finished. subject: job id; details: limits, wall_s, "
-    "category ('ok' or a failure category).",
-    "noise.applied": "Noise was added. subject: job id; details: epsilon, delta, rho, mechanisms.",
-    "review.flagged": "Output review raised flags. subject: job id; details: flags (rule ids).",
+    "budget.charged": "Budget charged (data was read). subject: job id; details: grant, "
+    "dataset, epsilon, delta, rho.",
+    "budget.released": "A reservation was returned. subject: job id; details as charged.",
     "review.approved": "A reviewer approved a release. subject: job id; details: reason.",
     "review.rejected": "A reviewer rejected a release. subject: job id; details: reason.",
     "product.released": "A data product was released. subject: product id; details: "

@@ -222,9 +222,16 @@ class Service:
     # --- catalogue and grants ------------------------------------------------------
 
     def catalog_view(self, p: Principal) -> dict[str, Any]:
-        """The catalogue (schema and policy, never rows); operators see granted datasets."""
+        """The catalogue (schema and policy, never rows); operators see the datasets of
+        their grants that are valid now (not an expired or not yet valid one)."""
         if p.role == Role.OPERATOR:
-            allowed = {d for g in self._grants.for_operator(p.name) for d in g.datasets}
+            now = datetime.now(UTC)
+            allowed = {
+                d
+                for g in self._grants.for_operator(p.name)
+                if g.is_valid_at(now)
+                for d in g.datasets
+            }
             datasets = [d for d in self.catalog.datasets if d.id in allowed]
         else:
             datasets = list(self.catalog.datasets)

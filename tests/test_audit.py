@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -697,3 +698,43 @@ def test_deleted_checkpoints_and_rewritten_history_fail_when_a_signature_is_requ
     assert report.problem.kind == "unsigned" and report.unsigned_entries == 25
     empty = store.connect(tmp_path / "empty.db")
     assert audit.verify(empty, key.public_key(), require_signed=True).ok  # nothing to sign
+
+
+# ---------------------------------------------------------------- the vocabulary
+
+
+def _written_actions() -> set[str]:
+    """Every action the code can write: string literals "x.y" passed as an action
+    outside the vocabulary itself, plus one job.<state> per state of the machine."""
+    import ast
+
+    from sandbox.jobs import State
+
+    root = Path(audit.__file__).resolve().parent
+    found = {f"job.{s.value}" for s in State}
+    for path in root.rglob("*.py"):
+        if path.name in ("audit.py", "reports.py") and path.parent == root:
+            continue  # the vocabulary, and a reader of it
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Call):
+                args = [kw.value for kw in node.keywords if kw.arg == "action"] + node.args
+                found |= {
+                    c.value
+                    for a in args
+                    for c in ast.walk(a)  # also both arms of `"x.a" if ... else "x.b"`
+                    if isinstance(c, ast.Constant) and c.value in audit.ACTIONS
+                }
+    return found
+
+
+def test_every_documented_action_is_written_by_the_code() -> None:
+    assert set(audit.ACTIONS) - _written_actions() == set()
+
+
+def test_docs_audit_md_lists_exactly_the_vocabulary() -> None:
+    doc = (Path(audit.__file__).resolve().parent.parent / "docs" / "audit.md").read_text("utf-8")
+    table = doc.split("### The event vocabulary", 1)[1].split("\n\n", 2)[1]
+    named = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", "\n".join(
+        line.split("|")[1] for line in table.splitlines() if line.startswith("| `")
+    )))  # fmt: skip
+    assert named == set(audit.ACTIONS)

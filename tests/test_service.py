@@ -82,3 +82,25 @@ def test_rate_limiter_window():
     limiter.hit("b")
     now[0] = 60.0
     limiter.hit("a")
+
+
+def test_the_catalogue_hides_datasets_whose_grant_is_not_valid_now(tmp_path, settings):
+    from tests.policy_factory import grant, make_policies
+
+    def edit(d):
+        grant(d, "g-jinshu-employment").update(  # expired
+            valid_from="2025-01-01T00:00:00Z", valid_until="2025-06-01T00:00:00Z"
+        )
+        grant(d, "g-jinshu-pension").update(valid_from="2099-01-01T00:00:00Z")  # not yet
+        grant(d, "g-jinshu-pension").update(valid_until="2100-01-01T00:00:00Z")
+
+    svc = Service(settings.replace(executor="local", policies=make_policies(tmp_path, grants=edit)))
+    try:
+        assert svc.catalog_view(JINSHU)["datasets"] == []
+        assert {d["id"] for d in svc.catalog_view(HUAXIN)["datasets"]} == {
+            "enterprises",
+            "divisions",
+        }
+        assert len(svc.catalog_view(LI)["datasets"]) == 5
+    finally:
+        svc.stop()
