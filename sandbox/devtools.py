@@ -515,9 +515,15 @@ def _from_server(
     if not mine:
         raise Refused(f"The server lists no grants for {operator!r}.", code="NO_GRANT")
     catalog_doc = _catalog_doc_from_view(cat)
+    # the server shows only the datasets of grants valid now: a grant that names another
+    # (an expired one) cannot be used there, nor kept here against this catalogue
+    shown = {d["id"] for d in catalog_doc["datasets"]}
+    usable = [g for g in mine if set(g.get("datasets") or ()) <= shown]
+    if not usable:
+        raise Refused(f"No grant of {operator!r} is valid now.", code="GRANT_EXPIRED")
     grants_doc = {
         "operators": [{"id": operator, "name": operator}],
-        "grants": [_grant_doc_from_view(g) for g in mine],
+        "grants": [_grant_doc_from_view(g) for g in usable],
     }
     return catalog_doc, grants_doc, operator
 

@@ -238,7 +238,8 @@ def test_init_from_a_real_server(live_server: tuple[str, str], tmp_path: Path,
     assert summary["operator"] == "op-huaxin"
     assert summary["source"] == {"kind": "server", "url": url}
     catalog = load_catalog(dest / "policies")
-    assert {d.id for d in catalog.datasets} == {"divisions", "population", "enterprises"}
+    # population only in g-huaxin-2024-study, expired: the server no longer shows it
+    assert {d.id for d in catalog.datasets} == {"divisions", "enterprises"}
     assert is_synthetic(dest / "data/enterprises/enterprises.parquet")
     ctx = load_context(settings, project=dest)
     sql = "SELECT county_code, COUNT(*) AS n FROM enterprises GROUP BY county_code"
@@ -259,10 +260,16 @@ def test_server_init_keeps_column_narrowing_and_hints(
     init_project(dest, operator=None, server=url, token=token, units=300)
     remote = load_catalog(dest / "policies")
     local = load_catalog(policies_dir)
-    persons = remote.find_table("persons")
-    assert persons is not None
-    income = persons[1].column("monthly_income")
-    assert income is not None and income.null_rate == 0.05 and income.synthetic
+    # (persons, with its null-rate hints, is no longer shown: huaxin's grant of it expired)
+    assert remote.find_table("persons") is None
+    enterprises = remote.find_table("enterprises")
+    assert enterprises is not None
+    employees = enterprises[1].column("employees")
+    assert employees is not None and employees.synthetic == {
+        "dist": "lognormal",
+        "mean": 2.5,
+        "sd": 1.2,
+    }
     ctx = load_context(settings, project=dest)
     sql = """SELECT industry, COUNT(*) AS n FROM enterprises
 WHERE registered_capital > 100 GROUP BY industry"""
