@@ -675,6 +675,8 @@ class JobRunner:
         checked = review.check_output(
             noisy.table, plan, grade=job["grade"] or "", rules=self.rules, duplicates=dupes
         )
+        # the privacy layer's notes are functions of noisy values only (issue 20)
+        flags = [*checked.flags, *getattr(noisy, "warnings", [])]
         products.store_result(self.settings.products_dir, job.id, checked.table)
         sdc = {
             "min_count": checked.min_count,
@@ -690,11 +692,11 @@ class JobRunner:
                 role=SYSTEM_ROLE,
                 details={
                     "groups_released": checked.table.num_rows,
-                    "flags": [f["code"] for f in checked.flags],
+                    "flags": [f["code"] for f in flags],
                     "wall_s": round(wall_s, 3),
                 },
                 updates={
-                    "flags": json.dumps(checked.flags),
+                    "flags": json.dumps(flags),
                     "sdc": json.dumps(sdc),
                     "accuracy": json.dumps(_accuracy(getattr(noisy, "accuracy", {}), checked)),
                     "mechanisms": json.dumps(list(getattr(noisy, "mechanisms", []))),

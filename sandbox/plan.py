@@ -4,8 +4,11 @@ A Plan is the contract between three parties that do not trust each other's code
 paths:
 
 - the **runner** (inside the container) executes ``sql`` over ``tables`` and must
-  return exactly the columns ``[k.name for k in keys] + [m.name for m in measures]``,
-  at most ``max_groups`` rows (``runner_spec()`` is all it is given);
+  return exactly the columns ``[k.name for k in keys] + [m.name for m in measures]``
+  (``runner_spec()`` is all it is given). Its row ceiling is the executor's
+  ``runner_max_rows`` setting, far above ``max_groups``: it cuts, never fails;
+- ``max_groups`` is applied by the privacy layer AFTER partition selection, on
+  noisy counts (issue 20: a cap on exact groups is an oracle);
 - the **privacy layer** turns each measure into a noisy value with OpenDP, using
   ``kind``, ``lower``/``upper`` and the contribution bounds ``unit_rows`` /
   ``unit_groups``, and selects private groups with the ``selection`` measure;
@@ -91,7 +94,7 @@ class Plan:
     post_sql: str
     unit_rows: int  # rows one unit can contribute after bounding (whole query)
     unit_groups: int  # groups one unit can contribute to after bounding
-    max_groups: int  # the runner refuses a result with more rows
+    max_groups: int  # at most this many groups are released (cut on noisy counts)
     version: int = PLAN_VERSION
     notes: tuple[str, ...] = field(default=())  # what the compiler rewrote, for explain
 
@@ -136,11 +139,15 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     def runner_spec(self) -> dict[str, Any]:
-        """All the runner is told: SQL, tables, expected columns, row cap."""
+        """All the runner is told: SQL, tables, expected columns (keys first), row cap.
+
+        The executors replace ``max_rows`` by their ``runner_max_rows`` setting
+        (``sandbox.executors.runner_spec``)."""
         return {
             "version": self.version,
             "sql": self.sql,
             "tables": dict(self.tables),
             "columns": self.result_columns,
+            "key_columns": [k.name for k in self.keys],
             "max_rows": self.max_groups,
         }

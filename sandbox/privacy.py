@@ -32,10 +32,15 @@ requested (ε, δ) is turned into ρ with ρ = (√(ln(1/δ)+ε) − √(ln(1/δ
 own conversion reports the (ε, δ) that ρ actually gives (never more than asked).
 Private group keys are released only through a noisy threshold on the distinct-unit
 count (``make_laplace_threshold`` / ``make_gaussian_threshold``), which needs δ > 0.
+At most ``plan.max_groups`` of the selected groups are released: those with the
+largest NOISY distinct-unit counts (ties by a hash of the key), a post-processing of
+the threshold's output. The cap is never applied to exact groups: a job whose outcome
+changed when the exact group count crossed it would be an oracle (issue 20).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -545,6 +550,8 @@ class Noisy:
     table: pa.Table
     accuracy: dict[str, list[dict[str, Any]]]
     mechanisms: list[str]
+    # notes for the operator, each a function of the Plan and noisy values only
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json_rows(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.table.to_pylist()
@@ -583,12 +590,24 @@ def release(plan: Plan, exact: pa.Table, cost: Cost) -> Noisy:
     pure = cost.definition == "pure"
 
     # partition selection first: noise on the other measures of dropped groups is never used
+    warnings: list[dict[str, Any]] = []
     if plan.private_keys:
         sel = next(m for m in plan.measures if m.selection)
         mc = cost.measure(sel.name)
         counts = {i: int(rows[g][sel.name] or 0) for i, g in enumerate(groups)}
         kept = _threshold(mc.scale, mc.threshold, pure)(counts)
-        groups = [groups[i] for i in sorted(kept)]
+        top = _top_groups(kept, groups, plan.max_groups)
+        if len(top) < len(kept):
+            warnings.append(
+                {
+                    "code": "groups_capped",
+                    "message": f"{len(kept)} groups passed partition selection; the "
+                    f"{plan.max_groups} with the largest noisy unit counts are released.",
+                    "selected": len(kept),
+                    "released": len(top),
+                }
+            )
+        groups = [groups[i] for i in sorted(top)]
 
     columns: dict[str, Any] = {}
     for i, name in enumerate(key_names):
@@ -613,7 +632,24 @@ def release(plan: Plan, exact: pa.Table, cost: Cost) -> Noisy:
     table = _post_process(plan, noisy)
     accuracy = _cell_accuracy(plan, cost, table, key_names, groups, noisy_values)
     mechanisms = sorted({cost.measure(m.name).mechanism for m in plan.measures})
-    return Noisy(table=table, accuracy=accuracy, mechanisms=mechanisms)
+    return Noisy(table=table, accuracy=accuracy, mechanisms=mechanisms, warnings=warnings)
+
+
+def _top_groups(kept: dict[int, Any], groups: list[tuple[Any, ...]], cap: int) -> list[int]:
+    """The (at most) ``cap`` selected groups with the largest noisy counts.
+
+    ``kept`` is the threshold's output (group index → noisy count), so this is
+    post-processing: which groups survive depends on noisy counts and on the keys
+    (ties: a hash of the key's text), never on an exact value.
+    """
+    if len(kept) <= cap:
+        return list(kept)
+
+    def rank(i: int) -> tuple[int, str]:
+        digest = hashlib.sha256(repr(groups[i]).encode("utf-8", "backslashreplace"))
+        return (-int(kept[i]), digest.hexdigest())
+
+    return sorted(kept, key=rank)[: max(0, cap)]
 
 
 def _check_cost(plan: Plan, cost: Cost) -> None:

@@ -43,6 +43,12 @@ class Settings:
     output_max_bytes: int = _field(
         16 * 1024 * 1024, "SANDBOX_OUTPUT_MAX_BYTES", "Largest result a runner may return."
     )
+    runner_max_rows: int = _field(
+        2_000_000,
+        "SANDBOX_RUNNER_MAX_ROWS",
+        "Most exact groups a runner returns; a larger result is cut (by a fixed order of "
+        "its keys), never failed. Far above the groups a query may release.",
+    )
     file_size_mb: int = _field(256, "SANDBOX_FILE_SIZE_MB", "Largest file a runner may write.")
     warm_runners: int = _field(
         0,

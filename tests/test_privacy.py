@@ -607,3 +607,41 @@ def test_compiled_plans_release_end_to_end(catalog, grants) -> None:
         assert noisy.table.num_rows == groups, sql
         assert len(noisy.accuracy[column]) == groups
         assert [e["name"] for e in explain(plan, cost)] == noisy.table.column_names
+
+
+def test_private_groups_over_the_cap_are_cut_on_noisy_counts() -> None:
+    # issue 20: max_groups applies to the groups partition selection released, by
+    # their NOISY counts, never to the exact group count (which the runner no longer
+    # refuses on)
+    plan = private_plan(max_groups=3)
+    names = [f"g{i:02d}" for i in range(12)]
+    units = [10_000 - 500 * i for i in range(12)]
+    exact = pa.table({"occupation": names, "n": units, "units": units})
+    cost = cost_of(plan, epsilon=1.0, delta=1e-6)
+    for _ in range(10):
+        noisy = release(plan, exact, cost)
+        assert [r["occupation"] for r in noisy.to_json_rows()] == ["g00", "g01", "g02"]
+        assert noisy.warnings == [
+            {
+                "code": "groups_capped",
+                "message": "12 groups passed partition selection; the 3 with the largest "
+                "noisy unit counts are released.",
+                "selected": 12,
+                "released": 3,
+            }
+        ]
+    under = release(private_plan(max_groups=12), exact, cost)
+    assert under.table.num_rows == 12 and under.warnings == []
+
+
+def test_the_noisy_cut_breaks_ties_by_the_key_not_by_the_exact_order() -> None:
+    from sandbox.privacy import _top_groups
+
+    groups = [("a",), ("b",), ("c",), ("d",)]
+    kept = {0: 7, 1: 9, 2: 7, 3: 7}
+    first = _top_groups(kept, groups, 2)
+    # the same noisy counts in another exact order keep the same groups
+    reordered = [groups[i] for i in (3, 2, 1, 0)]
+    again = _top_groups({3: 7, 2: 9, 1: 7, 0: 7}, reordered, 2)
+    assert {groups[i] for i in first} == {reordered[i] for i in again}
+    assert groups[1] in {groups[i] for i in first}

@@ -7,10 +7,20 @@ never ``sandbox``, so the image carries nothing but this package.
 What comes out, in ``out_dir``:
 
 - success: ``result.arrow`` (Arrow IPC file, exactly the spec's columns, at most
-  ``max_rows`` rows) and ``status.json`` ``{"status": "ok", "peak_rss_kb": N}``;
+  ``max_rows`` rows and ``output_max_bytes`` bytes) and ``status.json``
+  ``{"status": "ok", "peak_rss_kb": N, "truncated": B}``;
 - failure: ``status.json`` ``{"status": "failed", "category": C}`` and nothing else.
   ``C`` is one of ``CATEGORIES``. DuckDB's message is never written anywhere: it can
   quote cell values ("Could not convert string 'XYZ' to INT32").
+
+The size of the result never decides success. A result with more than ``max_rows``
+rows, or more than ``output_max_bytes`` bytes, is cut down to fit, keeping the groups
+first in a fixed pseudo-random order of their keys (``hash`` of the spec's
+``key_columns``, then the keys themselves), never failing: otherwise "does the exact
+result have more than N groups?" is an answer an operator can read off the job's
+state (issue 20). The cut only happens at sizes far above any Plan's released group
+count, set by the host from its settings, not from the data; docs/privacy.md states
+the residual risk.
 """
 
 from __future__ import annotations
@@ -84,7 +94,7 @@ def execute(
     """
     out_dir = Path(out_dir)
     try:
-        table = _run(
+        table, cut = _run(
             spec,
             Path(data_dir),
             memory_limit=memory_limit,
@@ -93,14 +103,14 @@ def execute(
             max_temp_size=max_temp_size,
             timeout_s=timeout_s,
         )
-        _write_result(table, out_dir, output_max_bytes)
+        truncated = _write_result(table, out_dir, output_max_bytes) or cut
     except BaseException as exc:  # noqa: BLE001 - everything becomes a category
         _discard(out_dir / RESULT_FILE)
         write_status(out_dir, {"status": "failed", "category": categorize(exc)})
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return
-    write_status(out_dir, {"status": "ok", "peak_rss_kb": peak_rss_kb()})
+    write_status(out_dir, {"status": "ok", "peak_rss_kb": peak_rss_kb(), "truncated": truncated})
 
 
 def categorize(exc: BaseException) -> str:
@@ -142,8 +152,8 @@ def _run(
     temp_dir: Path | None,
     max_temp_size: str | None,
     timeout_s: float | None,
-) -> pa.Table:
-    sql, tables, columns, max_rows = _check_spec(spec)
+) -> tuple[pa.Table, bool]:
+    sql, tables, columns, max_rows, keys = _check_spec(spec)
     data_dir = data_dir.resolve()
     files = {name: _table_file(data_dir, rel) for name, rel in tables.items()}
 
@@ -171,7 +181,7 @@ def _run(
         con.execute("SET allowed_paths = ?", [[str(p) for p in files.values()]])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-        return _query(con, sql, columns, max_rows, timeout_s)
+        return _query(con, sql, columns, keys, max_rows, timeout_s)
     finally:
         con.close()
 
@@ -180,9 +190,11 @@ def _query(
     con: duckdb.DuckDBPyConnection,
     sql: str,
     columns: list[str],
+    keys: list[str],
     max_rows: int,
     timeout_s: float | None,
-) -> pa.Table:
+) -> tuple[pa.Table, bool]:
+    """The result, at most ``max_rows`` rows of it (and whether rows were cut)."""
     timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
     if timer is not None:
         timer.daemon = True
@@ -193,21 +205,29 @@ def _query(
             raise RunnerFailure("plan_mismatch")
         if relation.columns != columns:
             raise RunnerFailure("plan_mismatch")
-        # Fetch at most one row past the cap, so a huge result is refused early.
+        if keys:
+            # a fixed order that depends on each group's keys only: which groups a cut
+            # keeps does not depend on any other group's values
+            cols = ", ".join(_ident(k) for k in keys)
+            relation = relation.order(f"hash({cols}), {cols}")
+        # One row past the cap tells whether anything was cut.
         table = relation.limit(max_rows + 1).to_arrow_table()
     finally:
         if timer is not None:
             timer.cancel()
-    if table.column_names != columns or table.num_rows > max_rows:
+    if table.column_names != columns:
         raise RunnerFailure("plan_mismatch")
-    return table
+    if table.num_rows > max_rows:
+        return table.slice(0, max_rows), True
+    return table, False
 
 
-def _check_spec(spec: Any) -> tuple[str, dict[str, str], list[str], int]:
+def _check_spec(spec: Any) -> tuple[str, dict[str, str], list[str], int, list[str]]:
     if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
         raise RunnerFailure("plan_mismatch")
     sql, tables = spec.get("sql"), spec.get("tables")
     columns, max_rows = spec.get("columns"), spec.get("max_rows")
+    keys = spec.get("key_columns", [])
     if not isinstance(sql, str) or not sql.strip():
         raise RunnerFailure("plan_mismatch")
     if not isinstance(tables, dict) or not tables:
@@ -219,7 +239,9 @@ def _check_spec(spec: Any) -> tuple[str, dict[str, str], list[str], int]:
         raise RunnerFailure("plan_mismatch")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
         raise RunnerFailure("plan_mismatch")
-    return sql, dict(tables), list(columns), max_rows
+    if not isinstance(keys, list) or keys != columns[: len(keys)]:
+        raise RunnerFailure("plan_mismatch")  # the keys are the leading result columns
+    return sql, dict(tables), list(columns), max_rows, list(keys)
 
 
 def _table_file(data_dir: Path, rel: str) -> Path:
@@ -236,23 +258,38 @@ def _table_file(data_dir: Path, rel: str) -> Path:
     return real
 
 
-def _write_result(table: pa.Table, out_dir: Path, output_max_bytes: int | None) -> None:
+def _write_result(table: pa.Table, out_dir: Path, output_max_bytes: int | None) -> bool:
+    """Write result.arrow within ``output_max_bytes``: a result that does not fit is cut
+    to its leading rows (the order _query fixed) until it does. True if rows were cut."""
     final = out_dir / RESULT_FILE
     tmp = out_dir / (RESULT_FILE + ".part")
-    if output_max_bytes is not None and table.nbytes > output_max_bytes:
-        raise RunnerFailure("output_too_large")  # the IPC file is at least this big
+    n = table.num_rows
+    if output_max_bytes is not None:
+        while n > 0 and table.slice(0, n).nbytes > output_max_bytes:
+            n = min(n - 1, n * output_max_bytes // max(1, table.slice(0, n).nbytes))
+    while True:
+        size = _write_ipc(table.slice(0, n), tmp)
+        if output_max_bytes is None or size <= output_max_bytes:
+            break
+        if n == 0:  # even no rows do not fit: the cap is below the schema's own size
+            _discard(tmp)
+            raise RunnerFailure("output_too_large")
+        n = min(n - 1, n * output_max_bytes // size)
+    os.replace(tmp, final)
+    return n < table.num_rows
+
+
+def _write_ipc(table: pa.Table, path: Path) -> int:
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
     except OSError as exc:
-        # /out is size-capped (and files by ulimit): a result that does not fit is too large.
+        # /out is size-capped (and files by ulimit) at twice the output cap, so a file
+        # within the cap always fits; anything else is the host's sizing.
         if exc.errno in {errno.ENOSPC, errno.EFBIG, errno.EDQUOT} or _no_space(exc):
             raise RunnerFailure("output_too_large") from exc
         raise
-    if output_max_bytes is not None and os.stat(tmp).st_size > output_max_bytes:
-        _discard(tmp)
-        raise RunnerFailure("output_too_large")
-    os.replace(tmp, final)
+    return os.stat(path).st_size
 
 
 def _no_space(exc: BaseException) -> bool:
@@ -279,6 +316,10 @@ def _discard(path: Path) -> None:
         path.unlink()
     with contextlib.suppress(OSError):
         Path(str(path) + ".part").unlink()
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _quote(text: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from sandbox.plan import Plan
+from sandbox.settings import Settings
 
 
 @dataclass
@@ -35,3 +36,16 @@ class Executor(Protocol):
     def run(self, plan: Plan, *, data_root: Path, job_id: str) -> ExactResult:
         """Run the Plan; raise ExecutionFailed(category) on failure."""
         ...
+
+
+def runner_spec(plan: Plan, settings: Settings) -> dict[str, Any]:
+    """The spec a runner gets: the Plan's, with the row ceiling from Settings.
+
+    The ceiling is never the Plan's ``max_groups`` (10,000 for private keys): a job that
+    failed when the EXACT result had more groups would tell the operator one bit about
+    the exact data (issue 20). The runner cuts at this ceiling instead of failing, and
+    the privacy layer applies ``max_groups`` to noisy counts after partition selection.
+    """
+    spec = plan.runner_spec()
+    spec["max_rows"] = max(int(settings.runner_max_rows), int(plan.max_groups))
+    return spec

@@ -40,7 +40,7 @@ from typing import Any
 import pyarrow as pa
 
 from sandbox.errors import DockerUnavailable, ExecutionFailed, Refused, SandboxError
-from sandbox.executors import ExactResult
+from sandbox.executors import ExactResult, runner_spec
 from sandbox.executors.output import read_result, read_status, status_category
 from sandbox.plan import Plan
 from sandbox.settings import Settings
@@ -193,7 +193,7 @@ class DockerExecutor:
                     code="SYNTHETIC_DATA_REFUSED",
                     hint="Synthetic data is for the local executor; install the real data.",
                 )
-        return self._run_job(plan.runner_spec(), datasets, job_id=job_id)
+        return self._run_job(runner_spec(plan, self.settings), datasets, job_id=job_id)
 
     def start(self) -> None:
         """Connect, sweep leftovers of this installation, check the image (once)."""
@@ -352,6 +352,8 @@ class DockerExecutor:
             status = read_status(out_dir)
             if "peak_rss_kb" in status:
                 stats["peak_rss_kb"] = status["peak_rss_kb"]
+            # for supervisors' diagnostics only: never shown to operators (exact data)
+            stats["truncated"] = bool(status.get("truncated"))
             if exit_code != 0:
                 raise ExecutionFailed(status_category(status))
             return read_result(

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from sandbox.errors import ExecutionFailed, Refused
-from sandbox.executors import ExactResult
+from sandbox.executors import ExactResult, runner_spec
 from sandbox.plan import Plan
 from sandbox.settings import Settings
 from sandbox.synthetic import is_synthetic
@@ -50,7 +50,7 @@ class LocalExecutor:
                     "query to the sandbox.",
                 )
         s = self.settings
-        spec = plan.runner_spec()
+        spec = runner_spec(plan, s)
         began = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="jinyu-local-") as tmp:
             out_dir, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
@@ -82,5 +82,6 @@ class LocalExecutor:
             "exit": "ok",
             "wall_s": round(wall, 4),
             "peak_rss_kb": status.get("peak_rss_kb"),
+            "truncated": bool(status.get("truncated")),  # diagnostics only, never shown
         }
         return ExactResult(table=table, wall_s=wall, stats=stats)

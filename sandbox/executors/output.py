@@ -41,6 +41,8 @@ def read_status(out_dir: Path) -> dict[str, Any]:
     rss = status.get("peak_rss_kb")
     if isinstance(rss, int) and not isinstance(rss, bool) and rss >= 0:
         clean["peak_rss_kb"] = rss
+    if isinstance(status.get("truncated"), bool):
+        clean["truncated"] = status["truncated"]
     return clean
 
 

@@ -96,3 +96,17 @@ def test_timeout_from_settings(settings: Settings, synthetic_root: Path) -> None
     with pytest.raises(ExecutionFailed) as info:
         executor.run(make_plan(sql=sql), data_root=synthetic_root, job_id="j1")
     assert info.value.category == "timeout"
+
+
+def test_the_row_ceiling_comes_from_settings_not_from_the_plan(
+    settings: Settings, synthetic_root: Path
+) -> None:
+    # issue 20: a Plan's max_groups below the exact group count does not fail the run
+    # (the privacy layer caps the noisy groups); the runner's ceiling is a setting
+    plan = make_plan(max_groups=1)
+    result = LocalExecutor(settings).run(plan, data_root=synthetic_root, job_id="j1")
+    assert result.table.num_rows == 3 and result.stats["truncated"] is False
+    cut = LocalExecutor(settings.replace(runner_max_rows=2)).run(
+        make_plan(max_groups=2), data_root=synthetic_root, job_id="j2"
+    )
+    assert cut.table.num_rows == 2 and cut.stats["truncated"] is True

@@ -67,7 +67,8 @@ def test_runs_the_plan_and_matches_duckdb(raw_root: Path, tmp_path: Path) -> Non
     [
         ({"columns": ["county_code", "n"]}, "plan_mismatch"),
         ({"columns": ["n", "county_code", "age_sum"]}, "plan_mismatch"),
-        ({"max_rows": 2}, "plan_mismatch"),
+        ({"key_columns": ["n"]}, "plan_mismatch"),
+        ({"key_columns": "county_code"}, "plan_mismatch"),
         ({"version": 99}, "plan_mismatch"),
         ({"sql": ""}, "plan_mismatch"),
         ({"tables": {"persons": "../raw/population/persons.parquet"}}, "plan_mismatch"),
@@ -162,10 +163,55 @@ def test_timeout_interrupts_the_query(raw_root: Path, tmp_path: Path) -> None:
     assert_failed(status, out, "timeout")
 
 
-def test_output_over_the_cap_is_refused(raw_root: Path, tmp_path: Path) -> None:
+def read_table(out: Path) -> pa.Table:
+    with pa.OSFile(str(out / "result.arrow")) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def test_more_rows_than_the_ceiling_are_cut_never_failed(raw_root: Path, tmp_path: Path) -> None:
+    # issue 20: failing when the EXACT result has too many groups is a one-bit oracle
+    status, out = run_spec(raw_root, tmp_path, spec_with(max_rows=2))
+    assert status["status"] == "ok" and status["truncated"] is True
+    table = read_table(out)
+    assert table.num_rows == 2
+    (tmp_path / "full").mkdir()
+    full, full_out = run_spec(raw_root, tmp_path / "full", spec_with())
+    assert full["truncated"] is False
+    # the cut keeps the groups first in a fixed order of their keys alone
+    kept = read_table(full_out).slice(0, 2).column("county_code").to_pylist()
+    assert table.column("county_code").to_pylist() == kept
+
+
+def test_which_groups_a_cut_keeps_depends_on_each_group_s_keys_only(
+    raw_root: Path, tmp_path: Path
+) -> None:
+    base = "SELECT i::VARCHAR AS county_code, COUNT(*) AS n, SUM(i) AS age_sum FROM range({n}) r(i)"
+    kept = []
+    for n in (400, 401, 1000):
+        sql = base.format(n=n) + " GROUP BY 1"
+        (tmp_path / str(n)).mkdir()
+        status, out = run_spec(raw_root, tmp_path / str(n), spec_with(sql=sql, max_rows=50))
+        assert status["status"] == "ok"
+        kept.append(set(read_table(out).column("county_code").to_pylist()))
+    # one more group displaces at most one kept group
+    assert len(kept[0] ^ kept[1]) <= 2
+    assert all(len(k) == 50 for k in kept)
+
+
+def test_output_over_the_cap_is_cut_to_fit(raw_root: Path, tmp_path: Path) -> None:
     sql = "SELECT i::VARCHAR AS county_code, i AS n, i AS age_sum FROM range(100000) r(i)"
     spec = spec_with(sql=sql, max_rows=1_000_000)
     status, out = run_spec(raw_root, tmp_path, spec, output_max_bytes=64 * 1024)
+    assert status["status"] == "ok" and status["truncated"] is True
+    assert (out / "result.arrow").stat().st_size <= 64 * 1024
+    table = read_table(out)
+    assert 0 < table.num_rows < 100000
+
+
+def test_a_cap_below_an_empty_result_fails_whatever_the_data(
+    raw_root: Path, tmp_path: Path
+) -> None:
+    status, out = run_spec(raw_root, tmp_path, spec_with(), output_max_bytes=16)
     assert_failed(status, out, "output_too_large")
 
 
