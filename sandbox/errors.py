@@ -104,9 +104,9 @@ CODES: dict[str, str] = {
 CATEGORIES: dict[str, str] = {
     "timeout": "the query ran past its wall-clock limit and was killed",
     "memory": "the query hit the memory limit",
-    "plan_mismatch": "the result did not have the Plan's columns or group count",
+    "plan_mismatch": "the runner was given, or returned, something that is not the Plan's",
     "engine_error": "the SQL engine failed (the engine's message is withheld)",
-    "output_too_large": "the result was larger than the output cap",
+    "output_too_large": "the output cap is below even an empty result (a larger result is cut)",
     "output_invalid": "the result file was missing, a symlink, or unreadable",
     "resource_limit": "the query hit a process, file-size or scratch limit",
     "data_missing": "a dataset file named by the Plan is missing",

@@ -239,3 +239,54 @@ def test_a_runner_failure_shows_operators_only_the_category(jsettings, tmp_path)
         assert spent(svc)["spent"] == pytest.approx(1.0)
     finally:
         svc.stop()
+
+
+class FailingExecutor:
+    """Fails the way a runner can, after the job moved to running."""
+
+    def __init__(self, category: str) -> None:
+        self.category = category
+
+    def run(self, plan, *, data_root, job_id):
+        from sandbox.errors import ExecutionFailed
+
+        raise ExecutionFailed(self.category)
+
+
+class WrongTableExecutor:
+    """A runner result the privacy layer cannot use (it fails after the run)."""
+
+    def run(self, plan, *, data_root, job_id):
+        import pyarrow as pa
+
+        from sandbox.executors import ExactResult
+
+        return ExactResult(table=pa.table({"other": [1]}), wall_s=0.0)
+
+
+@pytest.mark.parametrize(
+    "executor",
+    [
+        *(
+            FailingExecutor(c)
+            for c in ("timeout", "memory", "resource_limit", "engine_error", "output_too_large")
+        ),
+        WrongTableExecutor(),
+    ],
+    ids=lambda e: getattr(e, "category", "privacy_layer"),
+)
+def test_every_attempt_that_started_running_is_charged(jsettings, executor):
+    # issue 20: a failure after the runner started is charged like a success, so a
+    # failure that depends on the data is never a free oracle
+    svc = Service(jsettings)
+    svc.start()
+    try:
+        svc.runner.executor = executor
+        job = svc.submit_job(OP, sql=SQL, scenario=SCENARIO, epsilon=1.0)
+        done = wait_state(svc, job["id"], {"failed", "released"})
+        assert done["state"] == "failed"
+        assert spent(svc)["spent"] == pytest.approx(1.0) and spent(svc)["reserved"] == 0
+        events = [e.action for e in audit.events(svc.conn()) if e.subject == job["id"]]
+        assert "budget.charged" in events and "budget.released" not in events
+    finally:
+        svc.stop()
