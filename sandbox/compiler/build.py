@@ -77,7 +77,9 @@ def build_plan(
     unit = exp.column(dataset.privacy_unit or "", table=scope.unit_source.alias, quoted=True)
     items: list[exp.Expr] = [n_.alias(unit, "__unit", quote=False)]
     items += [n_.alias(k.node, f"__k{j}", quote=False) for j, k in enumerate(keys)]
-    items += [n_.alias(node, name, quote=False) for node, name in measures.values.values()]
+    # TRY: a row value that fails (overflow, bad cast) is NULL, never a failed job whose
+    # outcome depends on one row's value (issue 20)
+    items += [n_.alias(n_.try_(node), name, quote=False) for node, name in measures.values.values()]
     if unit_rows > 1:  # DuckDB refuses volatile window ORDER BY
         items.append(n_.alias(exp.Rand(), "__r", quote=False))
     conds = [where] if where is not None else []

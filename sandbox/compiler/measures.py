@@ -299,7 +299,9 @@ class Measures:
         sq_lo = 0.0 if lo <= 0 <= hi else min(lo * lo, hi * hi)
         sq_hi = max(lo * lo, hi * hi)
         lit = _lit(integer)
-        sq = self.value(n_.clamp(n_.mul(v, v), lit(sq_lo), lit(sq_hi)))
+        # HUGEINT: an INTEGER square overflows INT32 past 46,340 (issue 20)
+        square = n_.mul(n_.cast(v, "HUGEINT"), v) if integer else n_.mul(v, v)
+        sq = self.value(n_.clamp(square, lit(sq_lo), lit(sq_hi)))
         ss = self.add(
             ("sumsq", v.name),
             _sum(sq, integer),
@@ -371,8 +373,16 @@ def _lit(integer: bool) -> Callable[[float], exp.Expr]:
     return (lambda x: n_.num(int(x))) if integer else (lambda x: n_.num(float(x)))
 
 
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+
+
 def _sum(v: exp.Expr, integer: bool) -> exp.Expr:
-    total = exp.Coalesce(this=exp.Sum(this=v), expressions=[n_.num(0)])
+    """SUM as BIGINT or DOUBLE that cannot fail: DuckDB sums integers as HUGEINT, and
+    the BIGINT cast of a sum past 2^63 would fail the job on the data's values (issue
+    20); clamping a sum is 1-Lipschitz, so the sensitivity is unchanged."""
+    total: exp.Expr = exp.Coalesce(this=exp.Sum(this=v), expressions=[n_.num(0)])
+    if integer:
+        total = n_.clamp(total, n_.num(_BIGINT_MIN), n_.num(_BIGINT_MAX))
     return n_.cast(total, "BIGINT" if integer else "DOUBLE")
 
 

@@ -444,9 +444,10 @@ def _and_terms(node: exp.Expr) -> list[exp.Expr]:
 
 
 def _unwrap(e: exp.Expr) -> exp.Expr:
-    """CASE WHEN cond THEN x END -> x (a FILTER keeps the value or makes it NULL)."""
+    """TRY(CASE WHEN cond THEN x END) -> x (TRY and a FILTER keep the value or make
+    it NULL)."""
     while True:
-        if isinstance(e, exp.Paren):
+        if isinstance(e, exp.Paren | exp.Try):
             e = e.this
         elif (
             isinstance(e, exp.Case)
