@@ -729,3 +729,83 @@ def test_startup_sweep_leaves_other_executors_live_jobs(
     state = {"Status": status, **({stamp: _stamp(ago)} if stamp else {})}
     attrs = {"State": state, "Created": _stamp(1000)}
     assert _is_stale(attrs, max_age_s=600) is stale
+
+
+# -- issue 20: the group cap is no oracle ------------------------------------------------
+
+ATTACK_CAP = 50
+
+
+def _attack_root(root: Path, income: float) -> Path:
+    """ATTACK_CAP occupations of 20 people each, and one target person (their own
+    occupation) with the given income: 'raw' data, only the container reads it."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(f"p{i:05d}", f"occ-{i % ATTACK_CAP:02d}", 1000.0 + i) for i in range(20 * ATTACK_CAP)]
+    rows.append(("p-target", "target-occupation", income))
+    n = len(rows)
+    table = pa.table(
+        {
+            "person_id": [r[0] for r in rows],
+            "name": [f"name-{i}" for i in range(n)],
+            "id_number": [f"id-{i}" for i in range(n)],
+            "county_code": ["140105"] * n,
+            "sex": ["F"] * n,
+            "age": pa.array([40] * n, pa.int32()),
+            "household_type": ["single"] * n,
+            "employment": ["employed"] * n,
+            "occupation": [r[1] for r in rows],
+            "monthly_income": [r[2] for r in rows],
+            "registered_on": pa.array([dt.date(2020, 1, 1)] * n, pa.date32()),
+        }
+    )
+    path = root / "population" / "persons.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata({b"jinyu.fabricated": b"true"}), path)
+    path.chmod(0o644)
+    return root
+
+
+@pytest.mark.container
+def test_the_group_cap_attack_reads_nothing(
+    make_executor: Any, tmp_path: Path, catalog: Any, grants: Any
+) -> None:
+    """Issue 20's attack: calibrate a filter so the exact group count of a private-key
+    GROUP BY sits at the cap, then add one person with an OR filter on their income.
+    Before the fix the job failed (plan_mismatch) iff the income was in the range."""
+    import dataclasses
+
+    from sandbox.compiler import compile_query
+    from sandbox.privacy import plan_cost, release
+
+    grant = next(g for g in grants.grants if g.id == "g-jinshu-employment")
+    dataset = next(d for d in catalog.datasets if d.id == "population")
+    sql = (
+        "SELECT occupation, sex, COUNT(*) AS n FROM persons WHERE occupation LIKE 'occ-%' "
+        "OR (occupation = 'target-occupation' AND monthly_income BETWEEN 4000 AND 6000) "
+        "GROUP BY occupation, sex"
+    )
+    plan = dataclasses.replace(
+        compile_query(sql, catalog=catalog, grant=grant), max_groups=ATTACK_CAP
+    )
+    assert plan.private_keys
+    cost = plan_cost(plan, epsilon=1.0, delta=1e-6, dataset=dataset, grant=grant)
+    executor = make_executor()
+    seen: dict[float, set[tuple[Any, ...]]] = {}
+    for income in (5000.0, 9000.0):  # in the range: 51 exact groups; outside: 50
+        root = _attack_root(tmp_path / f"income-{int(income)}", income)
+        outcomes = set()
+        for run in range(3):
+            try:
+                exact = executor.run(plan, data_root=root, job_id=f"attack-{int(income)}-{run}")
+                noisy = release(plan, exact.table, cost)
+            except ExecutionFailed as exc:  # what the attack read before the fix
+                outcomes.add(("failed", exc.category, exc.code, None))
+                continue
+            rows = noisy.table.num_rows
+            outcomes.add(("noised", None, None, rows <= ATTACK_CAP))
+        seen[income] = outcomes
+    assert seen[5000.0] == seen[9000.0] == {("noised", None, None, True)}
