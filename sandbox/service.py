@@ -372,6 +372,8 @@ class Service:
             transitions=jobs.transitions(conn, job.id) if detail else None,
             incident=jobs.incident_for(conn, job.id) if job.state == State.FAILED else None,
         )
+        if p.role == Role.OPERATOR:
+            _coarsen_times(view)
         view["decisions"] = review.decisions(conn, job.id)
         view["approvals"] = sum(1 for d in view["decisions"] if d["decision"] == "approve")
         if p.role == Role.OPERATOR and job.state != State.RELEASED:
@@ -765,3 +767,28 @@ def _version() -> str:
     from sandbox import __version__
 
     return __version__
+
+
+_TIME_FIELDS = ("created_at", "updated_at", "finished_at")
+
+
+def _whole_second(stamp: Any) -> Any:
+    """An ISO timestamp cut to the whole second (issue 20); anything else unchanged."""
+    if not isinstance(stamp, str):
+        return stamp
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp).replace(microsecond=0).isoformat()
+    except ValueError:
+        return stamp
+
+
+def _coarsen_times(view: dict[str, Any]) -> None:
+    """Operators see job times to the whole second only: how long a run took can depend
+    on the exact data, and sub-second transition times would let an operator read it
+    (issue 20; docs/privacy.md, "What an operator can observe"). Supervisors see all."""
+    for name in _TIME_FIELDS:
+        view[name] = _whole_second(view.get(name))
+    for t in view.get("transitions") or []:
+        t["at"] = _whole_second(t.get("at"))

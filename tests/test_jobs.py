@@ -290,3 +290,29 @@ def test_every_attempt_that_started_running_is_charged(jsettings, executor):
         assert "budget.charged" in events and "budget.released" not in events
     finally:
         svc.stop()
+
+
+def test_operators_see_job_times_to_the_whole_second_only(jsettings):
+    # issue 20: a run's duration can depend on the exact data; operators see no
+    # sub-second time of a job, supervisors see the exact ones
+    from datetime import datetime
+
+    svc = Service(jsettings)
+    svc.start()
+    try:
+        job = svc.submit_job(OP, sql=SQL, scenario=SCENARIO, epsilon=1.0)
+        wait_state(svc, job["id"], {"released", "in_review", "failed"})
+        exact, mine = svc.get_job(SUP, job["id"]), svc.get_job(OP, job["id"])
+        listed = next(j for j in svc.list_jobs(OP) if j["id"] == job["id"])
+        stamps = [exact[k] for k in ("created_at", "updated_at")]
+        stamps += [t["at"] for t in exact["transitions"]]
+        assert any(datetime.fromisoformat(s).microsecond for s in stamps)
+        for view in (mine, listed):
+            for k in ("created_at", "updated_at", "finished_at"):
+                if exact[k] is not None:
+                    whole = datetime.fromisoformat(exact[k]).replace(microsecond=0)
+                    assert view[k] == whole.isoformat()
+        ats = [datetime.fromisoformat(t["at"]) for t in mine["transitions"]]
+        assert len(ats) == len(exact["transitions"]) and all(a.microsecond == 0 for a in ats)
+    finally:
+        svc.stop()
