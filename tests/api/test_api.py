@@ -392,7 +392,7 @@ def test_a_look_alike_supervisor_token_is_refused(api):
 # --- audit checkpoints after every job, pushed to a witness -----------------------
 
 
-def _wait_for(check, timeout=10.0):
+def _wait_for(check, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not check() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -430,8 +430,10 @@ def test_every_finished_job_is_signed_and_sent_to_the_witness(make_api, tmp_path
         (released,) = [e.seq for e in audit.events(conn, action="job.released")]
         assert _wait_for(lambda: audit.checkpoints(conn)[-1:][0]["tree_size"] >= released)
         assert _wait_for(lambda: received and received[-1]["tree_size"] >= released)
+        # the file is written before the POST: it holds every checkpoint the URL got
         lines = [json.loads(x) for x in witness_file.read_text().splitlines()]
-        assert [c["tree_size"] for c in lines] == [c["tree_size"] for c in received]
+        assert {c["tree_size"] for c in received} <= {c["tree_size"] for c in lines}
+        assert max(c["tree_size"] for c in lines) >= released
         assert all(c["format"] == audit.CHECKPOINT_FORMAT for c in received)
         report = api.service.audit_verify(api.service.authenticate(api.token("supervisor-li")))
         assert report["ok"] and report["signed_size"] >= released
