@@ -31,7 +31,7 @@ from sandbox.privacy import plan_cost, release
 from sandbox.settings import Settings
 
 SYNTHETIC_META = {b"jinyu.synthetic": b"true"}
-BIG = 3 * 10**18  # wealth bound: four units at it overflow a BIGINT sum
+BIG = 2**31  # wealth bound: the largest integer bound a policy may declare (catalog.py)
 
 # One query per function family the compiler allows; each ran into an engine error
 # (or a cap) on some value before issue 20 was fixed, or could.
