@@ -117,6 +117,7 @@ def selection_plan(definition: str = "pure"):
         measures=(Measure("n", "count"), Measure("units", "count_units", selection=True)),
         outputs=(Output("g", "key"), Output("n", "count", ("n",))),
         post_sql="SELECT g, n FROM noisy",
+        max_groups=100_000,  # above the 20,000 groups released at once below
     )
 
 
