@@ -374,4 +374,4 @@ def read_checkpoints(path: Path) -> list[dict[str, Any]]:
     items = items if isinstance(items, list) else [items]
     if not all(isinstance(c, dict) and "tree_size" in c for c in items):
         raise BadInput(f"{path} holds something other than checkpoints.")
-    return items
+    return list(items)

@@ -35,7 +35,7 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sandbox import store
 from sandbox.errors import BudgetRefused, Conflict, NotFound
@@ -225,7 +225,7 @@ def _entry(conn: sqlite3.Connection, job_id: str) -> sqlite3.Row:
     row = conn.execute("SELECT state FROM ledger_entries WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
         raise NotFound(f"Job {job_id} has no budget reservation.")
-    return row
+    return cast(sqlite3.Row, row)
 
 
 def charge(conn: sqlite3.Connection, job_id: str) -> None:

@@ -758,9 +758,12 @@ def _grant_view(g: Grant) -> dict[str, Any]:
     }
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-ready copy (dataclasses, tuples, datetimes)."""
-    return json.loads(json.dumps(obj, default=lambda o: getattr(o, "__dict__", str(o))))
+def _plain(obj: Any) -> dict[str, Any]:
+    """JSON-ready copy of a record (dataclasses, tuples, datetimes)."""
+    plain: dict[str, Any] = json.loads(
+        json.dumps(obj, default=lambda o: getattr(o, "__dict__", str(o)))
+    )
+    return plain
 
 
 def _version() -> str:

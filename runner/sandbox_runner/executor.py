@@ -276,7 +276,7 @@ def _write_result(table: pa.Table, out_dir: Path, output_max_bytes: int | None) 
             raise RunnerFailure("output_too_large")
         n = min(n - 1, n * output_max_bytes // size)
     os.replace(tmp, final)
-    return n < table.num_rows
+    return bool(n < table.num_rows)
 
 
 def _write_ipc(table: pa.Table, path: Path) -> int:

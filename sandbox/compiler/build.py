@@ -28,9 +28,8 @@ from sandbox.compiler import nodes as n_
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.post import Outputs, quote
 from sandbox.compiler.scope import Scope
-from sandbox.compiler.text import QueryRefused
 from sandbox.compiler.verify import verify_plan
-from sandbox.errors import SystemFailure
+from sandbox.errors import QueryRefused, SystemFailure
 from sandbox.plan import KeySpec, Plan
 
 PRIVATE_MAX_GROUPS = 10_000

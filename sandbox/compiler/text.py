@@ -14,7 +14,7 @@ import unicodedata
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
-from sqlglot.tokens import TokenType
+from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
 from sandbox.errors import QueryRefused
 

@@ -623,7 +623,7 @@ def _mount_tmpfs(target: Path, size: int) -> bool:
     options = f"size={size},mode=0700,uid={RUNNER_UID},gid={RUNNER_UID}".encode()
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     try:
-        return _libc().mount(b"tmpfs", str(target).encode(), b"tmpfs", flags, options) == 0
+        return bool(_libc().mount(b"tmpfs", str(target).encode(), b"tmpfs", flags, options) == 0)
     except OSError:
         return False
 
