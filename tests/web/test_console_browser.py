@@ -178,3 +178,40 @@ def test_language_follows_the_browser_and_the_switch(browser: Any, live: LiveCon
         page.click("#lang-switch")
     assert page.inner_text("h1") == "运营方与隐私预算"
     page.context.close()
+
+
+def _overflow(page: Any) -> int:
+    """How many CSS pixels the page is wider than the window (0 when it fits)."""
+    return int(page.evaluate("document.documentElement.scrollWidth - window.innerWidth"))
+
+
+def _platform_fonts(page: Any, selector: str) -> list[str]:
+    """The fonts Chromium actually drew ``selector``'s text with (DevTools protocol)."""
+    cdp = page.context.new_cdp_session(page)
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    cdp.send("CSS.enable")
+    fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    return [f["familyName"] for f in fonts]
+
+
+def test_pages_fit_a_phone_and_chinese_has_a_font(browser: Any, live: LiveConsole) -> None:
+    job, _ = _two_jobs_in_review(live)  # the job page then has a history table too
+    ctx = browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 844})
+    ctx.set_default_timeout(20_000)
+    page = ctx.new_page()
+    _sign_in(page, live, "supervisor-li")
+    # the zh page names a CJK font first, and Chromium renders its Chinese with one (no tofu)
+    font = page.evaluate("getComputedStyle(document.body).fontFamily")
+    assert "CJK SC" in font.split(",")[0], font
+    assert all("CJK" in f for f in _platform_fonts(page, "h1")), _platform_fonts(page, "h1")
+    pages = ("/console/review", f"/console/jobs/{job}", "/console/jobs", "/console/budgets")
+    for path in (*pages, "/console/audit"):
+        page.goto(live.url + path)
+        assert _overflow(page) <= 0, (path, _overflow(page))
+    # the skip link is the first thing a keyboard reaches, and it moves focus to the content
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.getAttribute('href')") == "#main"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    ctx.close()
