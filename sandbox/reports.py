@@ -275,14 +275,13 @@ def _alerts(g: _Group, rg: dict[str, Any]) -> list[dict[str, Any]]:
     if len(longest) >= ALERT_RULES["refusal_streak"]:
         codes = Counter(j.refusal for j in longest)
         out.append(
-            {
-                **base,
-                "kind": "refusal_streak",
-                "count": len(longest),
-                "jobs": [j.id for j in longest],
-                "codes": dict(codes),
-                "message": f"{len(longest)} refusals in a row.",
-            }
+            _alert(
+                base,
+                "refusal_streak",
+                longest,
+                f"{len(longest)} refusals in a row.",
+                codes=dict(codes),
+            )
         )
     for row in rg["budget"]:
         frac = row.get("fraction_spent")
@@ -314,28 +313,40 @@ def _alerts(g: _Group, rg: dict[str, Any]) -> list[dict[str, Any]]:
                 best = same[lo : hi + 1]
         if len(best) >= ALERT_RULES["burst_count"]:
             out.append(
-                {
-                    **base,
-                    "kind": "query_burst",
-                    "digest": key,
-                    "count": len(best),
-                    "jobs": [j.id for j in best],
-                    "message": f"{len(best)} jobs with the same query within an hour.",
-                }
+                _alert(
+                    base,
+                    "query_burst",
+                    best,
+                    f"{len(best)} jobs with the same query within an hour.",
+                    digest=key,
+                )
             )
     limited = [j for j in g.jobs if j.category in ALERT_RULES["limit_categories"]]
     if limited:
         out.append(
-            {
-                **base,
-                "kind": "resource_limit",
-                "count": len(limited),
-                "jobs": [j.id for j in limited],
-                "categories": dict(Counter(j.category for j in limited)),
-                "message": f"{len(limited)} runs hit resource limits.",
-            }
+            _alert(
+                base,
+                "resource_limit",
+                limited,
+                f"{len(limited)} runs hit resource limits.",
+                categories=dict(Counter(j.category for j in limited)),
+            )
         )
     return out
+
+
+def _alert(
+    base: dict[str, Any], kind: str, jobs: list[_Job], message: str, **facts: Any
+) -> dict[str, Any]:
+    """One alert: who it is about, its kind, the jobs behind it and what it says."""
+    return {
+        **base,
+        "kind": kind,
+        "count": len(jobs),
+        "jobs": [j.id for j in jobs],
+        **facts,
+        "message": message,
+    }
 
 
 def _grant_for(grants: Grants | None, operator: str, scenario: str | None) -> Any:
@@ -414,26 +425,24 @@ def _failure_alerts(operator: str, jobs: list[_Job]) -> list[dict[str, Any]]:
     burst = _in_window(failed, lambda j: j.failed_at or j.time, window)
     if len(burst) >= ALERT_RULES["failure_burst"]:
         out.append(
-            {
-                **base,
-                "kind": "failure_burst",
-                "count": len(burst),
-                "jobs": [j.id for j in burst],
-                "categories": dict(Counter(j.failure for j in burst)),
-                "message": f"{len(burst)} failed jobs within an hour.",
-            }
+            _alert(
+                base,
+                "failure_burst",
+                burst,
+                f"{len(burst)} failed jobs within an hour.",
+                categories=dict(Counter(j.failure for j in burst)),
+            )
         )
     odd = [j for j in failed if j.failure in ALERT_RULES["mismatch_categories"]]
     if odd:
         out.append(
-            {
-                **base,
-                "kind": "plan_mismatch",
-                "count": len(odd),
-                "jobs": [j.id for j in odd],
-                "categories": dict(Counter(j.failure for j in odd)),
-                "message": f"{len(odd)} runs returned something other than their Plan.",
-            }
+            _alert(
+                base,
+                "plan_mismatch",
+                odd,
+                f"{len(odd)} runs returned something other than their Plan.",
+                categories=dict(Counter(j.failure for j in odd)),
+            )
         )
     return out
 
@@ -480,15 +489,13 @@ def _sweep_alerts(operator: str, jobs: list[_Job], sql: dict[str, str]) -> list[
             continue
         seen.add(ids)
         out.append(
-            {
-                "operator": operator,
-                "scenario": None,
-                "kind": "filter_sweep",
-                "count": len(sweep),
-                "jobs": [j.id for j in sweep],
-                "shape": shape[:16],
-                "message": f"{len(sweep)} queries within an hour that differ only in one "
+            _alert(
+                {"operator": operator, "scenario": None},
+                "filter_sweep",
+                sweep,
+                f"{len(sweep)} queries within an hour that differ only in one "
                 "constant: a sweep over a filter value.",
-            }
+                shape=shape[:16],
+            )
         )
     return out
