@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox_runner.contract import RUNNER_UID
+
 from sandbox.errors import DockerUnavailable
 
 Progress = Callable[[str], None]
@@ -57,7 +59,7 @@ RECIPE: dict[str, Any] = {
     "python": "3.11",
     "platforms": ["manylinux2014_x86_64"]
     + [f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)],
-    "uid": 10001,
+    "uid": RUNNER_UID,
     "user": "runner",
     "lib": "/opt/runner/lib",
     "env": {

@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+EXIT_CRASHED = 2  # = contract.EXIT_CRASHED: importing even the contract may fail here
+
 
 def _silence() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -34,39 +36,40 @@ def main() -> int:
     try:
         import json
 
-        from sandbox_runner.executor import STATUS_FILE, execute
+        from sandbox_runner import contract as c
+        from sandbox_runner.executor import execute
 
         env = os.environ
-        plan_dir = Path(env.get("RUNNER_PLAN_DIR", "/plan"))
-        out_dir = Path(env.get("RUNNER_OUT_DIR", "/out"))
-        data_dir = Path(env.get("RUNNER_DATA_DIR", "/data"))
-        scratch = Path(env.get("RUNNER_SCRATCH_DIR", "/scratch"))
-        spec_path = plan_dir / "spec.json"
-        wait_s = env.get("RUNNER_WAIT_S")
+        plan_dir = Path(env.get(c.ENV_PLAN_DIR, c.PLAN_DIR))
+        out_dir = Path(env.get(c.ENV_OUT_DIR, c.OUT_DIR))
+        data_dir = Path(env.get(c.ENV_DATA_DIR, c.DATA_DIR))
+        scratch = Path(env.get(c.ENV_SCRATCH_DIR, c.SCRATCH_DIR))
+        spec_path = plan_dir / c.SPEC_FILE
+        wait_s = env.get(c.ENV_WAIT_S)
         if wait_s:
             import duckdb
 
             duckdb.connect(":memory:").close()  # load the engine before the job arrives
             if not _wait_for(spec_path, float(wait_s)):
-                return 3
+                return c.EXIT_IDLE
         with open(spec_path, "rb") as fh:
-            spec = json.loads(fh.read(1024 * 1024))
-        max_out = env.get("RUNNER_OUTPUT_MAX_BYTES")
+            spec = json.loads(fh.read(c.SPEC_MAX_BYTES))
+        max_out = env.get(c.ENV_OUTPUT_MAX_BYTES)
         execute(
             spec,
             data_dir,
             out_dir,
-            memory_limit=env.get("RUNNER_MEMORY_LIMIT", "1GB"),
-            threads=int(env.get("RUNNER_THREADS", "1")),
+            memory_limit=env.get(c.ENV_MEMORY_LIMIT, "1GB"),
+            threads=int(env.get(c.ENV_THREADS, "1")),
             temp_dir=scratch,
-            max_temp_size=env.get("RUNNER_MAX_TEMP_SIZE"),
+            max_temp_size=env.get(c.ENV_MAX_TEMP_SIZE),
             output_max_bytes=int(max_out) if max_out else None,
         )
-        with open(out_dir / STATUS_FILE, "rb") as fh:
-            status = json.loads(fh.read(4096))
-        return 0 if status.get("status") == "ok" else 1
+        with open(out_dir / c.STATUS_FILE, "rb") as fh:
+            status = json.loads(fh.read(c.STATUS_MAX_BYTES))
+        return c.EXIT_OK if status.get("status") == c.STATUS_OK else c.EXIT_FAILED
     except BaseException:  # noqa: BLE001 - nothing may escape to stderr
-        return 2
+        return EXIT_CRASHED
 
 
 def _wait_for(path: Path, wait_s: float) -> bool:

@@ -39,18 +39,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.ipc
 
-SPEC_VERSION = 1
-RESULT_FILE = "result.arrow"
-STATUS_FILE = "status.json"
-
-CATEGORIES = (
-    "timeout",
-    "memory",
-    "plan_mismatch",
-    "engine_error",
-    "output_too_large",
-    "resource_limit",
-    "data_missing",
+from sandbox_runner.contract import (
+    CATEGORIES,
+    PART_SUFFIX,
+    RESULT_FILE,
+    SPEC_VERSION,
+    STATUS_FAILED,
+    STATUS_FILE,
+    STATUS_OK,
 )
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -106,11 +102,13 @@ def execute(
         truncated = _write_result(table, out_dir, output_max_bytes) or cut
     except BaseException as exc:  # noqa: BLE001 - everything becomes a category
         _discard(out_dir / RESULT_FILE)
-        write_status(out_dir, {"status": "failed", "category": categorize(exc)})
+        write_status(out_dir, {"status": STATUS_FAILED, "category": categorize(exc)})
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return
-    write_status(out_dir, {"status": "ok", "peak_rss_kb": peak_rss_kb(), "truncated": truncated})
+    write_status(
+        out_dir, {"status": STATUS_OK, "peak_rss_kb": peak_rss_kb(), "truncated": truncated}
+    )
 
 
 def categorize(exc: BaseException) -> str:
@@ -262,7 +260,7 @@ def _write_result(table: pa.Table, out_dir: Path, output_max_bytes: int | None) 
     """Write result.arrow within ``output_max_bytes``: a result that does not fit is cut
     to its leading rows (the order _query fixed) until it does. True if rows were cut."""
     final = out_dir / RESULT_FILE
-    tmp = out_dir / (RESULT_FILE + ".part")
+    tmp = out_dir / (RESULT_FILE + PART_SUFFIX)
     n = table.num_rows
     if output_max_bytes is not None:
         while n > 0 and table.slice(0, n).nbytes > output_max_bytes:
@@ -301,7 +299,7 @@ def _no_space(exc: BaseException) -> bool:
 def write_status(out_dir: Path, status: dict[str, Any]) -> None:
     """Write status.json atomically. Only our own fixed fields go in."""
     with contextlib.suppress(OSError):
-        tmp = out_dir / (STATUS_FILE + ".part")
+        tmp = out_dir / (STATUS_FILE + PART_SUFFIX)
         tmp.write_text(json.dumps(status, sort_keys=True))
         os.replace(tmp, out_dir / STATUS_FILE)
 
@@ -315,7 +313,7 @@ def _discard(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
     with contextlib.suppress(OSError):
-        Path(str(path) + ".part").unlink()
+        Path(str(path) + PART_SUFFIX).unlink()
 
 
 def _ident(name: str) -> str:

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from sandbox_runner import contract
+from sandbox_runner.contract import EXIT_IDLE, RUNNER_UID
 
 from sandbox.errors import DockerUnavailable, ExecutionFailed, Refused, SandboxError
 from sandbox.executors import ExactResult, runner_spec
@@ -50,11 +52,9 @@ log = logging.getLogger(__name__)
 LABEL = "jinyu.sandbox"
 JOB_LABEL = "jinyu.job"
 HOME_LABEL = "jinyu.home"
-RUNNER_UID = 10001  # the runner image's non-root user; forced here, whatever the image says
 TMP_MB = 8
 NOFILE = 256
 EXIT_KILLED = 137  # 128 + SIGKILL
-EXIT_IDLE = 3  # a warm runner gave up waiting for its job
 WARM_IDLE_S = 300  # a warm runner waits this long for its job, then exits
 WARM_TAKE_WAIT_S = 5.0  # a job waits this long for a warm runner being started
 STOPPED_GRACE_S = 60.0  # the start-up sweep leaves a just-stopped container to its owner
@@ -428,11 +428,12 @@ class DockerExecutor:
         fsize = s.file_size_mb * 1024 * 1024
         ids = f"uid={RUNNER_UID},gid={RUNNER_UID}"
         mounts = [
-            Mount("/plan", str(plan_dir), type="bind", read_only=True),
-            Mount("/out", str(out_dir), type="bind", read_only=False),
+            Mount(contract.PLAN_DIR, str(plan_dir), type="bind", read_only=True),
+            Mount(contract.OUT_DIR, str(out_dir), type="bind", read_only=False),
         ]
         for name, path in sorted(datasets.items()):
-            mounts.append(Mount(f"/data/{name}", str(path), type="bind", read_only=True))
+            target = f"{contract.DATA_DIR}/{name}"
+            mounts.append(Mount(target, str(path), type="bind", read_only=True))
         args: dict[str, Any] = {
             "image": self._image,
             "detach": True,
@@ -441,7 +442,7 @@ class DockerExecutor:
             "read_only": True,
             "mounts": mounts,
             "tmpfs": {
-                "/scratch": f"size={s.scratch_mb}m,mode=0700,{ids},noexec,nosuid,nodev",
+                contract.SCRATCH_DIR: f"size={s.scratch_mb}m,mode=0700,{ids},noexec,nosuid,nodev",
                 "/tmp": f"size={TMP_MB}m,mode=0700,{ids},noexec,nosuid,nodev",  # noqa: S108 (in the container)
             },
             "cap_drop": ["ALL"],
@@ -460,7 +461,7 @@ class DockerExecutor:
             "log_config": LogConfig(type="none"),
             "labels": {LABEL: "1", JOB_LABEL: str(job_label), HOME_LABEL: self.home_label},
             "environment": self._runner_env(warm=warm),
-            "working_dir": "/scratch",
+            "working_dir": contract.SCRATCH_DIR,
             "hostname": "runner",
             "auto_remove": False,
         }
@@ -473,15 +474,15 @@ class DockerExecutor:
         env = {
             # DuckDB gets ~60% of the container's memory, so it fails with its own
             # out-of-memory error before the kernel kills the process.
-            "RUNNER_MEMORY_LIMIT": f"{max(64, int(s.memory_mb * 0.6))}MB",
-            "RUNNER_THREADS": str(max(1, int(s.cpus))),
-            "RUNNER_MAX_TEMP_SIZE": f"{max(1, int(s.scratch_mb * 0.9))}MB",
-            "RUNNER_OUTPUT_MAX_BYTES": str(s.output_max_bytes),
+            contract.ENV_MEMORY_LIMIT: f"{max(64, int(s.memory_mb * 0.6))}MB",
+            contract.ENV_THREADS: str(max(1, int(s.cpus))),
+            contract.ENV_MAX_TEMP_SIZE: f"{max(1, int(s.scratch_mb * 0.9))}MB",
+            contract.ENV_OUTPUT_MAX_BYTES: str(s.output_max_bytes),
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOME": "/tmp",  # noqa: S108 (in the container)
         }
         if warm:
-            env["RUNNER_WAIT_S"] = str(WARM_IDLE_S)
+            env[contract.ENV_WAIT_S] = str(WARM_IDLE_S)
         return env
 
     def _runs_root(self) -> Path:
@@ -505,7 +506,8 @@ class DockerExecutor:
             if young:
                 if live is not None and leftover.resolve() not in live:
                     out = leftover / "out"
-                    for name in ("result.arrow", "result.arrow.part"):
+                    result = contract.RESULT_FILE
+                    for name in (result, result + contract.PART_SUFFIX):
                         with contextlib.suppress(OSError):
                             (out / name).unlink()
                 continue
@@ -523,7 +525,8 @@ class DockerExecutor:
         live: set[Path] = set()
         for container in containers:
             for mount in container.attrs.get("Mounts", []) or []:
-                if mount.get("Destination") in ("/out", "/plan") and mount.get("Source"):
+                targets = (contract.OUT_DIR, contract.PLAN_DIR)
+                if mount.get("Destination") in targets and mount.get("Source"):
                     live.add(Path(mount["Source"]).parent.resolve())
         return live
 
@@ -573,10 +576,10 @@ class _Runner:
 
     def feed(self, spec: dict[str, Any]) -> None:
         """Hand the job to the runner: spec.json appears atomically (rename)."""
-        part = self.plan_dir / "spec.json.part"
+        part = self.plan_dir / (contract.SPEC_FILE + contract.PART_SUFFIX)
         part.write_text(json.dumps(spec, sort_keys=True, ensure_ascii=False))
         part.chmod(0o644)
-        os.replace(part, self.plan_dir / "spec.json")
+        os.replace(part, self.plan_dir / contract.SPEC_FILE)
 
 
 def _pool_key(datasets: dict[str, Path]) -> tuple[tuple[str, str], ...]:

@@ -16,12 +16,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.ipc
+from sandbox_runner.contract import (
+    RESULT_FILE,
+    STATUS_FAILED,
+    STATUS_FILE,
+    STATUS_MAX_BYTES,
+    STATUS_OK,
+)
 
 from sandbox.errors import CATEGORIES, ExecutionFailed
-
-RESULT_FILE = "result.arrow"
-STATUS_FILE = "status.json"
-STATUS_MAX_BYTES = 4096
 
 
 def read_status(out_dir: Path) -> dict[str, Any]:
@@ -34,7 +37,7 @@ def read_status(out_dir: Path) -> dict[str, Any]:
     if not isinstance(status, dict):
         return {}
     clean: dict[str, Any] = {}
-    if status.get("status") in {"ok", "failed"}:
+    if status.get("status") in {STATUS_OK, STATUS_FAILED}:
         clean["status"] = status["status"]
     if status.get("category") in CATEGORIES:
         clean["category"] = status["category"]
