@@ -251,6 +251,6 @@ def test_a_real_runner_failure_is_an_incident(
         [line] = _lines(server_log, "job.failed")
         assert line["incident"] == mine["incident"]
         assert (line["stage"], line["category"]) == ("execute", "timeout")
-        assert any(f.startswith("sandbox/executors/docker.py:") for f in line["frames"])
+        assert any(f.startswith("sandbox/executors/docker/") for f in line["frames"])
     finally:
         svc.stop()

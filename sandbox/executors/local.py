@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from sandbox.errors import ExecutionFailed, Refused
-from sandbox.executors import ExactResult, runner_spec
+from sandbox.executors import ExactResult, Executor, plan_datasets, runner_spec
 from sandbox.plan import Plan
 from sandbox.settings import Settings
 from sandbox.synthetic import is_synthetic
@@ -32,7 +32,6 @@ class LocalExecutor:
         """Run the Plan; refuse non-synthetic data; raise ExecutionFailed on failure."""
         from sandbox_runner.executor import execute
 
-        from sandbox.executors.docker import plan_datasets
         from sandbox.executors.output import read_result, read_status
 
         data_root = Path(data_root)
@@ -85,3 +84,6 @@ class LocalExecutor:
             "truncated": bool(status.get("truncated")),  # diagnostics only, never shown
         }
         return ExactResult(table=table, wall_s=wall, stats=stats)
+
+
+_: type[Executor] = LocalExecutor  # mypy checks that LocalExecutor is an Executor

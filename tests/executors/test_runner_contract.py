@@ -21,7 +21,7 @@ from sandbox_runner.executor import RunnerFailure, execute
 
 from sandbox.errors import CATEGORIES, CODES, ExecutionFailed
 from sandbox.executors import runner_spec
-from sandbox.executors.docker import DockerExecutor
+from sandbox.executors.docker.containers import runner_env
 from sandbox.executors.output import read_status, status_category
 from sandbox.settings import Settings
 
@@ -77,9 +77,9 @@ def test_the_runner_reads_every_variable_by_the_contracts_name() -> None:
 
 
 def test_the_host_sets_the_limits_the_runner_reads(tmp_path: Path) -> None:
-    executor = DockerExecutor(Settings(home=tmp_path / "home"), client=object(), image="x")
-    cold = executor._runner_env(warm=False)
-    warm = executor._runner_env(warm=True)
+    settings = Settings(home=tmp_path / "home")
+    cold = runner_env(settings, warm=False)
+    warm = runner_env(settings, warm=True)
     expected = {getattr(contract, name) for name in ENV_NAMES - DIR_OVERRIDES}
     assert {k for k in warm if k.startswith("RUNNER_")} == expected
     assert set(warm) - set(cold) == {contract.ENV_WAIT_S}

@@ -1,0 +1,351 @@
+"""One runner container: its arguments, creation, the wait, removal, and the sweep.
+
+A container gets no network, a read-only root, only the Plan's datasets (read-only),
+capped ``noexec,nosuid,nodev`` tmpfs at /scratch and /tmp, no capabilities,
+``no-new-privileges``, the runner's non-root uid, memory without swap, CPU, PID,
+file-size and open-file limits, and no logs (``log_config`` type ``none``): its
+output streams are never read. Every container carries labels (``LABEL``,
+``JOB_LABEL``, ``HOME_LABEL``) so ``sweep`` removes leftovers after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox_runner import contract
+from sandbox_runner.contract import RUNNER_UID
+
+from sandbox.errors import DockerUnavailable
+from sandbox.executors.docker.hostfs import prepare_dirs, remove_workdir, runs_root
+from sandbox.settings import Settings
+
+log = logging.getLogger("sandbox.executors.docker")  # one logger name for the package
+
+LABEL = "jinyu.sandbox"
+JOB_LABEL = "jinyu.job"
+HOME_LABEL = "jinyu.home"
+TMP_MB = 8
+NOFILE = 256
+EXIT_KILLED = 137  # 128 + SIGKILL
+WARM_IDLE_S = 300  # a warm runner waits this long for its job, then exits
+STOPPED_GRACE_S = 60.0  # the start-up sweep leaves a just-stopped container to its owner
+
+ContainerHook = Callable[[Any, Path], None]
+
+
+@dataclass
+class Runner:
+    """One runner container and its host directories; it serves exactly one job."""
+
+    workdir: Path
+    datasets: dict[str, Path]
+    container: Any = None
+    born: float = field(default_factory=time.monotonic)
+    out_capped: bool = False
+
+    @property
+    def plan_dir(self) -> Path:
+        return self.workdir / "plan"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.workdir / "out"
+
+    @property
+    def key(self) -> tuple[tuple[str, str], ...]:
+        return pool_key(self.datasets)
+
+    def feed(self, spec: dict[str, Any]) -> None:
+        """Hand the job to the runner: spec.json appears atomically (rename)."""
+        part = self.plan_dir / (contract.SPEC_FILE + contract.PART_SUFFIX)
+        part.write_text(json.dumps(spec, sort_keys=True, ensure_ascii=False))
+        part.chmod(0o644)
+        os.replace(part, self.plan_dir / contract.SPEC_FILE)
+
+
+def pool_key(datasets: dict[str, Path]) -> tuple[tuple[str, str], ...]:
+    """The dataset set a runner mounts, as a key (a warm runner serves only its own)."""
+    return tuple(sorted((name, str(path)) for name, path in datasets.items()))
+
+
+def launch(
+    client: Any,
+    settings: Settings,
+    datasets: dict[str, Path],
+    *,
+    image: str | None,
+    home: str,
+    runs_dir: Path,
+    job_label: str,
+    spec: dict[str, Any] | None,
+    entrypoint: list[str] | None = None,
+) -> Runner:
+    """Create and start one runner container: with its spec (cold) or waiting (warm)."""
+    import docker.errors
+    import requests.exceptions
+
+    workdir = Path(tempfile.mkdtemp(prefix="job-", dir=runs_root(runs_dir)))
+    runner = Runner(workdir=workdir, datasets=dict(datasets))
+    try:
+        out_cap = 2 * settings.output_max_bytes + (1 << 20)
+        runner.out_capped = prepare_dirs(runner.plan_dir, runner.out_dir, out_cap)
+        if spec is not None:
+            runner.feed(spec)
+        args = container_args(
+            settings,
+            runner,
+            image=image,
+            home=home,
+            job_label=job_label,
+            entrypoint=entrypoint,
+            warm=spec is None,
+        )
+        runner.container = client.containers.create(**args)
+        runner.container.start()
+    except docker.errors.ImageNotFound as exc:
+        discard(runner)
+        raise DockerUnavailable(
+            "The runner image is missing.", hint="Build it: `sandbox runner build`."
+        ) from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        discard(runner)
+        raise DockerUnavailable("The Docker engine could not start a runner.") from exc
+    except BaseException:
+        discard(runner)
+        raise
+    return runner
+
+
+def wait(container: Any, *, timeout_s: float, started: float) -> tuple[int | None, bool]:
+    """Wait for the container; kill it at the wall-clock limit. (exit code, timed out)"""
+    import docker.errors
+    import requests.exceptions
+
+    remaining = max(0.1, timeout_s - (time.monotonic() - started))
+    try:
+        result = container.wait(timeout=remaining)
+        return int(result.get("StatusCode", -1)), False
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        with contextlib.suppress(docker.errors.DockerException):
+            container.kill()
+        return None, True
+
+
+def container_args(
+    settings: Settings,
+    runner: Runner,
+    *,
+    image: str | None,
+    home: str,
+    job_label: str,
+    entrypoint: list[str] | None,
+    warm: bool,
+) -> dict[str, Any]:
+    """The ``containers.create`` arguments of one runner: mounts, limits, lock-down."""
+    from docker.types import LogConfig, Mount, Ulimit
+
+    plan_dir, out_dir, datasets = runner.plan_dir, runner.out_dir, runner.datasets
+
+    s = settings
+    mem = f"{s.memory_mb}m"
+    fsize = s.file_size_mb * 1024 * 1024
+    ids = f"uid={RUNNER_UID},gid={RUNNER_UID}"
+    mounts = [
+        Mount(contract.PLAN_DIR, str(plan_dir), type="bind", read_only=True),
+        Mount(contract.OUT_DIR, str(out_dir), type="bind", read_only=False),
+    ]
+    for name, path in sorted(datasets.items()):
+        target = f"{contract.DATA_DIR}/{name}"
+        mounts.append(Mount(target, str(path), type="bind", read_only=True))
+    args: dict[str, Any] = {
+        "image": image,
+        "detach": True,
+        "user": f"{RUNNER_UID}:{RUNNER_UID}",
+        "network_mode": "none",
+        "read_only": True,
+        "mounts": mounts,
+        "tmpfs": {
+            contract.SCRATCH_DIR: f"size={s.scratch_mb}m,mode=0700,{ids},noexec,nosuid,nodev",
+            "/tmp": f"size={TMP_MB}m,mode=0700,{ids},noexec,nosuid,nodev",  # noqa: S108 (in the container)
+        },
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "privileged": False,
+        "ipc_mode": "private",
+        "mem_limit": mem,
+        "memswap_limit": mem,
+        "nano_cpus": int(s.cpus * 1e9),
+        "pids_limit": s.pids,
+        "ulimits": [
+            Ulimit(name="fsize", soft=fsize, hard=fsize),
+            Ulimit(name="nofile", soft=NOFILE, hard=NOFILE),
+            Ulimit(name="core", soft=0, hard=0),
+        ],
+        "log_config": LogConfig(type="none"),
+        "labels": {LABEL: "1", JOB_LABEL: str(job_label), HOME_LABEL: home},
+        "environment": runner_env(settings, warm=warm),
+        "working_dir": contract.SCRATCH_DIR,
+        "hostname": "runner",
+        "auto_remove": False,
+    }
+    if entrypoint is not None:
+        args["entrypoint"] = entrypoint
+    return args
+
+
+def runner_env(settings: Settings, *, warm: bool) -> dict[str, str]:
+    """The environment of a runner: its limits (from Settings), warm or not."""
+    s = settings
+    env = {
+        # DuckDB gets ~60% of the container's memory, so it fails with its own
+        # out-of-memory error before the kernel kills the process.
+        contract.ENV_MEMORY_LIMIT: f"{max(64, int(s.memory_mb * 0.6))}MB",
+        contract.ENV_THREADS: str(max(1, int(s.cpus))),
+        contract.ENV_MAX_TEMP_SIZE: f"{max(1, int(s.scratch_mb * 0.9))}MB",
+        contract.ENV_OUTPUT_MAX_BYTES: str(s.output_max_bytes),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": "/tmp",  # noqa: S108 (in the container)
+    }
+    if warm:
+        env[contract.ENV_WAIT_S] = str(WARM_IDLE_S)
+    return env
+
+
+def discard(runner: Runner) -> None:
+    """Remove a runner's container and its run directory (it never serves again)."""
+    if runner.container is not None:
+        remove(runner.container)
+        runner.container = None
+    remove_workdir(runner.workdir, runner.out_dir)
+
+
+def remove(container: Any) -> None:
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        return
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        # The sweep at the next start-up removes it; say so without Docker's text.
+        log.warning("could not remove runner container (%s)", type(exc).__name__)
+
+
+def docker_errors() -> tuple[type[Exception], ...]:
+    """What the Docker SDK raises: its own errors and requests' transport errors."""
+    import docker.errors
+    import requests.exceptions
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def resolve_image(client: Any, tag: str | None) -> str:
+    """The runner image's tag (``tag``, else the content-hashed one), checked present."""
+    import docker.errors
+
+    if tag is None:
+        from sandbox.runner_image import image_tag
+
+        tag = image_tag()
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound as exc:
+        raise DockerUnavailable(
+            "The runner image is missing.", hint="Build it: `sandbox runner build`."
+        ) from exc
+    except docker_errors() as exc:
+        raise DockerUnavailable("The Docker engine did not answer.") from exc
+    return str(tag)
+
+
+# -- labels: one installation's containers, and the sweep of leftovers ---------------------
+
+
+def home_label(settings: Settings) -> str:
+    """A short stable label naming one installation (its home directory)."""
+    return hashlib.sha256(str(Path(settings.home).resolve()).encode()).hexdigest()[:16]
+
+
+def sweep(client: Any, *, home_label: str | None = None, max_age_s: float | None = None) -> int:
+    """Remove leftover runner containers (by label); return how many were removed.
+
+    With ``home_label`` only the containers of that installation are touched, so two
+    sandboxes (or two test runs) sharing one Docker engine do not remove each
+    other's jobs. With ``max_age_s`` (the start-up sweep) a running container is
+    removed only once it has run longer than that, and a stopped one only after a
+    grace period, so another executor of the same installation keeps its jobs.
+    """
+    import docker.errors
+
+    label = [f"{LABEL}=1"] + ([f"{HOME_LABEL}={home_label}"] if home_label else [])
+    try:
+        leftovers = client.containers.list(all=True, filters={"label": label})
+    except docker_errors() as exc:
+        raise DockerUnavailable("The Docker engine did not answer.") from exc
+    removed = 0
+    for container in leftovers:
+        if max_age_s is not None and not _is_stale(container.attrs, max_age_s):
+            continue
+        try:
+            container.remove(force=True, v=True)
+            removed += 1
+        except docker.errors.NotFound:
+            continue
+        except docker_errors() as exc:
+            log.warning("could not remove a leftover runner container (%s)", type(exc).__name__)
+    return removed
+
+
+def live_workdirs(client: Any, home: str) -> set[Path] | None:
+    """The run directories mounted by this installation's containers (any state);
+    None if the engine cannot say (then nothing young is touched)."""
+    label = [f"{LABEL}=1", f"{HOME_LABEL}={home}"]
+    try:
+        containers = client.containers.list(all=True, filters={"label": label})
+    except docker_errors():
+        return None
+    live: set[Path] = set()
+    for container in containers:
+        for mount in container.attrs.get("Mounts", []) or []:
+            targets = (contract.OUT_DIR, contract.PLAN_DIR)
+            if mount.get("Destination") in targets and mount.get("Source"):
+                live.add(Path(mount["Source"]).parent.resolve())
+    return live
+
+
+def _is_stale(attrs: dict[str, Any], max_age_s: float) -> bool:
+    state = attrs.get("State", {})
+    status = state.get("Status")
+    if status == "running":
+        since, limit = state.get("StartedAt"), max_age_s
+    elif status in {"exited", "dead"}:
+        since, limit = state.get("FinishedAt"), STOPPED_GRACE_S
+    else:
+        since, limit = attrs.get("Created"), STOPPED_GRACE_S
+    age = _age_s(since)
+    return age is None or age > limit
+
+
+def _age_s(stamp: Any) -> float | None:
+    """Seconds since a Docker timestamp (RFC 3339 with nanoseconds), None if unreadable."""
+    import datetime as dt
+
+    if not isinstance(stamp, str) or stamp.startswith("0001-"):
+        return None
+    head, _, rest = stamp.rstrip("Z").partition(".")
+    try:
+        when = dt.datetime.fromisoformat(head).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    return (dt.datetime.now(dt.UTC) - when).total_seconds()
