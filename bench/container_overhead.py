@@ -118,9 +118,9 @@ def throughput(executor: Any, plan: Any, data_root: Path, jobs: int) -> float:
 def main() -> None:
     import docker
 
-    from sandbox.demo_data import generate_demo_data
     from sandbox.executors.docker import DockerExecutor
-    from sandbox.runner_image import ensure_image
+    from sandbox.ops.demo_data import generate_demo_data
+    from sandbox.ops.runner_image import ensure_image
     from sandbox.settings import Settings
 
     parser = argparse.ArgumentParser()

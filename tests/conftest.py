@@ -65,7 +65,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def demo_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small fabricated demo data (the 'raw' data of the tests), made once per session."""
-    from sandbox.demo_data import generate_demo_data
+    from sandbox.ops.demo_data import generate_demo_data
 
     root = tmp_path_factory.mktemp("demo-data")
     generate_demo_data(root, POLICIES, people=20_000, seed=7)
@@ -92,6 +92,6 @@ def docker_client():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def runner_image(docker_client) -> str:  # type: ignore[no-untyped-def]
     """The content-hashed runner image tag, built if missing."""
-    from sandbox.runner_image import ensure_image
+    from sandbox.ops.runner_image import ensure_image
 
     return ensure_image(docker_client).tag

@@ -99,7 +99,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "queries").glob("*.s
 
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sandbox.demo_data import generate_demo_data
+    from sandbox.ops.demo_data import generate_demo_data
 
     root = tmp_path_factory.mktemp("compiler-demo")
     generate_demo_data(root, Path(__file__).resolve().parent.parent / "policies", people=2000,

@@ -49,7 +49,7 @@ def build(spec: dict[str, Any]) -> Runner:
         import docker
 
         from sandbox.executors.docker import DockerExecutor
-        from sandbox.runner_image import ensure_image
+        from sandbox.ops.runner_image import ensure_image
 
         ensure_image(docker.from_env(timeout=120))  # reuses the content-hashed image
         executor: Any = DockerExecutor(settings)

@@ -36,7 +36,7 @@ def demo_data(
     as_json: bool = JsonOption,
 ) -> None:
     """Write FABRICATED demo datasets (Parquet) for every grantable dataset in the catalogue."""
-    from sandbox.demo_data import generate_demo_data
+    from sandbox.ops.demo_data import generate_demo_data
 
     s = settings(ctx)
     out_dir = out if out is not None else s.data_dir

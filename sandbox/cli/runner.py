@@ -55,8 +55,8 @@ def build(
     """Build the runner image, or reuse it when nothing changed. Says which path it used."""
     import docker
 
-    from sandbox.engine import ensure_docker
-    from sandbox.runner_image import ensure_image
+    from sandbox.ops.engine import ensure_docker
+    from sandbox.ops.runner_image import ensure_image
 
     with _progress(not as_json) as say:
         ensure_docker(install=install, progress=say)
@@ -85,7 +85,7 @@ def build(
 @handle_errors
 def tag(as_json: bool = JsonOption, runner_dir: Path = RunnerDirOption) -> None:
     """Print the runner image tag for the current content (no Docker needed)."""
-    from sandbox.runner_image import content_hash, image_tag, runner_versions
+    from sandbox.ops.runner_image import content_hash, image_tag, runner_versions
 
     versions = runner_versions()
     result = {
@@ -108,7 +108,7 @@ def engine(
     ),
 ) -> None:
     """Make sure a Docker engine answers: start dockerd, or install it with --install."""
-    from sandbox.engine import DEFAULT_SOCKET, ensure_docker
+    from sandbox.ops.engine import DEFAULT_SOCKET, ensure_docker
 
     with _progress(not as_json) as say:
         ensure_docker(install=install, progress=say)

@@ -146,9 +146,9 @@ def register(app: typer.Typer) -> None:
         """Set everything up (Docker, runner image, demo data, demo tokens) and serve."""
         import docker
 
-        from sandbox.demo_data import generate_demo_data
-        from sandbox.engine import ensure_docker
-        from sandbox.runner_image import ensure_image
+        from sandbox.ops.demo_data import generate_demo_data
+        from sandbox.ops.engine import ensure_docker
+        from sandbox.ops.runner_image import ensure_image
 
         settings = _settings(ctx).replace(
             **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}

@@ -255,7 +255,7 @@ def resolve_image(client: Any, tag: str | None) -> str:
     import docker.errors
 
     if tag is None:
-        from sandbox.runner_image import image_tag
+        from sandbox.ops.runner_image import image_tag
 
         tag = image_tag()
     try:

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sandbox.catalog import Catalog, Use
-from sandbox.demo_data import generate_demo_data
 from sandbox.errors import BadInput
+from sandbox.ops.demo_data import generate_demo_data
 
 ARROW = {
     "VARCHAR": pa.string(),
@@ -205,7 +205,7 @@ def test_chunks_join_up(
     tmp_path: Path, policies_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Streaming in chunks gives the same rows as one pass (what 100M-row runs rely on)."""
-    import sandbox.demo_data as dd
+    import sandbox.ops.demo_data as dd
 
     generate_demo_data(tmp_path / "one", policies_dir, people=700, seed=2)
     monkeypatch.setattr(dd, "CHUNK_UNITS", 256)

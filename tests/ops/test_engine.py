@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.engine import DEFAULT_SOCKET, ensure_docker, ping_socket
 from sandbox.errors import DockerUnavailable
+from sandbox.ops.engine import DEFAULT_SOCKET, ensure_docker, ping_socket
 
 
 @pytest.fixture()
@@ -98,7 +98,7 @@ while True:
 BROKEN_DOCKERD = "#!/bin/sh\necho 'failed to start daemon' >&2\nexit 1\n"
 CHECK = """
 import os, signal, time
-from sandbox.engine import ensure_docker, ping_socket
+from sandbox.ops.engine import ensure_docker, ping_socket
 from sandbox.errors import DockerUnavailable
 assert not ping_socket()
 started = time.monotonic()

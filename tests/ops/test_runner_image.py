@@ -12,10 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sandbox.cli import app
-from sandbox.runner_image import (
-    RECIPE,
+from sandbox.ops.rootfs import RECIPE
+from sandbox.ops.runner_image import (
     REPOSITORY,
-    debian_mirror,
     default_runner_dir,
     ensure_image,
     image_tag,
@@ -105,32 +104,6 @@ def test_cli_tag_matches_image_tag() -> None:
     body = json.loads(result.output)
     assert body["tag"] == image_tag()
     assert body["versions"] == runner_versions()
-
-
-# --- the Debian mirror the offline path uses ----------------------------------------
-
-
-def test_debian_mirror_from_deb822_sources(tmp_path: Path) -> None:
-    (tmp_path / "sources.list.d").mkdir()
-    (tmp_path / "sources.list.d" / "debian.sources").write_text(
-        "Types: deb\nURIs: http://mirror.example.org/debian-security\n"
-        "Suites: bookworm-security\nComponents: main\n\n"
-        "Types: deb\nURIs: http://mirror.example.org/debian/\n"
-        "Suites: bookworm bookworm-updates\nComponents: main\n"
-    )
-    assert debian_mirror(tmp_path) == "http://mirror.example.org/debian"
-
-
-def test_debian_mirror_from_one_line_sources_list(tmp_path: Path) -> None:
-    (tmp_path / "sources.list").write_text(
-        "# comment\ndeb-src http://src.example.org/debian bookworm main\n"
-        "deb [arch=amd64] http://ftp.example.org/debian bookworm main\n"
-    )
-    assert debian_mirror(tmp_path) == "http://ftp.example.org/debian"
-
-
-def test_debian_mirror_default_when_apt_has_none(tmp_path: Path) -> None:
-    assert debian_mirror(tmp_path) == "http://deb.debian.org/debian"
 
 
 # --- the image (real Docker) --------------------------------------------------------
