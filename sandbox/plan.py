@@ -23,10 +23,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PLAN_VERSION = 1
+MAX_CANDIDATES = 1000  # quantile candidates per measure, at most
 
 MeasureKind = Literal["count", "sum", "count_units", "histogram"]
 OutputKind = Literal[
@@ -151,3 +153,17 @@ class Plan:
             "key_columns": [k.name for k in self.keys],
             "max_rows": self.max_groups,
         }
+
+
+def quantile_candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
+    """Candidate values for a quantile: the integers lower..upper when there are at
+    most MAX_CANDIDATES of them, else MAX_CANDIDATES evenly spaced values."""
+    if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+        raise ValueError("need finite lower < upper")
+    if integer:
+        lo, hi = math.ceil(lower), math.floor(upper)
+        if hi - lo + 1 <= MAX_CANDIDATES:
+            return tuple(float(v) for v in range(lo, hi + 1))
+    step = (upper - lower) / (MAX_CANDIDATES - 1)
+    values = [lower + i * step for i in range(MAX_CANDIDATES - 1)] + [upper]
+    return tuple(values)

@@ -15,7 +15,7 @@ import pytest
 from sandbox import ledger, store
 from sandbox.errors import BudgetRefused, Conflict, NotFound
 from sandbox.privacy import Cost, rho_from_epsilon_delta
-from tests.test_privacy import make_grant
+from tests.privacy.factories import make_grant
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,7 +189,7 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from sandbox import ledger, store
     from tests.test_ledger import make_cost
-    from tests.test_privacy import make_grant
+    from tests.privacy.factories import make_grant
 
     conn = store.connect({db!r})
     grant = make_grant(epsilon=5.0, ceiling=2.0)

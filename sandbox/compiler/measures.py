@@ -9,7 +9,6 @@ candidates. Measures are shared: AVG(age) and SUM(age) use the same sum.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,8 +21,7 @@ from sandbox.compiler.nodes import render
 from sandbox.compiler.scope import ColumnRef, Scope
 from sandbox.compiler.text import func_name, refuse, snippet
 from sandbox.plan import Measure, OutputKind
-
-MAX_CANDIDATES = 1000
+from sandbox.plan import quantile_candidates as quantile_candidates  # the one definition
 
 _QUANTILES = (exp.Median, exp.PercentileCont, exp.PercentileDisc, exp.Quantile)
 _VARIANCES = (exp.Variance, exp.VariancePop, exp.Stddev, exp.StddevSamp, exp.StddevPop)
@@ -31,20 +29,8 @@ _POP = (exp.VariancePop, exp.StddevPop)
 _STD = (exp.Stddev, exp.StddevSamp, exp.StddevPop)
 
 
-def quantile_candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
-    """Fixed quantile candidates from public bounds: every integer when there are at
-    most 1000 of them, else 1000 evenly spaced points (both ends included)."""
-    if integer and upper - lower + 1 <= MAX_CANDIDATES:
-        return tuple(float(v) for v in range(math.ceil(lower), math.floor(upper) + 1))
-    n = MAX_CANDIDATES
-    step = (upper - lower) / (n - 1)
-    return tuple([lower + i * step for i in range(n - 1)] + [float(upper)])
-
-
 def _candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
-    from sandbox.privacy import quantile_candidates as shared
-
-    return tuple(float(c) for c in shared(lower, upper, integer))
+    return tuple(float(c) for c in quantile_candidates(lower, upper, integer))
 
 
 @dataclass

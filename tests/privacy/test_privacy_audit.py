@@ -21,8 +21,9 @@ import pytest
 from scipy.stats import beta as beta_dist
 
 from sandbox.plan import KeySpec, Measure, Output
-from sandbox.privacy import _noise, release
-from tests.test_privacy import cost_of, make_grant, make_plan
+from sandbox.privacy import release
+from sandbox.privacy.release import _noise
+from tests.privacy.factories import cost_of, make_grant, make_plan
 
 BETA = 1e-6
 
@@ -152,7 +153,7 @@ def test_partition_selection_keeps_epsilon_delta(definition: str) -> None:
 
 
 def test_opendp_threshold_map_alone_would_understate_delta() -> None:
-    """Why privacy._selection_cost fits the threshold one count higher: with the
+    """Why privacy.accounting._selection_cost fits the threshold one count higher: with the
     threshold OpenDP's map accepts for (l0, l1, l∞) = (1, 1, 1), a key of count 1
     (one unit's new group) passes more often than the δ it reports. If OpenDP changes
     this, the test fails and the workaround can be revisited."""

@@ -17,7 +17,7 @@ import pytest
 
 from sandbox.plan import KeySpec, Measure, Output
 from sandbox.privacy import FLOAT_SUM_MAX_ROWS, plan_cost, quantile_candidates
-from tests.test_privacy import make_dataset, make_grant, make_plan
+from tests.privacy.factories import make_dataset, make_grant, make_plan
 
 dp.enable_features("contrib")
 
