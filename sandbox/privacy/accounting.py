@@ -387,6 +387,7 @@ def _fit(make: Any, d_in: Any, target: float, guess: float, index: int | None = 
 
 
 def check_cost(plan: Plan, cost: Cost) -> None:
+    """Refuse (INTERNAL) a cost computed for another plan's measures."""
     names = {m.name for m in cost.measures}
     if names != {m.name for m in plan.measures}:
         raise SystemFailure("The cost was computed for another plan.", code="INTERNAL")

@@ -121,6 +121,7 @@ def cell_accuracy(
     groups: list[tuple[Any, ...]],
     noisy_values: dict[str, list[Any]],
 ) -> dict[str, list[dict[str, Any]]]:
+    """Per released cell: scale, 95% half-width and interval, or a quantile statement."""
     by_name = {m.name: m for m in plan.measures}
     entries = {e["name"]: e for e in explain(plan, cost)}
     index = {g: i for i, g in enumerate(groups)}

@@ -34,6 +34,7 @@ SCALE_SLACK = 1e-9  # relative bump when OpenDP's map rounds a hair above the ta
 
 
 def load_opendp() -> Any:
+    """OpenDP's prelude with the contrib features this package uses enabled."""
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -42,6 +43,7 @@ def load_opendp() -> Any:
 
 @lru_cache(maxsize=512)
 def vector_noise(scale: float, pure: bool, integer: bool) -> Any:
+    """(Discrete) Laplace (pure) or Gaussian (zCDP) noise over a vector of values."""
     dp = load_opendp()
     atom = dp.atom_domain(T="i64") if integer else dp.atom_domain(T=float, nan=False)
     dom = dp.vector_domain(atom)
@@ -53,6 +55,7 @@ def vector_noise(scale: float, pure: bool, integer: bool) -> Any:
 
 @lru_cache(maxsize=512)
 def noisy_max(scale: float, pure: bool) -> Any:
+    """Report-noisy-min over quantile scores (lower is better): the chosen index."""
     dp = load_opendp()
     space = dp.vector_domain(dp.atom_domain(T="u64")), dp.linf_distance(T="u64")
     measure = dp.max_divergence() if pure else dp.zero_concentrated_divergence()
@@ -61,6 +64,7 @@ def noisy_max(scale: float, pure: bool) -> Any:
 
 @lru_cache(maxsize=512)
 def partition_threshold(scale: float, threshold: int, pure: bool) -> Any:
+    """Partition selection: noisy counts per key, only those above ``threshold`` kept."""
     dp = load_opendp()
     dom = dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64"))
     if pure:
@@ -105,6 +109,7 @@ def quantile_scores(histogram: dict[int, int], n_candidates: int, alpha: float) 
 
 
 def quantile_score_array(histogram: dict[int, int], n_candidates: int, alpha: float) -> Any:
+    """``quantile_scores`` as the unsigned array ``noisy_max`` takes."""
     import numpy as np  # arithmetic only: every random draw is OpenDP's
 
     num, den = quantile_alpha_fraction(alpha)
@@ -124,6 +129,7 @@ def quantile_score_array(histogram: dict[int, int], n_candidates: int, alpha: fl
 
 
 def histogram_alpha(m: Measure) -> float:
+    """A histogram measure's α, refused (INTERNAL) without α in [0, 1] and candidates."""
     if m.alpha is None or not 0 <= m.alpha <= 1 or not m.candidates:
         raise SystemFailure(f"Histogram {m.name} needs alpha and candidates.", code="INTERNAL")
     return float(m.alpha)
