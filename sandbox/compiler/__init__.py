@@ -10,7 +10,7 @@ per exact aggregate, and ``post_sql`` that turns noisy measures into the operato
 outputs.
 
 Modules: ``text`` (size, characters, nesting, parsing), ``scope`` (tables, joins,
-columns), ``checks`` (what expression may go where), ``keys`` (GROUP BY and public key
+columns), ``checks`` (what expression may go where), ``groupkeys`` (GROUP BY and public key
 values), ``measures`` (aggregates), ``build`` (the runner and post-processing SQL).
 """
 
@@ -23,7 +23,7 @@ from sqlglot import exp
 from sandbox.catalog import Catalog, Use
 from sandbox.compiler.build import build_plan
 from sandbox.compiler.checks import contains_aggregate, forbid_everywhere, row_expr
-from sandbox.compiler.keys import make_key
+from sandbox.compiler.groupkeys import make_key
 from sandbox.compiler.measures import Measures, quantile_candidates
 from sandbox.compiler.nodes import as_bool
 from sandbox.compiler.post import Outputs

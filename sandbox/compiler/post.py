@@ -10,7 +10,7 @@ from sqlglot import exp
 
 from sandbox.compiler import nodes as n_
 from sandbox.compiler.checks import POST, contains_aggregate, is_aggregate, rebuild
-from sandbox.compiler.keys import Key, canonical
+from sandbox.compiler.groupkeys import Key, canonical
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.nodes import render
 from sandbox.compiler.scope import Scope
