@@ -112,3 +112,16 @@ def test_runner_image_packages_are_runtime_dependencies() -> None:
 
 def test_tests_import_only_declared_dependencies() -> None:
     assert undeclared(ROOT / "tests", declared_runtime() | declared_test()) == []
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    # setuptools ships only the packages listed: a package left out works in an
+    # editable install and is missing from a wheel.
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "sandbox").rglob("__init__.py")
+    } | {"sandbox_runner"}
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
+    assert listed - found == set(), "these listed packages do not exist"

@@ -96,7 +96,7 @@ def dev_init(
     as_json: bool = JsonOption,
 ) -> None:
     """Write a local project folder: your granted catalogue, grants, synthetic data."""
-    from sandbox.devtools import init_project
+    from sandbox.dev import init_project
 
     s = settings(ctx)
     if server is None and policies is None:
@@ -135,7 +135,7 @@ def dev_run(
     as_json: bool = JsonOption,
 ) -> None:
     """Compile as the server would, run on synthetic data, add DP noise; spends no budget."""
-    from sandbox.devtools import load_context, read_query, run_query
+    from sandbox.dev import load_context, read_query, run_query
 
     s = settings(ctx)
     sql = read_query(query)
@@ -223,7 +223,7 @@ def dev_check(
     as_json: bool = JsonOption,
 ) -> None:
     """Compile only; print errors as file:line:col: CODE message. Exit 2 on a refusal."""
-    from sandbox.devtools import (
+    from sandbox.dev import (
         check_query,
         diagnostic,
         format_diagnostic,
@@ -271,7 +271,7 @@ def dev_synthetic(
     as_json: bool = JsonOption,
 ) -> None:
     """Regenerate a project's synthetic data (another size or seed)."""
-    from sandbox.devtools import find_project, regenerate_synthetic
+    from sandbox.dev import find_project, regenerate_synthetic
 
     root = find_project(project) or project
     summary = regenerate_synthetic(root, units=units, seed=seed)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from sandbox.catalog import load_catalog
-from sandbox.devtools import (
+from sandbox.dev import (
     PROJECT_FILE,
     check_query,
     diagnostic,
