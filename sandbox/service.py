@@ -73,7 +73,7 @@ class Service:
 
     def __init__(self, settings: Settings, *, executor: Any = None) -> None:
         from sandbox import keys
-        from sandbox.audit_export import check_witness
+        from sandbox.audit import check_witness
 
         check_witness(settings.audit_witness_file, settings.audit_witness_url, settings.home)
         self.settings = settings
@@ -178,7 +178,7 @@ class Service:
             self._witness(cp)
 
     def _witness(self, cp: dict[str, Any]) -> None:
-        from sandbox.audit_export import push_checkpoint
+        from sandbox.audit import push_checkpoint
 
         s = self.settings
         if (s.audit_witness_file is not None or s.audit_witness_url) and cp.get(
@@ -629,7 +629,7 @@ class Service:
 
     def audit_verify(self, p: Principal) -> dict[str, Any]:
         from sandbox import audit
-        from sandbox.audit_export import read_checkpoints
+        from sandbox.audit import read_checkpoints
 
         self._require(p, STAFF)
         witness = self.settings.audit_witness_file

@@ -119,7 +119,7 @@ def verify_command(
     """Recompute every hash, root and signature; exit 1 naming the first problem, 3 if
     entries after the last checkpoint are unverified (see the module docstring)."""
     from sandbox import audit
-    from sandbox.audit_export import read_checkpoints
+    from sandbox.audit import read_checkpoints
 
     s = settings(ctx)
     if s.audit_witness_file is not None and s.audit_witness_file.is_file():
@@ -171,7 +171,7 @@ def verify_command(
 def checkpoint_command(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """Sign a checkpoint of the current tree head now."""
     from sandbox import audit
-    from sandbox.audit_export import check_witness, push_checkpoint
+    from sandbox.audit import check_witness, push_checkpoint
 
     s = settings(ctx)
     check_witness(s.audit_witness_file, s.audit_witness_url, s.home)

@@ -32,22 +32,21 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sandbox.audit import (
-    _COLUMNS,
+from sandbox.audit.checkpointing import checkpoints, log_size
+from sandbox.audit.log import (
     CHECKPOINT_FORMAT,
+    EVENT_COLUMNS,
     EXPORT_FORMAT,
     ZERO_HASH,
     AuditEvent,
-    _row_event,
-    _size,
-    _Source,
+    EventSource,
     canonical_json,
-    checkpoints,
     now_iso,
+    row_event,
 )
+from sandbox.audit.merkle import Frontier
 from sandbox.errors import BadInput
 from sandbox.keys import key_id, public_key_pem
-from sandbox.merkle import Frontier
 
 __all__ = [
     "export_log",
@@ -101,7 +100,7 @@ def export_log(
     if fmt not in ("jsonl", "csv"):
         raise BadInput("--format must be jsonl or csv.")
     since_time = parse_since(since)
-    n = _size(conn)
+    n = log_size(conn)
     first = 1
     if since_time is not None:
         row = conn.execute(
@@ -129,7 +128,7 @@ def export_log(
     }
     prefix = {"tree_size": prefix_size, "frontier": frontier.to_json(), "chain_hash": chain.hex()}
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_events WHERE seq >= ? ORDER BY seq", (first,)
+        f"SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq >= ? ORDER BY seq", (first,)
     )
     count = 0
     if fmt == "jsonl":
@@ -137,8 +136,7 @@ def export_log(
         out.write(json.dumps({"record": "prefix", **prefix}) + "\n")
         for r in rows:
             out.write(
-                json.dumps({"record": "event", **_row_event(r).to_dict()}, ensure_ascii=False)
-                + "\n"
+                json.dumps({"record": "event", **row_event(r).to_dict()}, ensure_ascii=False) + "\n"
             )
             count += 1
         for c in cps:
@@ -156,7 +154,7 @@ def export_log(
             }
         )
         for r in rows:
-            ev = _row_event(r)
+            ev = row_event(r)
             w.writerow(
                 {
                     "record": "event",
@@ -187,7 +185,7 @@ def export_log(
 _EVENT_PREFIX = '{"record": "event"'
 
 
-def read_export(path: Path) -> _Source:
+def read_export(path: Path) -> EventSource:
     """Read an export file (JSONL or CSV) for ``audit.verify``."""
     with path.open(encoding="utf-8") as fh:
         head = fh.read(1)
@@ -196,9 +194,9 @@ def read_export(path: Path) -> _Source:
     return _read_csv(path)
 
 
-def _read_jsonl(path: Path) -> _Source:
+def _read_jsonl(path: Path) -> EventSource:
     cps: list[dict[str, Any]] = []
-    src = _Source(iter(()), cps)
+    src = EventSource(iter(()), cps)
     with path.open(encoding="utf-8") as fh:
         first = json.loads(fh.readline())
         if first.get("record") != "header" or first.get("format") != EXPORT_FORMAT:
@@ -247,9 +245,9 @@ def _read_jsonl(path: Path) -> _Source:
     return src
 
 
-def _read_csv(path: Path) -> _Source:
+def _read_csv(path: Path) -> EventSource:
     cps: list[dict[str, Any]] = []
-    src = _Source(iter(()), cps)
+    src = EventSource(iter(()), cps)
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames != _CSV_COLUMNS:
@@ -292,9 +290,6 @@ def _read_csv(path: Path) -> _Source:
 
     src.rows = rows()
     return src
-
-
-# --------------------------------------------------------------------------- witness
 
 
 def witness_record(cp: dict[str, Any]) -> dict[str, Any]:
@@ -375,3 +370,16 @@ def read_checkpoints(path: Path) -> list[dict[str, Any]]:
     if not all(isinstance(c, dict) and "tree_size" in c for c in items):
         raise BadInput(f"{path} holds something other than checkpoints.")
     return list(items)
+
+
+def export(
+    conn: sqlite3.Connection,
+    out: Any,
+    *,
+    since: str | None = None,
+    fmt: str = "jsonl",
+    public_key: Ed25519PublicKey | None = None,
+) -> dict[str, Any]:
+    """Write the events from ``since`` on, every checkpoint and the public key to ``out``
+    (see ``export_log``); returns first_seq, last_seq, entries, checkpoints."""
+    return export_log(conn, out, since=since, fmt=fmt, public_key=public_key)

@@ -710,10 +710,10 @@ def _written_actions() -> set[str]:
 
     from sandbox.jobs import State
 
-    root = Path(audit.__file__).resolve().parent
+    root = Path(audit.__file__).resolve().parent.parent  # sandbox/
     found = {f"job.{s.value}" for s in State}
     for path in root.rglob("*.py"):
-        if path.name in ("audit.py", "reports.py") and path.parent == root:
+        if path.relative_to(root).as_posix() in ("audit/log.py", "reports.py"):
             continue  # the vocabulary, and a reader of it
         for node in ast.walk(ast.parse(path.read_text("utf-8"))):
             if isinstance(node, ast.Call):
@@ -732,7 +732,7 @@ def test_every_documented_action_is_written_by_the_code() -> None:
 
 
 def test_docs_audit_md_lists_exactly_the_vocabulary() -> None:
-    doc = (Path(audit.__file__).resolve().parent.parent / "docs" / "audit.md").read_text("utf-8")
+    doc = (Path(audit.__file__).resolve().parents[2] / "docs" / "audit.md").read_text("utf-8")
     table = doc.split("### The event vocabulary", 1)[1].split("\n\n", 2)[1]
     named = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", "\n".join(
         line.split("|")[1] for line in table.splitlines() if line.startswith("| `")

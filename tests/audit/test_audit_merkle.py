@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sandbox import merkle
+from sandbox.audit import merkle
 
 
 def mth(leaves: list[bytes]) -> bytes:
