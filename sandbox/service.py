@@ -25,7 +25,7 @@ from sandbox import jobs, products, review, store, tokens
 from sandbox.catalog import Catalog, Dataset, load_catalog
 from sandbox.errors import BadInput, Conflict, Forbidden, NotFound, RateLimited, Refused
 from sandbox.grants import Grant, Grants, load_grants
-from sandbox.jobs import Job, JobRunner, State
+from sandbox.jobs import Job, JobWorker, State
 from sandbox.settings import Settings
 from sandbox.tokens import Principal, Role
 
@@ -92,7 +92,7 @@ class Service:
             settings.keys_dir, "audit", on_create=self._key_created
         )
         self.executor = executor if executor is not None else self._make_executor()
-        self.runner = JobRunner(
+        self.runner = JobWorker(
             settings,
             catalog=self.catalog,
             grants=lambda: self._grants,

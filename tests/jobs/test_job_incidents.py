@@ -237,7 +237,7 @@ def test_a_real_runner_failure_is_an_incident(
     svc = Service(settings)
     svc.start()
     try:
-        sql = Path(__file__).resolve().parent.parent / "queries" / "02_income_by_age_band.sql"
+        sql = Path(__file__).resolve().parents[2] / "queries" / "02_income_by_age_band.sql"
         job = svc.submit_job(op, sql=sql.read_text(), scenario="employment-income", epsilon=1.0)
         done = _wait_failed(svc, job["id"])
         assert done["state"] == "failed", done["state"]

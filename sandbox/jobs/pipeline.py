@@ -1,0 +1,462 @@
+"""The stages a job goes through, each ending in a ``transition``.
+
+``prepare`` (synchronous, on the request: compile, cost, reserve; no data is read),
+then on a worker ``execute`` (charge, run the executor, noise), review checks, and
+``route`` to ``release`` (sign and write the product, under one lock) or review.
+``fail`` and ``cancel`` end a job from any unfinished state.
+
+Budget: reserved with the move to ``budget_reserved``; charged with the move to
+``running`` (before the container can read a row, so no crash can lose a charge);
+released when a job that never ran is refused, fails or is cancelled.
+
+The exact aggregate table lives only in the worker's memory between the executor
+and the privacy layer; what is stored is the reviewed NOISY result.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sandbox import products, review
+from sandbox.catalog import Catalog
+from sandbox.errors import GENERIC_FAILURE, Conflict, NotFound, Refused, SystemFailure
+from sandbox.executors import ExactResult, Executor
+from sandbox.grants import Grant, Grants, find_grant
+from sandbox.jobs.incidents import (
+    StageMark,
+    error_columns,
+    incident_facts,
+    log_incident,
+    new_incident_id,
+    record_incident,
+)
+from sandbox.jobs.records import Job, get_job, now_iso, transition
+from sandbox.jobs.states import ALLOWED, BEFORE_RUNNING, TERMINAL, S
+from sandbox.plan import Plan
+from sandbox.settings import Settings
+
+SYSTEM_ACTOR = "system"
+SYSTEM_ROLE = "system"
+
+
+class JobPipeline:
+    """The stages of a job; ``worker.JobWorker`` adds the pool that runs them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalog: Catalog,
+        grants: Callable[[], Grants],
+        rules: review.ReviewRules,
+        executor: Executor,
+        product_key: Any,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self._grants = grants
+        self.rules = rules
+        self.executor = executor
+        self.product_key = product_key
+        self._release_lock = threading.Lock()  # one product written per job, ever
+        self.stopping = threading.Event()  # set by the worker's stop(): start nothing new
+
+    # the synchronous part: compile, cost, reserve (no data is read)
+    def grant_for(self, operator: str, scenario: str) -> Grant:
+        return find_grant(self._grants(), operator, scenario)
+
+    def cost_for(self, job: Job, plan: Plan, grant: Grant) -> Any:
+        from sandbox.privacy import plan_cost
+
+        dataset = self.catalog.dataset(plan.dataset)
+        if dataset is None:
+            raise SystemFailure(GENERIC_FAILURE, code="INTERNAL")
+        weights = json.loads(job["weights"]) if job["weights"] else None
+        return plan_cost(
+            plan,
+            epsilon=float(job["epsilon"]),
+            delta=float(job["delta"]),
+            dataset=dataset,
+            grant=grant,
+            weights=weights,
+        )
+
+    def prepare(self, conn: sqlite3.Connection, job: Job) -> Job:
+        """submitted → compiled → budget_reserved; a refusal ends in ``refused``
+        (the reservation, if any, released) and is re-raised with the job id."""
+        from sandbox import ledger
+        from sandbox.compiler import compile_query
+
+        try:
+            grant = self.grant_for(job.operator, job.scenario)
+            if job.state == S.SUBMITTED:
+                plan = compile_query(job["sql"], catalog=self.catalog, grant=grant)
+                dataset = self.catalog.dataset(plan.dataset)
+                job = transition(
+                    conn,
+                    job,
+                    S.COMPILED,
+                    actor=SYSTEM_ACTOR,
+                    role=SYSTEM_ROLE,
+                    details={"plan_digest": plan.digest(), "dataset": plan.dataset},
+                    updates={
+                        "grant_id": grant.id,
+                        "dataset": plan.dataset,
+                        "grade": dataset.grade.value if dataset else None,
+                        "plan_json": plan.to_json(),
+                        "plan_digest": plan.digest(),
+                    },
+                )
+            if job.state == S.COMPILED:
+                plan = job.plan()
+                cost = self.cost_for(job, plan, grant)
+
+                def reserve(c: sqlite3.Connection, _job: Job) -> None:
+                    ledger.reserve(c, grant=grant, dataset=plan.dataset, job_id=job.id, cost=cost)
+
+                job = transition(
+                    conn,
+                    job,
+                    S.BUDGET_RESERVED,
+                    actor=SYSTEM_ACTOR,
+                    role=SYSTEM_ROLE,
+                    details={
+                        "epsilon": cost.epsilon,
+                        "delta": cost.delta,
+                        "rho": cost.rho,
+                        "dataset": plan.dataset,
+                        "grant": grant.id,
+                    },
+                    updates={"cost_json": json.dumps(cost.to_dict(), sort_keys=True)},
+                    effects=reserve,
+                )
+        except Refused as exc:
+            current = get_job(conn, job.id)
+            if current.state in (S.SUBMITTED, S.COMPILED):
+                transition(
+                    conn,
+                    current,
+                    S.REFUSED,
+                    actor=SYSTEM_ACTOR,
+                    role=SYSTEM_ROLE,
+                    details={"code": exc.code},
+                    updates=error_columns(exc),
+                )
+            exc.details.setdefault("job", job.id)
+            raise
+        except Exception as exc:
+            at = get_job(conn, job.id).state
+            self.fail(conn, job.id, exc, stage="compile" if at == S.SUBMITTED else "reserve")
+            raise
+        return job
+
+    # the asynchronous part: run, noise, review, release
+
+    def execute(
+        self, conn: sqlite3.Connection, job_id: str, *, at: StageMark | None = None
+    ) -> None:
+        """budget_reserved → running → noised → (in_review | released). A failure is
+        raised with ``at`` naming the stage it happened in."""
+        from sandbox import ledger, privacy
+
+        at = at if at is not None else StageMark()
+        at.name = "start"
+        job = get_job(conn, job_id)
+        if job.state != S.BUDGET_RESERVED or self.stopping.is_set():
+            return
+        plan = job.plan()
+        grant = self.grant_for(job.operator, job.scenario)
+        cost = self.cost_for(job, plan, grant)
+
+        def charge(c: sqlite3.Connection, j: Job) -> None:
+            from sandbox import audit
+
+            ledger.charge(c, job_id)
+            audit.append(
+                c,
+                actor=SYSTEM_ACTOR,
+                role=SYSTEM_ROLE,
+                action="budget.charged",
+                subject=job_id,
+                scenario=j.scenario,
+                details={"epsilon": cost.epsilon, "delta": cost.delta},
+            )
+
+        try:
+            job = transition(
+                conn, job, S.RUNNING, actor=SYSTEM_ACTOR, role=SYSTEM_ROLE, effects=charge
+            )
+        except Conflict:
+            return  # cancelled meanwhile
+        exact: ExactResult | None = None
+        try:
+            at.name = "execute"
+            exact = self.executor.run(plan, data_root=self.settings.data_dir, job_id=job_id)
+            at.name = "noise"
+            noisy = privacy.release(plan, exact.table, cost)
+            wall_s = float(getattr(exact, "wall_s", 0.0))
+        finally:
+            exact = None  # the exact table is dropped here; it is never stored
+        at.name = "review"
+        self._noised(conn, job, plan, noisy, wall_s, at=at)
+
+    def _noised(
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        plan: Plan,
+        noisy: Any,
+        wall_s: float,
+        *,
+        at: StageMark | None = None,
+    ) -> None:
+        dupes = review.find_near_duplicates(
+            conn,
+            job_id=job.id,
+            operator=job.operator,
+            plan_digest=job["plan_digest"],
+            shape=job["sql_shape"],
+            sql_sha256=job["sql_sha256"],
+            since=datetime.fromisoformat(job["created_at"]) - self.rules.duplicate_window,
+        )
+        checked = review.check_output(
+            noisy.table, plan, grade=job["grade"] or "", rules=self.rules, duplicates=dupes
+        )
+        # the privacy layer's notes are functions of noisy values only (issue 20)
+        flags = [*checked.flags, *getattr(noisy, "warnings", [])]
+        products.store_result(self.settings.products_dir, job.id, checked.table)
+        sdc = {
+            "min_count": checked.min_count,
+            "round_base": checked.round_base,
+            "suppressed_rows": checked.suppressed_rows,
+        }
+        try:
+            job = transition(
+                conn,
+                job,
+                S.NOISED,
+                actor=SYSTEM_ACTOR,
+                role=SYSTEM_ROLE,
+                details={
+                    "groups_released": checked.table.num_rows,
+                    "flags": [f["code"] for f in flags],
+                    "wall_s": round(wall_s, 3),
+                },
+                updates={
+                    "flags": json.dumps(flags),
+                    "sdc": json.dumps(sdc),
+                    "accuracy": json.dumps(_accuracy(getattr(noisy, "accuracy", {}), checked)),
+                    "mechanisms": json.dumps(list(getattr(noisy, "mechanisms", []))),
+                    "rows": checked.table.num_rows,
+                    "required_approvals": checked.required_approvals,
+                },
+            )
+        except Conflict:
+            products.discard(self.settings.products_dir, job.id)  # cancelled while running
+            return
+        if at is not None:
+            at.name = "release"
+        self.route(conn, job)
+
+    def route(self, conn: sqlite3.Connection, job: Job) -> Job:
+        """noised → released (no approval needed) or in_review."""
+        if int(job["required_approvals"] or 0) == 0:
+            return self.release(conn, job, reviewers=[], actor=SYSTEM_ACTOR, role=SYSTEM_ROLE)
+        return transition(
+            conn,
+            job,
+            S.IN_REVIEW,
+            actor=SYSTEM_ACTOR,
+            role=SYSTEM_ROLE,
+            details={"required_approvals": job["required_approvals"]},
+        )
+
+    def release(
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        *,
+        reviewers: list[dict[str, Any]],
+        actor: str,
+        role: str,
+        effects: Callable[[sqlite3.Connection, Job], None] | None = None,
+    ) -> Job:
+        """Sign and write the product files, then register them with the move to released."""
+        with self._release_lock:
+            current = get_job(conn, job.id)
+            if S.RELEASED not in ALLOWED[current.state]:
+                raise Conflict(f"Job {job.id} is {current.state.value}; it cannot be released.")
+            try:
+                return self._release(conn, current, reviewers, actor, role, effects)
+            except (Conflict, FileNotFoundError) as exc:
+                # cancelled (or rejected) meanwhile: its stored result was discarded, or
+                # the files just written must be
+                now = get_job(conn, job.id)
+                if now.state not in TERMINAL or now.state == S.RELEASED:
+                    raise
+                products.discard(self.settings.products_dir, job.id)
+                raise Conflict(
+                    f"Job {job.id} is {now.state.value}; it cannot be released."
+                ) from exc
+
+    def _release(
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        reviewers: list[dict[str, Any]],
+        actor: str,
+        role: str,
+        effects: Callable[[sqlite3.Connection, Job], None] | None,
+    ) -> Job:
+        released_at = now_iso()
+        files = products.release_product(
+            self.settings.products_dir,
+            job=job.record,
+            key=self.product_key,
+            reviewers=reviewers,
+            released_at=released_at,
+            sdc=json.loads(job["sdc"] or "{}"),
+        )
+
+        def register(c: sqlite3.Connection, j: Job) -> None:
+            from sandbox import audit
+
+            if effects is not None:
+                effects(c, j)
+            audit.append(
+                c,
+                actor=actor,
+                role=role,
+                action="product.released",
+                subject=j.id,
+                scenario=j.scenario,
+                details={"job": j.id, "dataset": j["dataset"], "files": files},
+            )
+            products.record_product(
+                c,
+                job_id=j.id,
+                operator=j.operator,
+                released_at=released_at,
+                key=self.product_key,
+                files=files,
+            )
+
+        return transition(
+            conn,
+            job,
+            S.RELEASED,
+            actor=actor,
+            role=role,
+            details={"files": files, "reviewers": [r["reviewer"] for r in reviewers]},
+            effects=register,
+        )
+
+    def fail(
+        self, conn: sqlite3.Connection, job_id: str, exc: BaseException, *, stage: str
+    ) -> None:
+        """Record a failure as an incident; release the reservation if the job never ran.
+
+        The incident is logged first (one JSON line, sandbox/logs.py), so it is logged
+        even if recording it fails. Its id and facts go on the job (``job_incidents``)
+        and into the ``job.failed`` audit event; its message never does."""
+        job = get_job(conn, job_id)
+        if job.state in TERMINAL:
+            return
+        cols = error_columns(exc)
+        incident = new_incident_id()
+        facts = incident_facts(exc, stage=stage)
+        log_incident(incident, job_id, facts, exc, job.state.value)
+
+        def settle(c: sqlite3.Connection, j: Job) -> None:
+            if j.state in BEFORE_RUNNING:
+                release_budget(c, j)
+            record_incident(c, incident, j.id, facts, now_iso())
+
+        transition(
+            conn,
+            job,
+            S.FAILED,
+            actor=SYSTEM_ACTOR,
+            role=SYSTEM_ROLE,
+            details={"incident": incident, **facts},
+            updates=cols,
+            effects=settle,
+        )
+        products.discard(self.settings.products_dir, job_id)
+
+    def cancel(self, conn: sqlite3.Connection, job: Job, *, actor: str, role: str) -> Job:
+        """Cancel a job that is not finished; the budget is kept once it has run."""
+        if job.state in TERMINAL:
+            raise Conflict(f"Job {job.id} is already {job.state.value}.")
+
+        def settle(c: sqlite3.Connection, j: Job) -> None:
+            if j.state in BEFORE_RUNNING:
+                release_budget(c, j)
+
+        job = transition(
+            conn,
+            job,
+            S.CANCELLED,
+            actor=actor,
+            role=role,
+            details={"charged": job.state not in BEFORE_RUNNING},
+            effects=settle,
+        )
+        products.discard(self.settings.products_dir, job.id)
+        return job
+
+    # restart
+
+
+def release_budget(conn: sqlite3.Connection, job: Job) -> None:
+    """Return a job's reservation (it never read data); audited. No-op without one."""
+    from sandbox import audit, ledger
+
+    try:
+        ledger.release(conn, job.id)
+    except NotFound:
+        return  # nothing was reserved
+    audit.append(
+        conn,
+        actor=SYSTEM_ACTOR,
+        role=SYSTEM_ROLE,
+        action="budget.released",
+        subject=job.id,
+        scenario=job.scenario,
+    )
+
+
+def _accuracy(accuracy: Any, checked: review.Checked) -> dict[str, Any]:
+    """Per-cell noise scale and 95% half-width. The intervals are dropped: they are
+    centred on the unrounded noisy value, and would undo rounding and suppression."""
+    names = checked.table.column_names
+    mask = (
+        checked.table.column(review.SUPPRESSED_COLUMN).to_pylist()
+        if review.SUPPRESSED_COLUMN in names
+        else []
+    )
+    out: dict[str, Any] = {}
+    for column, cells in dict(accuracy or {}).items():
+        if not isinstance(cells, list | tuple):
+            continue
+        out[str(column)] = [
+            None
+            if (i < len(mask) and mask[i]) or not isinstance(cell, dict)
+            else {k: v for k, v in cell.items() if not str(k).startswith("interval")}
+            for i, cell in enumerate(cells)
+        ]
+    result: dict[str, Any] = _jsonable(out)
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    """Accuracy figures as plain JSON (floats, lists, dicts)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# --- failures ------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""``JobWorker``: runs jobs off the request path on a bounded thread pool.
+
+At start it recovers what a previous server left (``recovery.recover``); ``enqueue``
+hands a reserved job to the pool; a worker records any failure on the job itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sandbox import review
+from sandbox.catalog import Catalog
+from sandbox.executors import Executor
+from sandbox.grants import Grants
+from sandbox.jobs.incidents import StageMark
+from sandbox.jobs.pipeline import JobPipeline
+from sandbox.jobs.recovery import recover
+from sandbox.settings import Settings
+
+log = logging.getLogger("sandbox.jobs")
+
+
+class JobWorker(JobPipeline):
+    """Drives jobs through the stages; runs the container part on a bounded pool."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalog: Catalog,
+        grants: Callable[[], Grants],
+        rules: review.ReviewRules,
+        executor: Executor,
+        product_key: Any,
+        connect: Callable[[], sqlite3.Connection],
+        after_job: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            settings,
+            catalog=catalog,
+            grants=grants,
+            rules=rules,
+            executor=executor,
+            product_key=product_key,
+        )
+        self._connect = connect
+        self._after_job = after_job
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    # lifecycle
+    def start(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                return
+            self.stopping.clear()
+            self._pool = ThreadPoolExecutor(
+                max_workers=max(1, self.settings.concurrency), thread_name_prefix="job"
+            )
+        self.recover()
+
+    def stop(self, *, wait: bool = True) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        self.stopping.set()
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=True)
+
+    def enqueue(self, job_id: str) -> None:
+        with self._lock:
+            if self._pool is None:
+                return  # picked up by recover() at the next start
+            self._pool.submit(self._run_safely, job_id)
+
+    def _run_safely(self, job_id: str) -> None:
+        """A worker: run the job; any failure is recorded on it (and logged), none escapes.
+        (Exception, not BaseException: an interrupt or exit is not a job failure, and
+        recover() fails a job left running at the next start.)"""
+        from sandbox.logs import describe
+
+        conn = self._connect()
+        at = StageMark()
+        try:
+            self.execute(conn, job_id, at=at)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job; nothing escapes
+            try:
+                self.fail(conn, job_id, exc, stage=at.name)
+            except Exception as inner:  # noqa: BLE001 - the failure itself was logged
+                fields = {"event": "job.fail_unrecorded", "job": job_id, **describe(inner)}
+                log.error("job.fail_unrecorded", extra={"fields": fields})
+        if self._after_job is not None:
+            try:
+                self._after_job()
+            except Exception as exc:  # noqa: BLE001 - a checkpoint is retried after the next job
+                fields = {"event": "audit.checkpoint_failed", "job": job_id, **describe(exc)}
+                log.error("audit.checkpoint_failed", extra={"fields": fields})
+
+    # restart
+    def recover(self) -> dict[str, int]:
+        """Resume or fail, honestly, what a previous server left unfinished."""
+        return recover(self._connect(), self, self.enqueue)
