@@ -92,7 +92,7 @@ class Service:
             settings.keys_dir, "audit", on_create=self._key_created
         )
         self.executor = executor if executor is not None else self._make_executor()
-        self.runner = JobWorker(
+        self.worker = JobWorker(
             settings,
             catalog=self.catalog,
             grants=lambda: self._grants,
@@ -140,14 +140,14 @@ class Service:
             return
         self._audit("system", "system", "server.started", details={"version": _version()})
         self.started = True
-        self.runner.start()
+        self.worker.start()
         self.maybe_checkpoint()  # recovery may have failed jobs: their ends get signed
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop the worker, record the stop, sign an audit checkpoint, close connections."""
         from sandbox import audit
 
-        self.runner.stop(wait=wait)
+        self.worker.stop(wait=wait)
         close = getattr(self.executor, "close", None)
         if close is not None:  # removes warm runner containers
             close()
@@ -274,7 +274,7 @@ class Service:
         from sandbox.compiler import compile_query
 
         self._require(p, OPERATOR)
-        grant = self.runner.grant_for(p.name, scenario)
+        grant = self.worker.grant_for(p.name, scenario)
         plan = compile_query(sql, catalog=self.catalog, grant=grant)
         dataset = self._dataset(plan.dataset)
         eps = epsilon if epsilon is not None else grant.budget.max_epsilon_per_query
@@ -349,10 +349,10 @@ class Service:
             role=p.role.value,
         )
         try:
-            job = self.runner.prepare(conn, job)
+            job = self.worker.prepare(conn, job)
         finally:
             self.maybe_checkpoint()
-        self.runner.enqueue(job.id)
+        self.worker.enqueue(job.id)
         return self._job_view(p, job)
 
     # --- jobs ----------------------------------------------------------------------
@@ -432,7 +432,7 @@ class Service:
 
     def cancel_job(self, p: Principal, job_id: str) -> dict[str, Any]:
         job = self._own_job(p, job_id)
-        job = self.runner.cancel(self.conn(), job, actor=p.name, role=p.role.value)
+        job = self.worker.cancel(self.conn(), job, actor=p.name, role=p.role.value)
         self.maybe_checkpoint()
         return self._job_view(p, job)
 
@@ -569,7 +569,7 @@ class Service:
         if outcome == "rejected":
             products.discard(self.settings.products_dir, job.id)
         elif outcome == "approved":
-            job = self.runner.release(
+            job = self.worker.release(
                 conn,
                 jobs.get_job(conn, job_id),
                 reviewers=review.decisions(conn, job_id),

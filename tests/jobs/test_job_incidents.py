@@ -65,7 +65,7 @@ class QuotingExecutor:
 
 def _service(settings: Settings, executor) -> Service:
     svc = Service(settings)
-    svc.runner.executor = executor
+    svc.worker.executor = executor
     return svc
 
 
@@ -186,7 +186,7 @@ def test_a_restart_failure_is_an_incident_of_stage_recover(
     conn = svc.conn()
     current = jobs.get_job(conn, job["id"])
     jobs.transition(conn, current, jobs.State.RUNNING, actor="system", role="system")
-    svc.runner.recover()
+    svc.worker.recover()
     try:
         err = svc.get_job(SUP, job["id"])["error"]
         assert err["code"] == "JOB_INTERRUPTED" and err["diagnosis"]["stage"] == "recover"

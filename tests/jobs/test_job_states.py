@@ -130,7 +130,7 @@ def test_restart_mid_run_fails_the_job_and_keeps_the_charge(jsettings):
     assert blocking.entered.wait(30)
     assert first.get_job(SUP, job["id"])["state"] == "running"
     assert spent(first)["spent"] == pytest.approx(1.0)  # charged as it started running
-    old_workers = first.runner._pool
+    old_workers = first.worker._pool
     assert old_workers is not None
     first.stop(wait=False)  # the server dies with the container still running
 
@@ -219,7 +219,7 @@ def test_cancel_returns_budget_only_if_the_job_never_ran(jsettings):
         assert blocking.entered.wait(30)
         assert svc.cancel_job(OP, job["id"])["state"] == "cancelled"
         blocking.go.set()
-        svc.runner.stop(wait=True)  # joins the worker: it has finished with the job
+        svc.worker.stop(wait=True)  # joins the worker: it has finished with the job
         assert svc.get_job(OP, job["id"])["state"] == "cancelled"
         assert spent(svc)["spent"] == pytest.approx(1.0)  # data may have been read
     finally:
@@ -281,7 +281,7 @@ def test_every_attempt_that_started_running_is_charged(jsettings, executor):
     svc = Service(jsettings)
     svc.start()
     try:
-        svc.runner.executor = executor
+        svc.worker.executor = executor
         job = svc.submit_job(OP, sql=SQL, scenario=SCENARIO, epsilon=1.0)
         done = wait_state(svc, job["id"], {"failed", "released"})
         assert done["state"] == "failed"

@@ -108,7 +108,7 @@ def test_no_exact_aggregate_is_persisted_or_logged(
             concurrency=1,
         )
         svc = sec.service
-        grant = svc.runner.grant_for("op-jinshu", "employment-income")
+        grant = svc.worker.grant_for("op-jinshu", "employment-income")
         plan = compile_query(QUERY, catalog=svc.catalog, grant=grant)
         exact = _exact_values(plan, demo_data_root, tmp_path / "a")
         other = compile_query(REJECTED, catalog=svc.catalog, grant=grant)
