@@ -1,11 +1,6 @@
-"""The one service layer: every face (REST API, CLI, browser console) calls these methods.
-
-Each public method takes the calling ``Principal`` first and checks its role AND its
-ownership of what it asks for: an operator sees only its own jobs, products, grants
-and budget; someone else's job is "not found" (existence is not revealed).
-Supervisors see every job, the review queue, budgets and the audit trail, and cannot
-submit. Admins reload grants and manage tokens. Route handlers hold no logic.
-"""
+"""The ``Service`` facade: the control plane's state (settings, catalogue, grants,
+keys, the job worker, one SQLite connection per thread) and every operation the faces
+call, each checking the caller's role and ownership first."""
 
 from __future__ import annotations
 
@@ -14,64 +9,33 @@ import json
 import logging
 import sqlite3
 import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sandbox import jobs, products, review, store, tokens
 from sandbox.catalog import Catalog, Dataset, load_catalog
-from sandbox.errors import BadInput, Conflict, Forbidden, NotFound, RateLimited, Refused
-from sandbox.grants import Grant, Grants, load_grants
+from sandbox.errors import BadInput, NotFound
+from sandbox.executors import Executor
+from sandbox.grants import Grants, load_grants
 from sandbox.jobs import Job, JobWorker, State
+from sandbox.service import auth, views
+from sandbox.service.auth import ADMIN, OPERATOR, STAFF, SUPERVISOR, require
+from sandbox.service.decisions import record_review
+from sandbox.service.ratelimit import RateLimiter, check_active_jobs
 from sandbox.settings import Settings
 from sandbox.tokens import Principal, Role
 
 log = logging.getLogger("sandbox.service")
 
-OPERATOR = (Role.OPERATOR,)
-SUPERVISOR = (Role.SUPERVISOR,)
-STAFF = (Role.SUPERVISOR, Role.ADMIN)
-ADMIN = (Role.ADMIN,)
-# jobs one operator may have waiting or running at once: a flood of tiny-ε queries must
-# not queue without bound in front of everyone else's
-MAX_ACTIVE_JOBS = 32
 # a job's final transition is followed by a signed audit checkpoint
 FINAL_ACTIONS = frozenset(f"job.{s.value}" for s in jobs.TERMINAL)
-_ACTIVE = (State.SUBMITTED, State.COMPILED, State.BUDGET_RESERVED, State.RUNNING, State.NOISED)
-
-
-class RateLimiter:
-    """A sliding one-minute window per key (the token id)."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self.clock = clock
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> None:
-        now = self.clock()
-        with self._lock:
-            q = self._hits.setdefault(key, deque())
-            while q and now - q[0] >= 60.0:
-                q.popleft()
-            if len(q) >= self.per_minute:
-                wait = max(1, int(60.0 - (now - q[0])) + 1)
-                raise RateLimited(
-                    f"More than {self.per_minute} requests in a minute.",
-                    hint=f"Wait {wait} s and retry.",
-                    details={"retry_after": wait},
-                )
-            q.append(now)
 
 
 class Service:
     """The control plane's state and operations, shared by every face."""
 
-    def __init__(self, settings: Settings, *, executor: Any = None) -> None:
+    def __init__(self, settings: Settings, *, executor: Executor | None = None) -> None:
         from sandbox import keys
         from sandbox.audit import check_witness
 
@@ -91,7 +55,7 @@ class Service:
         self.audit_key = keys.load_or_create(
             settings.keys_dir, "audit", on_create=self._key_created
         )
-        self.executor = executor if executor is not None else self._make_executor()
+        self.executor: Executor = executor if executor is not None else self._make_executor()
         self.worker = JobWorker(
             settings,
             catalog=self.catalog,
@@ -116,7 +80,7 @@ class Service:
                 self._conns.append(c)
         return c
 
-    def _make_executor(self) -> Any:
+    def _make_executor(self) -> Executor:
         if self.settings.executor == "local":
             from sandbox.executors.local import LocalExecutor
 
@@ -195,61 +159,31 @@ class Service:
 
     def authenticate(self, token: str | None, *, client: str = "") -> Principal:
         """The caller behind a bearer token, rate-limited per token; failures audited."""
-        try:
-            principal = tokens.authenticate(self.conn(), token or "")
-        except Refused:
-            try:
-                self._auth_log.hit("auth.failed")
-                self._audit(
-                    "anonymous",
-                    "none",
-                    "auth.failed",
-                    details={"reason": "missing" if not token else "invalid", "client": client},
-                )
-            except RateLimited:
-                pass  # a flood of bad tokens is logged at most 10 times a minute
-            raise
-        self.rate.hit(principal.token_id)
-        return principal
-
-    def _require(self, p: Principal, roles: tuple[Role, ...]) -> None:
-        if p.role not in roles:
-            raise Forbidden(
-                f"The {p.role.value} role may not do this.",
-                hint=f"This needs the {' or '.join(r.value for r in roles)} role.",
-            )
+        return auth.authenticate(
+            self.conn(),
+            token,
+            client=client,
+            rate=self.rate,
+            failures=self._auth_log,
+            audit=self._audit,
+        )
 
     # --- catalogue and grants ------------------------------------------------------
 
     def catalog_view(self, p: Principal) -> dict[str, Any]:
         """The catalogue (schema and policy, never rows); operators see the datasets of
         their grants that are valid now (not an expired or not yet valid one)."""
-        if p.role == Role.OPERATOR:
-            now = datetime.now(UTC)
-            allowed = {
-                d
-                for g in self._grants.for_operator(p.name)
-                if g.is_valid_at(now)
-                for d in g.datasets
-            }
-            datasets = [d for d in self.catalog.datasets if d.id in allowed]
-        else:
-            datasets = list(self.catalog.datasets)
-        used_keys = {c.keys for d in datasets for t in d.tables for c in t.columns if c.keys}
-        return {
-            "datasets": [_dataset_view(d) for d in datasets],
-            "key_sets": {k: list(self.catalog.keys(k)) for k in sorted(used_keys)},
-        }
+        return views.catalog_view(self.catalog, self._grants, p)
 
     def grants_view(self, p: Principal) -> list[dict[str, Any]]:
-        self._require(p, (Role.OPERATOR, Role.SUPERVISOR, Role.ADMIN))
+        require(p, (Role.OPERATOR, Role.SUPERVISOR, Role.ADMIN))
         grants = (
             self._grants.for_operator(p.name) if p.role == Role.OPERATOR else self._grants.grants
         )
-        return [_grant_view(g) for g in grants]
+        return [views.grant_view(g) for g in grants]
 
     def reload_grants(self, p: Principal) -> dict[str, Any]:
-        self._require(p, ADMIN)
+        require(p, ADMIN)
         new = load_grants(self.settings.policies, self.catalog)
         self._grants = new
         self._audit(
@@ -273,7 +207,7 @@ class Service:
         from sandbox import ledger, privacy
         from sandbox.compiler import compile_query
 
-        self._require(p, OPERATOR)
+        require(p, OPERATOR)
         grant = self.worker.grant_for(p.name, scenario)
         plan = compile_query(sql, catalog=self.catalog, grant=grant)
         dataset = self._dataset(plan.dataset)
@@ -315,28 +249,14 @@ class Service:
         ``refused``) and raised with the job id in its details."""
         from sandbox.privacy import check_epsilon_delta
 
-        self._require(p, OPERATOR)
+        require(p, OPERATOR)
         if not sql.strip():
             raise BadInput("The SQL text is empty.", code="EMPTY_QUERY")
         # NaN and ±inf cannot even be recorded on a job (SQLite stores NaN as NULL):
         # refuse them before anything is written
         check_epsilon_delta(epsilon, delta)
         conn = self.conn()
-        active = len(
-            jobs.list_jobs(
-                conn,
-                operator=p.name,
-                states=[s.value for s in _ACTIVE],
-                limit=MAX_ACTIVE_JOBS,
-            )
-        )
-        if active >= MAX_ACTIVE_JOBS:
-            raise RateLimited(
-                f"{active} of your jobs are waiting or running; at most {MAX_ACTIVE_JOBS} may be.",
-                code="TOO_MANY_JOBS",
-                hint="Wait for some to finish (`sandbox jobs`), then submit again.",
-                details={"retry_after": 30},
-            )
+        check_active_jobs(conn, p.name)
         job = jobs.create_job(
             conn,
             operator=p.name,
@@ -358,50 +278,10 @@ class Service:
     # --- jobs ----------------------------------------------------------------------
 
     def _own_job(self, p: Principal, job_id: str) -> Job:
-        """The job if the caller may see it; NotFound otherwise (never Forbidden)."""
-        self._require(p, (Role.OPERATOR, Role.SUPERVISOR))
-        job = jobs.get_job(self.conn(), job_id)
-        if p.role == Role.OPERATOR and job.operator != p.name:
-            raise NotFound(f"No job {job_id!r}.", hint="`sandbox jobs` lists your jobs.")
-        return job
+        return auth.own_job(self.conn(), p, job_id)
 
     def _job_view(self, p: Principal, job: Job, *, detail: bool = False) -> dict[str, Any]:
-        conn = self.conn()
-        view = job.public(
-            operator_view=p.role == Role.OPERATOR,
-            transitions=jobs.transitions(conn, job.id) if detail else None,
-            incident=jobs.incident_for(conn, job.id) if job.state == State.FAILED else None,
-        )
-        if p.role == Role.OPERATOR:
-            _coarsen_times(view)
-        view["decisions"] = review.decisions(conn, job.id)
-        view["approvals"] = sum(1 for d in view["decisions"] if d["decision"] == "approve")
-        if p.role == Role.OPERATOR and job.state != State.RELEASED:
-            # an operator learns nothing of the result before it is released (a rejected
-            # job releases nothing, not even how many cells were small)
-            view.update(accuracy=None, flags=[], disclosure_control={}, rows=None)
-        if (
-            detail
-            and p.role == Role.SUPERVISOR
-            and job.state
-            in (
-                State.NOISED,
-                State.IN_REVIEW,
-                State.RELEASED,
-            )
-        ):
-            try:
-                view["preview"] = products.preview(self.settings.products_dir, job.id)
-            except FileNotFoundError:
-                view["preview"] = None
-        if job.state == State.RELEASED:
-            view["product"] = {
-                "id": job.id,
-                "formats": sorted(products.FORMATS),
-                "href": f"/v1/jobs/{job.id}/product",
-                "manifest": f"/v1/products/{job.id}/manifest",
-            }
-        return view
+        return views.job_view(self.conn(), self.settings.products_dir, p, job, detail=detail)
 
     def list_jobs(
         self,
@@ -412,7 +292,7 @@ class Service:
         limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        self._require(p, (Role.OPERATOR, Role.SUPERVISOR))
+        require(p, (Role.OPERATOR, Role.SUPERVISOR))
         if state is not None and state not in {s.value for s in State}:
             raise BadInput(
                 f"Unknown state {state!r}.", hint="One of: " + ", ".join(s.value for s in State)
@@ -439,13 +319,7 @@ class Service:
     # --- products ------------------------------------------------------------------
 
     def _released(self, p: Principal, job_id: str) -> Job:
-        job = self._own_job(p, job_id)
-        if job.state != State.RELEASED:
-            raise Conflict(
-                f"Job {job_id} is {job.state.value}; only released jobs have a product.",
-                hint="`sandbox status JOB` shows where the job is.",
-            )
-        return job
+        return auth.released_job(self.conn(), p, job_id)
 
     def product_file(self, p: Principal, job_id: str, fmt: str = "csv") -> tuple[Path, str, str]:
         """(path, media type, download name) of a released product; audited."""
@@ -480,41 +354,20 @@ class Service:
 
     def budget(self, p: Principal, *, operator: str | None = None) -> list[dict[str, Any]]:
         """What is left of each grant's budget, per private dataset."""
-        from sandbox import ledger
-
-        self._require(p, (Role.OPERATOR, Role.SUPERVISOR))
+        require(p, (Role.OPERATOR, Role.SUPERVISOR))
         if p.role == Role.OPERATOR:
             grants = self._grants.for_operator(p.name)
         elif operator is not None:
             grants = self._grants.for_operator(operator)
         else:
             grants = self._grants.grants
-        out = []
-        for g in grants:
-            for ds in g.datasets:
-                d = self.catalog.dataset(ds)
-                if d is None or d.is_public:
-                    continue
-                out.append(
-                    {
-                        "grant": g.id,
-                        "operator": g.operator,
-                        "scenario": g.scenario.id,
-                        "dataset": ds,
-                        "valid_until": g.valid_until.isoformat(),
-                        "max_epsilon_per_query": g.budget.max_epsilon_per_query,
-                        **_plain(
-                            ledger.balance(self.conn(), g, ds, definition=d.privacy.definition)
-                        ),
-                    }
-                )
-        return out
+        return views.budget_rows(self.conn(), self.catalog, grants)
 
     # --- review --------------------------------------------------------------------
 
     def review_queue(self, p: Principal) -> list[dict[str, Any]]:
         """Jobs waiting for review, oldest first, with what each still needs."""
-        self._require(p, SUPERVISOR)
+        require(p, SUPERVISOR)
         waiting = jobs.list_jobs(self.conn(), states=[State.IN_REVIEW.value], limit=1000)
         out = []
         for job in reversed(waiting):
@@ -526,56 +379,17 @@ class Service:
 
     def decide(self, p: Principal, job_id: str, *, decision: str, reason: str) -> dict[str, Any]:
         """One supervisor's decision; enough approvals release, one rejection rejects."""
-        from sandbox import audit
-
-        self._require(p, SUPERVISOR)
+        require(p, SUPERVISOR)
         conn = self.conn()
-        now = datetime.now(UTC)
-        with store.transaction(conn):
-            job = jobs.get_job(conn, job_id)
-            if job.state != State.IN_REVIEW:
-                raise Conflict(
-                    f"Job {job_id} is {job.state.value}, not waiting for review.",
-                    hint="`sandbox review list` shows the queue.",
-                )
-            outcome = review.record_decision(
-                conn,
-                job_id=job.id,
-                submitter=job.operator,
-                required=int(job["required_approvals"] or 0),
-                reviewer=p.name,
-                decision=decision,  # type: ignore[arg-type]
-                reason=reason,
-                now=now,
-            )
-            audit.append(
-                conn,
-                actor=p.name,
-                role=p.role.value,
-                action="review.approved" if decision == "approve" else "review.rejected",
-                subject=job.id,
-                scenario=job.scenario,
-                details={"reason": reason.strip()[:500], "outcome": outcome},
-            )
-            if outcome == "rejected":
-                job = jobs.transition(
-                    conn,
-                    job,
-                    State.REJECTED,
-                    actor=p.name,
-                    role=p.role.value,
-                    details={"reason": reason.strip()[:500]},
-                )
-        if outcome == "rejected":
-            products.discard(self.settings.products_dir, job.id)
-        elif outcome == "approved":
-            job = self.worker.release(
-                conn,
-                jobs.get_job(conn, job_id),
-                reviewers=review.decisions(conn, job_id),
-                actor=p.name,
-                role=p.role.value,
-            )
+        outcome = record_review(
+            conn,
+            self.worker,
+            self.settings.products_dir,
+            p,
+            job_id,
+            decision=decision,
+            reason=reason,
+        )
         self.maybe_checkpoint()
         return {"outcome": outcome, "job": self._job_view(p, jobs.get_job(conn, job_id))}
 
@@ -593,7 +407,7 @@ class Service:
         """Audit events, newest first; ``since`` is a sequence number or an ISO time."""
         from sandbox import audit
 
-        self._require(p, STAFF)
+        require(p, STAFF)
         since_seq = self._since_seq(since)
         found = audit.events(
             self.conn(),
@@ -631,11 +445,11 @@ class Service:
         from sandbox import audit
         from sandbox.audit import read_checkpoints
 
-        self._require(p, STAFF)
+        require(p, STAFF)
         witness = self.settings.audit_witness_file
         held = read_checkpoints(witness) if witness is not None and witness.is_file() else []
         report = audit.verify(self.conn(), self.audit_key.public_key(), trusted_checkpoints=held)
-        return _plain(report.to_dict())
+        return views.plain(report.to_dict())
 
     # --- reports -------------------------------------------------------------------
 
@@ -643,28 +457,28 @@ class Service:
         self, p: Principal, *, operator: str | None = None, scenario: str | None = None
     ) -> dict[str, Any]:
         """The supervision report (per operator × scenario) and its alerts."""
-        self._require(p, SUPERVISOR)
+        require(p, SUPERVISOR)
         from sandbox import reports
 
         report: dict[str, Any] = reports.build_report(
             self.conn(), operator=operator, scenario=scenario, grants=self._grants
         )
-        return _plain(report)
+        return views.plain(report)
 
     # --- tokens (admin) ------------------------------------------------------------
 
     def create_token(
         self, p: Principal, *, role: str, subject: str, expires_in: str | None = None
     ) -> dict[str, Any]:
-        self._require(p, ADMIN)
-        return issue_token(self, role=role, subject=subject, expires_in=expires_in, actor=p)
+        require(p, ADMIN)
+        return auth.issue_token(self, role=role, subject=subject, expires_in=expires_in, actor=p)
 
     def list_tokens(self, p: Principal) -> list[dict[str, Any]]:
-        self._require(p, ADMIN)
+        require(p, ADMIN)
         return tokens.list_tokens(self.conn())
 
     def revoke_token(self, p: Principal, token_id: str) -> dict[str, Any]:
-        self._require(p, ADMIN)
+        require(p, ADMIN)
         return tokens.revoke_token(self.conn(), token_id, actor=p)
 
     # --- helpers -------------------------------------------------------------------
@@ -676,122 +490,7 @@ class Service:
         return d
 
 
-def issue_token(
-    svc_or_conn: Service | sqlite3.Connection,
-    *,
-    role: str,
-    subject: str,
-    expires_in: str | None = None,
-    grants: Grants | None = None,
-    label: str = "",
-    actor: Principal = tokens.SYSTEM,
-) -> dict[str, Any]:
-    """Issue a token after checking the role and that an operator is in grants.yaml."""
-    try:
-        r = Role(role)
-    except ValueError as exc:
-        raise BadInput(f"Unknown role {role!r}.", hint="operator, supervisor or admin.") from exc
-    if isinstance(svc_or_conn, Service):
-        conn, grants = svc_or_conn.conn(), svc_or_conn.grants
-    else:
-        conn = svc_or_conn
-    subject = tokens.principal_id(subject) if subject.strip() else subject
-    if r == Role.OPERATOR and grants is not None and grants.operator(subject) is None:
-        known = ", ".join(o.id for o in grants.operators)
-        raise Refused(
-            f"Unknown operator {subject!r}.", code="UNKNOWN_OPERATOR", hint=f"Known: {known}."
-        )
-    delta: timedelta | None = tokens.parse_duration(expires_in) if expires_in else None
-    secret, record = tokens.create_token(
-        conn, role=r, subject=subject, expires_in=delta, label=label, actor=actor
-    )
-    return {"token": secret, **record}
-
-
-def _dataset_view(d: Dataset) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "title": d.title,
-        "owner": d.owner,
-        "description": d.description,
-        "version": d.version,
-        "grade": d.grade.value,
-        "sharing": {"attribute": d.sharing.attribute.value, "reason": d.sharing.reason},
-        "privacy_unit": d.privacy_unit,
-        "privacy": d.privacy.model_dump(mode="json"),
-        "tables": [
-            {
-                "name": t.name,
-                "description": t.description,
-                "file": t.file,
-                "rows_per_unit": t.rows_per_unit,
-                "lookup_key": t.lookup_key,
-                "columns": [
-                    {
-                        "name": c.name,
-                        "type": c.type,
-                        "description": c.description,
-                        "uses": sorted(u.value for u in c.uses),
-                        "bounds": list(c.bounds) if c.bounds else None,
-                        "keys": c.keys,
-                        "null_rate": c.null_rate,
-                        "synthetic": c.synthetic,
-                    }
-                    for c in t.columns
-                ],
-            }
-            for t in d.tables
-        ],
-    }
-
-
-def _grant_view(g: Grant) -> dict[str, Any]:
-    return {
-        "id": g.id,
-        "operator": g.operator,
-        "scenario": {"id": g.scenario.id, "purpose": g.scenario.purpose},
-        "datasets": list(g.datasets),
-        "columns": {k: sorted(u.value for u in v) for k, v in g.columns.items()},
-        "budget": g.budget.model_dump(mode="json"),
-        "valid_from": g.valid_from.isoformat(),
-        "valid_until": g.valid_until.isoformat(),
-    }
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    """JSON-ready copy of a record (dataclasses, tuples, datetimes)."""
-    plain: dict[str, Any] = json.loads(
-        json.dumps(obj, default=lambda o: getattr(o, "__dict__", str(o)))
-    )
-    return plain
-
-
 def _version() -> str:
     from sandbox import __version__
 
     return __version__
-
-
-_TIME_FIELDS = ("created_at", "updated_at", "finished_at")
-
-
-def _whole_second(stamp: Any) -> Any:
-    """An ISO timestamp cut to the whole second (issue 20); anything else unchanged."""
-    if not isinstance(stamp, str):
-        return stamp
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(stamp).replace(microsecond=0).isoformat()
-    except ValueError:
-        return stamp
-
-
-def _coarsen_times(view: dict[str, Any]) -> None:
-    """Operators see job times to the whole second only: how long a run took can depend
-    on the exact data, and sub-second transition times would let an operator read it
-    (issue 20; docs/privacy.md, "What an operator can observe"). Supervisors see all."""
-    for name in _TIME_FIELDS:
-        view[name] = _whole_second(view.get(name))
-    for t in view.get("transitions") or []:
-        t["at"] = _whole_second(t.get("at"))

@@ -1,0 +1,77 @@
+"""A supervisor's review decision: recorded and audited in one transaction; one
+rejection rejects the job (its product is discarded), enough approvals release it."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sandbox import jobs, products, review, store
+from sandbox.errors import Conflict
+from sandbox.jobs import JobPipeline, State
+from sandbox.tokens import Principal
+
+
+def record_review(
+    conn: sqlite3.Connection,
+    pipeline: JobPipeline,
+    products_dir: Path,
+    p: Principal,
+    job_id: str,
+    *,
+    decision: str,
+    reason: str,
+) -> review.Outcome:
+    """Record ``p``'s decision on a job in review; the outcome (``review.record_decision``).
+
+    The caller has checked the supervisor role; it signs a checkpoint afterwards."""
+    from sandbox import audit
+
+    now = datetime.now(UTC)
+    with store.transaction(conn):
+        job = jobs.get_job(conn, job_id)
+        if job.state != State.IN_REVIEW:
+            raise Conflict(
+                f"Job {job_id} is {job.state.value}, not waiting for review.",
+                hint="`sandbox review list` shows the queue.",
+            )
+        outcome = review.record_decision(
+            conn,
+            job_id=job.id,
+            submitter=job.operator,
+            required=int(job["required_approvals"] or 0),
+            reviewer=p.name,
+            decision=decision,  # type: ignore[arg-type]
+            reason=reason,
+            now=now,
+        )
+        audit.append(
+            conn,
+            actor=p.name,
+            role=p.role.value,
+            action="review.approved" if decision == "approve" else "review.rejected",
+            subject=job.id,
+            scenario=job.scenario,
+            details={"reason": reason.strip()[:500], "outcome": outcome},
+        )
+        if outcome == "rejected":
+            job = jobs.transition(
+                conn,
+                job,
+                State.REJECTED,
+                actor=p.name,
+                role=p.role.value,
+                details={"reason": reason.strip()[:500]},
+            )
+    if outcome == "rejected":
+        products.discard(products_dir, job.id)
+    elif outcome == "approved":
+        pipeline.release(
+            conn,
+            jobs.get_job(conn, job_id),
+            reviewers=review.decisions(conn, job_id),
+            actor=p.name,
+            role=p.role.value,
+        )
+    return outcome

@@ -1,0 +1,185 @@
+"""View dicts: what each role may see of the catalogue, a grant, a job and a budget.
+
+Operators see only their own grants' datasets (valid now), job times to the whole
+second, nothing of a result before it is released; supervisors also see previews."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sandbox import jobs, ledger, products, review
+from sandbox.catalog import Catalog, Dataset
+from sandbox.grants import Grant, Grants
+from sandbox.jobs import Job, State
+from sandbox.tokens import Principal, Role
+
+TIME_FIELDS = ("created_at", "updated_at", "finished_at")
+
+
+def catalog_view(catalog: Catalog, grants: Grants, p: Principal) -> dict[str, Any]:
+    """The catalogue (schema and policy, never rows); operators see the datasets of
+    their grants that are valid now (not an expired or not yet valid one)."""
+    if p.role == Role.OPERATOR:
+        now = datetime.now(UTC)
+        allowed = {d for g in grants.for_operator(p.name) if g.is_valid_at(now) for d in g.datasets}
+        datasets = [d for d in catalog.datasets if d.id in allowed]
+    else:
+        datasets = list(catalog.datasets)
+    used_keys = {c.keys for d in datasets for t in d.tables for c in t.columns if c.keys}
+    return {
+        "datasets": [dataset_view(d) for d in datasets],
+        "key_sets": {k: list(catalog.keys(k)) for k in sorted(used_keys)},
+    }
+
+
+def dataset_view(d: Dataset) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "title": d.title,
+        "owner": d.owner,
+        "description": d.description,
+        "version": d.version,
+        "grade": d.grade.value,
+        "sharing": {"attribute": d.sharing.attribute.value, "reason": d.sharing.reason},
+        "privacy_unit": d.privacy_unit,
+        "privacy": d.privacy.model_dump(mode="json"),
+        "tables": [
+            {
+                "name": t.name,
+                "description": t.description,
+                "file": t.file,
+                "rows_per_unit": t.rows_per_unit,
+                "lookup_key": t.lookup_key,
+                "columns": [
+                    {
+                        "name": c.name,
+                        "type": c.type,
+                        "description": c.description,
+                        "uses": sorted(u.value for u in c.uses),
+                        "bounds": list(c.bounds) if c.bounds else None,
+                        "keys": c.keys,
+                        "null_rate": c.null_rate,
+                        "synthetic": c.synthetic,
+                    }
+                    for c in t.columns
+                ],
+            }
+            for t in d.tables
+        ],
+    }
+
+
+def grant_view(g: Grant) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "operator": g.operator,
+        "scenario": {"id": g.scenario.id, "purpose": g.scenario.purpose},
+        "datasets": list(g.datasets),
+        "columns": {k: sorted(u.value for u in v) for k, v in g.columns.items()},
+        "budget": g.budget.model_dump(mode="json"),
+        "valid_from": g.valid_from.isoformat(),
+        "valid_until": g.valid_until.isoformat(),
+    }
+
+
+def job_view(
+    conn: sqlite3.Connection,
+    products_dir: Path,
+    p: Principal,
+    job: Job,
+    *,
+    detail: bool = False,
+) -> dict[str, Any]:
+    """A job as ``p`` may see it; ``detail`` adds transitions (and a supervisor's preview)."""
+    view = job.public(
+        operator_view=p.role == Role.OPERATOR,
+        transitions=jobs.transitions(conn, job.id) if detail else None,
+        incident=jobs.incident_for(conn, job.id) if job.state == State.FAILED else None,
+    )
+    if p.role == Role.OPERATOR:
+        coarsen_times(view)
+    view["decisions"] = review.decisions(conn, job.id)
+    view["approvals"] = sum(1 for d in view["decisions"] if d["decision"] == "approve")
+    if p.role == Role.OPERATOR and job.state != State.RELEASED:
+        # an operator learns nothing of the result before it is released (a rejected
+        # job releases nothing, not even how many cells were small)
+        view.update(accuracy=None, flags=[], disclosure_control={}, rows=None)
+    if (
+        detail
+        and p.role == Role.SUPERVISOR
+        and job.state
+        in (
+            State.NOISED,
+            State.IN_REVIEW,
+            State.RELEASED,
+        )
+    ):
+        try:
+            view["preview"] = products.preview(products_dir, job.id)
+        except FileNotFoundError:
+            view["preview"] = None
+    if job.state == State.RELEASED:
+        view["product"] = {
+            "id": job.id,
+            "formats": sorted(products.FORMATS),
+            "href": f"/v1/jobs/{job.id}/product",
+            "manifest": f"/v1/products/{job.id}/manifest",
+        }
+    return view
+
+
+def budget_rows(
+    conn: sqlite3.Connection, catalog: Catalog, grants: Iterable[Grant]
+) -> list[dict[str, Any]]:
+    """What is left of each grant's budget, per private dataset."""
+    out = []
+    for g in grants:
+        for ds in g.datasets:
+            d = catalog.dataset(ds)
+            if d is None or d.is_public:
+                continue
+            out.append(
+                {
+                    "grant": g.id,
+                    "operator": g.operator,
+                    "scenario": g.scenario.id,
+                    "dataset": ds,
+                    "valid_until": g.valid_until.isoformat(),
+                    "max_epsilon_per_query": g.budget.max_epsilon_per_query,
+                    **plain(ledger.balance(conn, g, ds, definition=d.privacy.definition)),
+                }
+            )
+    return out
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """JSON-ready copy of a record (dataclasses, tuples, datetimes)."""
+    copy: dict[str, Any] = json.loads(
+        json.dumps(obj, default=lambda o: getattr(o, "__dict__", str(o)))
+    )
+    return copy
+
+
+def whole_second(stamp: Any) -> Any:
+    """An ISO timestamp cut to the whole second (issue 20); anything else unchanged."""
+    if not isinstance(stamp, str):
+        return stamp
+    try:
+        return datetime.fromisoformat(stamp).replace(microsecond=0).isoformat()
+    except ValueError:
+        return stamp
+
+
+def coarsen_times(view: dict[str, Any]) -> None:
+    """Operators see job times to the whole second only: how long a run took can depend
+    on the exact data, and sub-second transition times would let an operator read it
+    (issue 20; docs/privacy.md, "What an operator can observe"). Supervisors see all."""
+    for name in TIME_FIELDS:
+        view[name] = whole_second(view.get(name))
+    for t in view.get("transitions") or []:
+        t["at"] = whole_second(t.get("at"))
