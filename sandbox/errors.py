@@ -86,6 +86,7 @@ CODES: dict[str, str] = {
     "PAYLOAD_TOO_LARGE": "The request body is too large.",
     "RATE_LIMITED": "Too many requests; wait and retry.",
     "TOO_MANY_JOBS": "The operator has too many jobs waiting or running; wait for some.",
+    "COMPILE_BUDGET_EXCEEDED": "The token used its query-compilation time for this minute.",
     "SELF_REVIEW": "A reviewer may not review a job they submitted, nor review it twice.",
     "REASON_REQUIRED": "A review decision needs a reason.",
     "CSRF_FAILED": "The form's CSRF token is missing or wrong.",

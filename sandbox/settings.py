@@ -60,6 +60,14 @@ class Settings:
         1024 * 1024, "SANDBOX_MAX_BODY_BYTES", "Largest request body the API accepts."
     )
     rate_per_minute: int = _field(120, "SANDBOX_RATE_PER_MINUTE", "Requests per minute per token.")
+    explain_per_minute: int = _field(
+        30, "SANDBOX_EXPLAIN_PER_MINUTE", "Explain requests per minute per token."
+    )
+    compile_seconds_per_minute: float = _field(
+        10.0,
+        "SANDBOX_COMPILE_SECONDS_PER_MINUTE",
+        "Seconds of query compilation (explain and submit) per token per minute.",
+    )
     checkpoint_every: int = _field(
         256,
         "SANDBOX_CHECKPOINT_EVERY",

@@ -22,7 +22,7 @@ from sandbox.jobs import Job, JobWorker, State
 from sandbox.service import auth, views
 from sandbox.service.auth import ADMIN, OPERATOR, STAFF, SUPERVISOR, require
 from sandbox.service.decisions import record_review
-from sandbox.service.ratelimit import RateLimiter, check_active_jobs
+from sandbox.service.ratelimit import RateLimiter, TimeBudget, check_active_jobs
 from sandbox.settings import Settings
 from sandbox.tokens import Principal, Role
 
@@ -48,6 +48,8 @@ class Service:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self.rate = RateLimiter(settings.rate_per_minute)
+        self.explain_rate = RateLimiter(settings.explain_per_minute)
+        self.compile_time = TimeBudget(settings.compile_seconds_per_minute)
         self._auth_log = RateLimiter(10)  # at most 10 auth.failed events a minute
         self.product_key = keys.load_or_create(
             settings.keys_dir, "products", on_create=self._key_created
@@ -208,8 +210,10 @@ class Service:
         from sandbox.compiler import compile_query
 
         require(p, OPERATOR)
+        self.explain_rate.hit(p.token_id)
         grant = self.worker.grant_for(p.name, scenario)
-        plan = compile_query(sql, catalog=self.catalog, grant=grant)
+        with self.compile_time.spend(p.token_id):
+            plan = compile_query(sql, catalog=self.catalog, grant=grant)
         dataset = self._dataset(plan.dataset)
         eps = epsilon if epsilon is not None else grant.budget.max_epsilon_per_query
         needs_delta = plan.private_keys or dataset.privacy.definition == "zcdp"
@@ -257,21 +261,24 @@ class Service:
         check_epsilon_delta(epsilon, delta)
         conn = self.conn()
         check_active_jobs(conn, p.name)
-        job = jobs.create_job(
-            conn,
-            operator=p.name,
-            scenario=scenario,
-            sql=sql,
-            epsilon=epsilon,
-            delta=delta,
-            weights=weights,
-            actor=p.name,
-            role=p.role.value,
-        )
-        try:
-            job = self.worker.prepare(conn, job)
-        finally:
-            self.maybe_checkpoint()
+        # the compile time counts against the token (refused here, before anything is
+        # recorded, once this minute's is used up)
+        with self.compile_time.spend(p.token_id):
+            job = jobs.create_job(
+                conn,
+                operator=p.name,
+                scenario=scenario,
+                sql=sql,
+                epsilon=epsilon,
+                delta=delta,
+                weights=weights,
+                actor=p.name,
+                role=p.role.value,
+            )
+            try:
+                job = self.worker.prepare(conn, job)
+            finally:
+                self.maybe_checkpoint()
         self.worker.enqueue(job.id)
         return self._job_view(p, job)
 

@@ -1,12 +1,14 @@
-"""Rate limiting: requests per token per minute, and jobs one operator may have active."""
+"""Rate limiting: requests per token per minute, compile time per token per minute, and
+jobs one operator may have active."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from sandbox import jobs
 from sandbox.errors import RateLimited
@@ -47,6 +49,49 @@ class RateLimiter:
                     details={"retry_after": wait},
                 )
             q.append(now)
+
+
+class TimeBudget:
+    """Seconds of server work per key in a sliding minute (compiling a query is the
+    host's most expensive request; a hostile query costs a few seconds at most).
+
+    ``spend`` is checked before the work starts, so one request may overrun the budget
+    by its own duration, never more."""
+
+    def __init__(
+        self, seconds_per_minute: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.seconds = seconds_per_minute
+        self.clock = clock
+        self._spent: dict[str, deque[tuple[float, float]]] = {}
+        self._lock = threading.Lock()
+
+    def _used(self, key: str, now: float) -> float:
+        q = self._spent.setdefault(key, deque())
+        while q and now - q[0][0] >= 60.0:
+            q.popleft()
+        return sum(s for _, s in q)
+
+    @contextlib.contextmanager
+    def spend(self, key: str) -> Iterator[None]:
+        now = self.clock()
+        with self._lock:
+            if self._used(key, now) >= self.seconds:
+                q = self._spent[key]
+                wait = max(1, int(60.0 - (now - q[0][0])) + 1)
+                raise RateLimited(
+                    f"This token used its {self.seconds:g} s of query compilation for this minute.",
+                    code="COMPILE_BUDGET_EXCEEDED",
+                    hint=f"Wait {wait} s and retry; shorter queries compile faster.",
+                    details={"retry_after": wait},
+                )
+        began = self.clock()
+        try:
+            yield
+        finally:
+            ended = self.clock()
+            with self._lock:
+                self._spent.setdefault(key, deque()).append((ended, ended - began))
 
 
 def check_active_jobs(conn: sqlite3.Connection, operator: str) -> None:
