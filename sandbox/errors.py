@@ -16,7 +16,7 @@ The tree::
     │   └── RateLimited               too many requests (HTTP 429)
     └── SystemFailure                 the system failed (exit 1, HTTP 5xx); shown to
         │                             operators only as a generic message
-        ├── ExecutionFailed           the runner failed; .category is one of
+        ├── ExecutionFailed           the run failed; .category is one of
         │                             CATEGORIES (never an engine message)
         └── DockerUnavailable         no Docker engine or no runner image
 
@@ -112,6 +112,7 @@ CATEGORIES: dict[str, str] = {
     "resource_limit": "the query hit a process, file-size or scratch limit",
     "data_missing": "a dataset file named by the Plan is missing",
     "cancelled": "the job was cancelled",
+    "release_timeout": "noising the result on the host ran past its time limit",
 }
 
 
@@ -235,7 +236,7 @@ class ExecutionFailed(SystemFailure):
             category = "engine_error"
         self.category = category
         super().__init__(
-            f"The query failed in the runner: {CATEGORIES[category]}.",
+            f"The query failed: {CATEGORIES[category]}.",
             hint=hint,
             details={"category": category},
         )

@@ -36,6 +36,12 @@ class Settings:
     )
     concurrency: int = _field(2, "SANDBOX_CONCURRENCY", "Jobs that run at once.")
     job_timeout_s: float = _field(120.0, "SANDBOX_JOB_TIMEOUT", "Wall-clock limit of one run.")
+    release_timeout_s: float = _field(
+        60.0,
+        "SANDBOX_RELEASE_TIMEOUT",
+        "Host time limit on noising one result (category release_timeout past it). The "
+        "work is bounded by runner_max_rows; measured well below this (docs/security.md).",
+    )
     memory_mb: int = _field(2048, "SANDBOX_MEMORY_MB", "Memory limit of a runner (no swap).")
     cpus: float = _field(2.0, "SANDBOX_CPUS", "CPU limit of a runner.")
     pids: int = _field(64, "SANDBOX_PIDS", "Process/thread limit of a runner.")

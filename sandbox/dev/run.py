@@ -57,7 +57,7 @@ def run_query(
             data_root = Path(tmp)
             _synthesise_for(plan.tables, ctx, data_root, units=units, seed=seed)
         exact = executor.run(plan, data_root=data_root, job_id="dev-local")
-    noisy = privacy.release(plan, exact.table, cost)
+    noisy = privacy.release(plan, exact.table, cost, timeout_s=settings.release_timeout_s)
     del exact  # the exact aggregates of synthetic data; still, never kept
     return {
         "synthetic": True,

@@ -198,7 +198,9 @@ class JobPipeline:
             at.name = "execute"
             exact = self.executor.run(plan, data_root=self.settings.data_dir, job_id=job_id)
             at.name = "noise"
-            noisy = privacy.release(plan, exact.table, cost)
+            noisy = privacy.release(
+                plan, exact.table, cost, timeout_s=self.settings.release_timeout_s
+            )
             wall_s = float(getattr(exact, "wall_s", 0.0))
         finally:
             exact = None  # the exact table is dropped here; it is never stored

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sandbox.errors import SystemFailure
+from sandbox.errors import ExecutionFailed, SystemFailure
 from sandbox.privacy.accounting import check_cost
 from sandbox.privacy.accuracy import cell_accuracy
 from sandbox.privacy.mechanisms import (
     histogram_alpha,
     noisy_max,
-    partition_threshold,
     quantile_score_array,
+    threshold_noise,
     vector_noise,
 )
 
@@ -29,7 +30,25 @@ if TYPE_CHECKING:
     from sandbox.plan import Measure, Plan
     from sandbox.privacy.accounting import Cost, MeasureCost
 
-__all__ = ["Noisy", "release"]
+__all__ = ["Deadline", "Noisy", "release"]
+
+# how many groups are noised, or have their quantiles chosen, between two looks at the
+# clock: a few milliseconds of work, so a deadline is overrun by little
+_CHUNK = 65_536
+_QUANTILE_CHUNK = 256
+
+
+class Deadline:
+    """The host's time limit on one release (issue 22): the work is bounded by the
+    runner's row cap, and this is the backstop when the host is slower than measured.
+    Checked between chunks of work; past it, the job fails with ``release_timeout``."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.at = None if seconds is None else time.monotonic() + seconds
+
+    def check(self) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            raise ExecutionFailed("release_timeout")
 
 
 @dataclass
@@ -55,48 +74,63 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def release(plan: Plan, exact: pa.Table, cost: Cost) -> Noisy:
+def release(plan: Plan, exact: pa.Table, cost: Cost, *, timeout_s: float | None = None) -> Noisy:
     """Noise every measure with OpenDP, select private groups, run ``post_sql``.
 
     Public key sets: every combination is released (absent groups count 0); rows whose
     keys are outside the public sets are dropped. Private keys: only groups whose noisy
     distinct-unit count passes the threshold are released. Noisy counts are integers
     and are NOT floored at 0 (flooring would bias them); post_sql may post-process.
+    Past ``timeout_s`` seconds of host time, it raises ExecutionFailed(release_timeout).
     """
+    import numpy as np
     import pyarrow as pa
 
     check_cost(plan, cost)
+    deadline = Deadline(timeout_s)
     missing = [c for c in plan.result_columns if c not in exact.column_names]
     if missing:
         raise SystemFailure("The exact table does not have the plan's columns.", code="INTERNAL")
     key_names = [k.name for k in plan.keys]
     key_types = [exact.schema.field(n).type for n in key_names]
-    rows = _exact_rows(plan, exact)
-    if plan.private_keys:
-        groups = _public_filter(plan, key_types, list(rows))
-    else:
-        groups = _public_product(plan, key_types)
     pure = cost.definition == "pure"
-
-    # partition selection first: noise on the other measures of dropped groups is never used
     warnings: list[dict[str, Any]] = []
     if plan.private_keys:
+        # partition selection first, over Arrow/NumPy columns (a runner may return up to
+        # runner_max_rows groups); only the selected groups become Python rows, and
+        # noise on the other measures of dropped groups is never drawn
+        table = _public_filter(plan, key_types, exact)
         sel = next(m for m in plan.measures if m.selection)
         mc = cost.measure(sel.name)
-        counts = {i: int(rows[g][sel.name] or 0) for i, g in enumerate(groups)}
-        kept = partition_threshold(mc.scale, mc.threshold, pure)(counts)
-        top = _top_groups(kept, groups, plan.max_groups)
+        if mc.threshold is None:
+            raise SystemFailure("A selection measure has no threshold.", code="INTERNAL")
+        counts = table.column(sel.name).fill_null(0).to_numpy(zero_copy_only=False)
+        draw = threshold_noise(mc.scale, mc.threshold, pure)
+        parts = []
+        for start in range(0, len(counts), _CHUNK):
+            deadline.check()
+            parts.append(draw(counts[start : start + _CHUNK]))
+        noisy_counts = np.concatenate([p[0] for p in parts] or [np.zeros(0, np.int64)])
+        keep = np.concatenate([p[1] for p in parts] or [np.zeros(0, bool)])
+        kept = np.flatnonzero(keep)
+        top = _top_groups(kept, noisy_counts, table, key_names, plan.max_groups)
         if len(top) < len(kept):
             warnings.append(
                 {
                     "code": "groups_capped",
                     "message": f"{len(kept)} groups passed partition selection; the "
                     f"{plan.max_groups} with the largest noisy unit counts are released.",
-                    "selected": len(kept),
-                    "released": len(top),
+                    "selected": int(len(kept)),
+                    "released": int(len(top)),
                 }
             )
-        groups = [groups[i] for i in sorted(top)]
+        rows = _exact_rows(plan, table.take(pa.array(np.sort(top), type=pa.int64())))
+        groups = list(rows)
+    else:
+        # rows outside the public sets are dropped in Arrow first, so only the product's
+        # rows (at most max_groups) become Python rows, however many the runner returned
+        rows = _exact_rows(plan, _public_filter(plan, key_types, exact))
+        groups = _public_product(plan, key_types)
 
     columns: dict[str, Any] = {}
     for i, name in enumerate(key_names):
@@ -105,10 +139,11 @@ def release(plan: Plan, exact: pa.Table, cost: Cost) -> Noisy:
     for m in plan.measures:
         if m.selection:
             continue
+        deadline.check()
         mc = cost.measure(m.name)
         exact_col = [rows.get(g, {}).get(m.name) for g in groups]
         if m.kind == "histogram":
-            values: list[Any] = _release_quantiles(m, mc, exact_col, pure)
+            values: list[Any] = _release_quantiles(m, mc, exact_col, pure, deadline)
             columns[m.name] = pa.array(values, type=pa.int64() if m.integer else pa.float64())
         elif mc.integer:
             values = _noise(mc, [int(v or 0) for v in exact_col], pure) if groups else []
@@ -117,28 +152,46 @@ def release(plan: Plan, exact: pa.Table, cost: Cost) -> Noisy:
             values = _noise(mc, [float(v or 0.0) for v in exact_col], pure) if groups else []
             columns[m.name] = pa.array(values, type=pa.float64())
         noisy_values[m.name] = values
+    deadline.check()
     noisy = pa.table(columns) if columns else pa.table({})
     table = _post_process(plan, noisy)
+    deadline.check()
     accuracy = cell_accuracy(plan, cost, table, key_names, groups, noisy_values)
     mechanisms = sorted({cost.measure(m.name).mechanism for m in plan.measures})
     return Noisy(table=table, accuracy=accuracy, mechanisms=mechanisms, warnings=warnings)
 
 
-def _top_groups(kept: dict[int, Any], groups: list[tuple[Any, ...]], cap: int) -> list[int]:
-    """The (at most) ``cap`` selected groups with the largest noisy counts.
+def _top_groups(kept: Any, noisy: Any, table: pa.Table, keys: list[str], cap: int) -> Any:
+    """The (at most) ``cap`` selected rows with the largest noisy counts.
 
-    ``kept`` is the threshold's output (group index → noisy count), so this is
+    ``kept`` (row positions) and ``noisy`` are the threshold's output, so this is
     post-processing: which groups survive depends on noisy counts and on the keys
-    (ties: a hash of the key's text), never on an exact value.
+    (ties at the cut: a hash of the key's text), never on an exact value.
     """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if len(kept) <= cap:
-        return list(kept)
+        return kept
+    if cap <= 0:
+        return kept[:0]
+    values = noisy[kept]
+    cut = np.partition(values, len(values) - cap)[len(values) - cap]  # the cap-th largest
+    above = kept[values > cut]
+    tied = kept[values == cut]
 
-    def rank(i: int) -> tuple[int, str]:
-        digest = hashlib.sha256(repr(groups[i]).encode("utf-8", "backslashreplace"))
-        return (-int(kept[i]), digest.hexdigest())
+    # the keys' text as Arrow casts it (any DuckDB date or number has one; Python's
+    # date type does not reach year 10,000)
+    rows = table.take(pa.array(tied, type=pa.int64()))
+    text = [pc.cast(rows.column(k), pa.string()).to_pylist() for k in keys]
 
-    return sorted(kept, key=rank)[: max(0, cap)]
+    def digest(j: int) -> str:
+        key = repr(tuple(t[j] for t in text))
+        return hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()
+
+    chosen = [int(tied[j]) for j in sorted(range(len(tied)), key=digest)[: cap - len(above)]]
+    return np.concatenate([above, np.asarray(chosen, dtype=above.dtype)])
 
 
 def _exact_rows(plan: Plan, exact: pa.Table) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -177,15 +230,19 @@ def _public_product(plan: Plan, key_types: list[Any]) -> list[tuple[Any, ...]]:
     return [tuple(c) for c in itertools.product(*[t or [] for t in typed])]
 
 
-def _public_filter(
-    plan: Plan, key_types: list[Any], keys: list[tuple[Any, ...]]
-) -> list[tuple[Any, ...]]:
-    typed = [None if t is None else set(t) for t in _typed_public(plan, key_types)]
-    return [
-        k
-        for k in keys
-        if all(allowed is None or v in allowed for v, allowed in zip(k, typed, strict=True))
-    ]
+def _public_filter(plan: Plan, key_types: list[Any], exact: pa.Table) -> pa.Table:
+    """The rows whose keys with a public set are in it (keys without one: any value)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    mask = None
+    for spec, allowed in zip(plan.keys, _typed_public(plan, key_types), strict=True):
+        if allowed is None:
+            continue
+        typ = exact.schema.field(spec.name).type
+        hit = pc.fill_null(pc.is_in(exact.column(spec.name), pa.array(allowed, type=typ)), False)
+        mask = hit if mask is None else pc.and_(mask, hit)
+    return exact if mask is None else exact.filter(mask)
 
 
 def _noise(mc: MeasureCost, values: list[Any], pure: bool) -> list[Any]:
@@ -196,12 +253,16 @@ def _noise(mc: MeasureCost, values: list[Any], pure: bool) -> list[Any]:
     return [int(v) if mc.integer else float(v) for v in meas(arr)]
 
 
-def _release_quantiles(m: Measure, mc: MeasureCost, exact_col: list[Any], pure: bool) -> list[Any]:
+def _release_quantiles(
+    m: Measure, mc: MeasureCost, exact_col: list[Any], pure: bool, deadline: Deadline
+) -> list[Any]:
     assert m.candidates is not None
     meas = noisy_max(mc.scale, pure)
     alpha = histogram_alpha(m)
     out: list[Any] = []
-    for hist in exact_col:
+    for i, hist in enumerate(exact_col):
+        if i % _QUANTILE_CHUNK == 0:
+            deadline.check()
         scores = quantile_score_array(_as_hist(hist), len(m.candidates), alpha)
         value = m.candidates[int(meas(scores))]
         out.append(int(value) if m.integer else float(value))

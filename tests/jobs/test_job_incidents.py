@@ -254,3 +254,27 @@ def test_a_real_runner_failure_is_an_incident(
         assert any(f.startswith("sandbox/executors/docker/") for f in line["frames"])
     finally:
         svc.stop()
+
+
+def test_a_release_past_the_host_time_limit_fails_charged_with_its_category(
+    tmp_path, policies_dir, synthetic, server_log
+):
+    # issue 22: the noise stage runs on the host, outside the runner's limits; past
+    # SANDBOX_RELEASE_TIMEOUT the job fails in stage "noise", charged like any run
+    settings = _settings(tmp_path, policies_dir, synthetic).replace(release_timeout_s=0.0)
+    svc = Service(settings)
+    svc.start()
+    try:
+        job = svc.submit_job(OP, sql=SQL, scenario=SCENARIO, epsilon=1.0)
+        done = _wait_failed(svc, job["id"])
+        assert done["state"] == "failed", done["state"]
+        mine = svc.get_job(OP, job["id"])["error"]
+        assert mine["code"] == "EXECUTION_FAILED" and mine["category"] == "release_timeout"
+        diagnosis = svc.get_job(SUP, job["id"])["error"]["diagnosis"]
+        assert (diagnosis["stage"], diagnosis["category"]) == ("noise", "release_timeout")
+        [line] = _lines(server_log, "job.failed")
+        assert (line["stage"], line["category"]) == ("noise", "release_timeout")
+        events = [e.action for e in audit.events(svc.conn()) if e.subject == job["id"]]
+        assert "budget.charged" in events and "budget.released" not in events
+    finally:
+        svc.stop()

@@ -49,7 +49,7 @@ def test_conversion_error_reports_only_its_category(
     assert info.value.to_dict() == {
         "error": {
             "code": "EXECUTION_FAILED",
-            "message": "The query failed in the runner: the SQL engine failed "
+            "message": "The query failed: the SQL engine failed "
             "(the engine's message is withheld).",
             "hint": "",
             "category": "engine_error",
