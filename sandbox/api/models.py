@@ -302,7 +302,7 @@ class JobView(View):
     flags: list[Flag]
     disclosure_control: DisclosureControl
     mechanisms: list[str] | None
-    accuracy: dict[str, list[CellAccuracy]] | None
+    accuracy: dict[str, list[CellAccuracy | None]] | None  # None: a suppressed cell
     rows: int | None
     required_approvals: int | None
     created_at: str
@@ -333,7 +333,7 @@ class Manifest(View):
     """What a product's signature covers; nested values are passed through untouched."""
 
     dataset: str
-    dataset_versions: dict[str, str]
+    dataset_versions: dict[str, Any]
     disclosure_control: dict[str, Any]
     grade: str
     grant: str
@@ -347,7 +347,7 @@ class Manifest(View):
     result: dict[str, Any]
     reviewers: list[dict[str, Any]]
     scenario: str
-    times: dict[str, str]
+    times: dict[str, Any]
     version: int
 
 
@@ -442,13 +442,20 @@ class ReportGroup(View):
 
 
 class Alert(View):
-    """A pattern worth a supervisor's look; facts beyond these depend on ``kind``."""
+    """A pattern worth a supervisor's look; which facts it has depends on ``kind``
+    (sandbox/reports.py): the jobs behind it, or the dataset and fraction spent."""
 
     operator: str
     scenario: str | None
     kind: str
-    count: int
-    jobs: list[str]
+    count: int | None = None
+    jobs: list[str] | None = None
+    codes: dict[str, int] | None = None  # refusal_streak
+    digest: str | None = None  # query_burst
+    categories: dict[str, int] | None = None  # resource_limit, failure_burst, plan_mismatch
+    shape: str | None = None  # filter_sweep
+    dataset: str | None = None  # budget_nearly_exhausted
+    fraction_spent: Number | None = None
     message: str
 
 

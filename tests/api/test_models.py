@@ -4,10 +4,16 @@ match their schema field for field (nothing undeclared, nothing dropped or recas
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from api_helpers import ENTERPRISE_SQL, POPULATION_SQL
 from jsonschema import Draft202012Validator
+
+from sandbox.errors import ExecutionFailed
+
+QUERIES = Path(__file__).resolve().parents[2] / "queries"
 
 JSON = "application/json"
 
@@ -57,6 +63,15 @@ def assert_strictly_equal(got: Any, want: Any, where: str = "") -> None:
         assert got == want, where
 
 
+def assert_matches(spec: dict[str, Any], method: str, route: str, resp: Any) -> Any:
+    """The answer is a success and validates against its operation's closed schema."""
+    assert resp.status_code in (200, 201), resp.text
+    closed = _closed({"components": spec["components"]})
+    schema = _closed(success_schema(spec, route, method))
+    Draft202012Validator({**closed, **schema}).validate(resp.json())
+    return resp.json()
+
+
 def test_every_success_response_names_its_fields(api):
     spec = api.get("/openapi.json").json()
     seen = 0
@@ -76,17 +91,13 @@ def test_every_success_response_names_its_fields(api):
 
 def test_live_responses_match_their_schema_and_the_service(api):
     spec = api.get("/openapi.json").json()
-    closed = _closed({"components": spec["components"]})
     svc = api.service
     operator = svc.authenticate(api.token("op-huaxin"))
     supervisor = svc.authenticate(api.token("supervisor-li"))
 
     def check(method: str, path: str, who: str | None, route: str = "", **kw: Any) -> Any:
         resp = api.call(method.upper(), path, who, **kw)
-        assert resp.status_code in (200, 201), resp.text
-        schema = success_schema(spec, route or path.split("?")[0], method)
-        Draft202012Validator({**closed, **_closed(schema)}).validate(resp.json())
-        return resp.json()
+        return assert_matches(spec, method, route or path.split("?")[0], resp)
 
     explain = {"sql": ENTERPRISE_SQL, "scenario": "sme-credit", "epsilon": 1.0}
     check("post", "/v1/explain", "op-huaxin", json=explain)
@@ -156,3 +167,48 @@ def test_a_field_the_model_does_not_name_is_passed_through(api):
     job["cost"]["new_field"] = [1, 2.0]
     dumped = JobView.model_validate(job).model_dump(mode="json", exclude_unset=True)
     assert_strictly_equal(dumped, job)
+
+
+def test_every_demo_query_matches_the_schema(api):
+    """Counts, sums, means, quantiles, private keys, zCDP: explain and the job views
+    (an operator's and a supervisor's, with accuracy and preview) fit their models."""
+    spec = api.get("/openapi.json").json()
+    supervisor = api.service.authenticate(api.token("supervisor-li"))
+    queries = sorted(QUERIES.glob("*.sql"))
+    assert len(queries) >= 10
+    for path in queries:
+        text = path.read_text()
+        header = dict(re.findall(r"^-- (operator|scenario): (\S+)$", text, re.M))
+        operator = header["operator"]
+        body: dict[str, Any] = {"sql": text, "scenario": header["scenario"], "epsilon": 1.0}
+        explained = assert_matches(
+            spec, "post", "/v1/explain", api.post("/v1/explain", operator, json=body)
+        )
+        body["delta"] = explained["cost"]["requested_delta"]
+        job = assert_matches(spec, "post", "/v1/jobs", api.post("/v1/jobs", operator, json=body))
+        assert api.wait(job["id"], operator)["state"] in ("in_review", "released"), path.name
+        for who in (operator, "supervisor-li"):
+            got = api.get(f"/v1/jobs/{job['id']}", who)
+            assert_matches(spec, "get", "/v1/jobs/{job_id}", got)
+        want = json.loads(json.dumps(api.service.get_job(supervisor, job["id"])))
+        assert_strictly_equal(got.json(), want, path.name)
+    assert_matches(spec, "get", "/v1/review", api.get("/v1/review", "supervisor-li"))
+
+
+class FailingExecutor:
+    def run(self, plan: Any, *, data_root: Any, job_id: str) -> Any:
+        raise ExecutionFailed("memory")
+
+
+def test_a_failed_job_and_its_alert_match_the_schema(make_api):
+    api = make_api(executor=FailingExecutor())
+    spec = api.get("/openapi.json").json()
+    job = api.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit", 1.0).json()
+    assert api.wait(job["id"], "op-huaxin")["state"] == "failed"
+    for who in ("op-huaxin", "supervisor-li"):
+        seen = assert_matches(
+            spec, "get", "/v1/jobs/{job_id}", api.get(f"/v1/jobs/{job['id']}", who)
+        )
+    assert seen["error"]["diagnosis"]["stage"] == "execute"  # a supervisor's view
+    report = assert_matches(spec, "get", "/v1/reports", api.get("/v1/reports", "supervisor-li"))
+    assert [a["kind"] for a in report["alerts"]] == ["resource_limit"]
