@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sandbox.errors import (
     GENERIC_FAILURE,
@@ -48,14 +49,29 @@ def error_response(err: SandboxError) -> JSONResponse:
 def _http_error(status: int, detail: Any) -> SandboxError:
     if status == 404:
         return NotFound("No such endpoint.", hint="See /openapi.json for the endpoints.")
-    if status == 405:
-        return BadInput("This method is not allowed here.", http_status=405)
     if status == 413:
         return BadInput("The request body is too large.", code="PAYLOAD_TOO_LARGE", http_status=413)
     if status == 401:
         return AuthError("No valid token was given.")
     message = detail if isinstance(detail, str) and detail else "The request is malformed."
     return BadInput(message, http_status=status if 400 <= status < 500 else 400)
+
+
+# the methods a route may declare, in the order a 405's Allow lists them
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods the request's path answers, for a 405's ``Allow`` (RFC 9110 15.5.6).
+
+    Starlette's own 405 names only the first route that matched the path, but one path
+    is often several routes (GET and POST /v1/jobs): ask every route about each method."""
+    routes = request.app.router.routes
+    return ", ".join(
+        m
+        for m in METHODS
+        if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)
+    )
 
 
 def _validation_error(exc: RequestValidationError) -> SandboxError:
@@ -94,7 +110,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(_http_error(exc.status_code, exc.detail))
+        if exc.status_code != 405:
+            return error_response(_http_error(exc.status_code, exc.detail))
+        allow = allowed_methods(request) or (exc.headers or {}).get("Allow", "")
+        hint = f"This path accepts {allow}." if allow else ""
+        response = error_response(
+            BadInput("This method is not allowed here.", http_status=405, hint=hint)
+        )
+        response.headers["Allow"] = allow
+        return response
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -8,26 +8,14 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sandbox.api import models as m
 from sandbox.api.deps import get_principal, get_service
 from sandbox.api.limits import StrictJSONRoute
 from sandbox.service import Service
 from sandbox.tokens import Principal
 
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    hint: str = ""
-
-
-class ErrorBody(BaseModel):
-    """The one error shape."""
-
-    error: ErrorDetail
-
-
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
+    status: {"model": m.ErrorBody, "description": text}
     for status, text in (
         (400, "Refused or malformed"),
         (401, "No valid token"),
@@ -45,6 +33,11 @@ router = APIRouter(prefix="/v1", responses=ERRORS, route_class=StrictJSONRoute)
 Svc = Depends(get_service)
 Caller = Depends(get_principal)
 Format = Literal["csv", "parquet", "json"]
+
+
+def returns(model: Any) -> dict[str, Any]:
+    """A route's response model; fields a view leaves out stay out (sandbox/api/models.py)."""
+    return {"response_model": model, "response_model_exclude_unset": True}
 
 
 class _Body(BaseModel):
@@ -81,7 +74,7 @@ class TokenRequest(_Body):
     expires_in: str | None = Field(default=None, max_length=20, description="e.g. 30d, 12h.")
 
 
-@router.get("/health", tags=["meta"])
+@router.get("/health", tags=["meta"], **returns(m.Health))
 def health(svc: Service = Svc) -> dict[str, Any]:
     """Liveness; needs no token."""
     from sandbox import __version__
@@ -95,19 +88,19 @@ def products_public_key(svc: Service = Svc) -> str:
     return svc.products_public_key()
 
 
-@router.get("/catalog", tags=["catalogue"])
+@router.get("/catalog", tags=["catalogue"], **returns(m.CatalogView))
 def catalog(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """The catalogue: schema and policy, never rows. Operators see their granted datasets."""
     return svc.catalog_view(p)
 
 
-@router.get("/grants", tags=["catalogue"])
+@router.get("/grants", tags=["catalogue"], **returns(list[m.GrantView]))
 def grants(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, Any]]:
     """Grants: an operator's own, or all for supervisors and admins."""
     return svc.grants_view(p)
 
 
-@router.post("/explain", tags=["jobs"])
+@router.post("/explain", tags=["jobs"], **returns(m.Explanation))
 def explain(body: ExplainRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Compile a query and show its privacy cost and expected accuracy; reads no data."""
     return svc.explain(
@@ -120,7 +113,7 @@ def explain(body: ExplainRequest, p: Principal = Caller, svc: Service = Svc) -> 
     )
 
 
-@router.post("/jobs", tags=["jobs"], status_code=201)
+@router.post("/jobs", tags=["jobs"], status_code=201, **returns(m.JobView))
 def submit(body: SubmitRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Submit a query (operators only). It is compiled and its budget reserved now, and it
     runs in the background; poll GET /v1/jobs/{id}."""
@@ -134,7 +127,7 @@ def submit(body: SubmitRequest, p: Principal = Caller, svc: Service = Svc) -> di
     )
 
 
-@router.get("/jobs", tags=["jobs"])
+@router.get("/jobs", tags=["jobs"], **returns(list[m.JobView]))
 def list_jobs(
     state: str | None = Query(default=None, max_length=40),
     operator: str | None = Query(default=None, max_length=200),
@@ -147,19 +140,33 @@ def list_jobs(
     return svc.list_jobs(p, state=state, operator=operator, limit=limit, offset=offset)
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"])
+@router.get("/jobs/{job_id}", tags=["jobs"], **returns(m.JobView))
 def get_job(job_id: str, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """One job with its transitions and review decisions."""
     return svc.get_job(p, job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"], **returns(m.JobView))
 def cancel_job(job_id: str, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Cancel an unfinished job; budget is returned only if it never ran."""
     return svc.cancel_job(p, job_id)
 
 
-@router.get("/jobs/{job_id}/product", tags=["products"], response_class=FileResponse)
+PRODUCT_FILE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The product file, in the format asked for.",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": m.ProductTable.model_json_schema()},
+        },
+    }
+}
+
+
+@router.get(
+    "/jobs/{job_id}/product", tags=["products"], response_class=FileResponse, responses=PRODUCT_FILE
+)
 def get_product(
     job_id: str, format: Format = Query(default="csv"), p: Principal = Caller, svc: Service = Svc
 ) -> FileResponse:
@@ -173,7 +180,7 @@ def get_product(
     )
 
 
-@router.get("/products/{product_id}/manifest", tags=["products"])
+@router.get("/products/{product_id}/manifest", tags=["products"], **returns(m.SignedManifest))
 def get_manifest(
     product_id: str,
     format: Format = Query(default="csv"),
@@ -184,7 +191,7 @@ def get_manifest(
     return svc.product_manifest(p, product_id, format)
 
 
-@router.get("/budget", tags=["budget"])
+@router.get("/budget", tags=["budget"], **returns(list[m.BudgetRow]))
 def budget(
     operator: str | None = Query(default=None, max_length=200),
     p: Principal = Caller,
@@ -194,13 +201,13 @@ def budget(
     return svc.budget(p, operator=operator)
 
 
-@router.get("/review", tags=["review"])
+@router.get("/review", tags=["review"], **returns(list[m.ReviewItem]))
 def review_queue(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, Any]]:
     """Jobs waiting for a supervisor's decision (supervisors only)."""
     return svc.review_queue(p)
 
 
-@router.post("/review/{job_id}", tags=["review"])
+@router.post("/review/{job_id}", tags=["review"], **returns(m.DecisionOutcome))
 def decide(
     job_id: str, body: DecisionRequest, p: Principal = Caller, svc: Service = Svc
 ) -> dict[str, Any]:
@@ -208,7 +215,7 @@ def decide(
     return svc.decide(p, job_id, decision=body.decision, reason=body.reason)
 
 
-@router.get("/audit", tags=["audit"])
+@router.get("/audit", tags=["audit"], **returns(list[m.AuditEventView]))
 def audit_search(
     action: str | None = Query(default=None, max_length=100),
     actor: str | None = Query(default=None, max_length=200),
@@ -221,13 +228,13 @@ def audit_search(
     return svc.audit_search(p, action=action, actor=actor, since=since, limit=limit)
 
 
-@router.get("/audit/verify", tags=["audit"])
+@router.get("/audit/verify", tags=["audit"], **returns(m.VerifyReport))
 def audit_verify(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Recompute the audit log's hashes and check every signed checkpoint."""
     return svc.audit_verify(p)
 
 
-@router.get("/reports", tags=["audit"])
+@router.get("/reports", tags=["audit"], **returns(m.Report))
 def reports(
     operator: str | None = Query(default=None, max_length=200),
     scenario: str | None = Query(default=None, max_length=200),
@@ -238,25 +245,25 @@ def reports(
     return svc.reports(p, operator=operator, scenario=scenario)
 
 
-@router.post("/admin/grants/reload", tags=["admin"])
+@router.post("/admin/grants/reload", tags=["admin"], **returns(m.ReloadResult))
 def reload_grants(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Re-read grants.yaml (admins)."""
     return svc.reload_grants(p)
 
 
-@router.get("/admin/tokens", tags=["admin"])
+@router.get("/admin/tokens", tags=["admin"], **returns(list[m.TokenRecord]))
 def list_tokens(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, Any]]:
     """Every token's record, never the secret (admins)."""
     return svc.list_tokens(p)
 
 
-@router.post("/admin/tokens", tags=["admin"], status_code=201)
+@router.post("/admin/tokens", tags=["admin"], status_code=201, **returns(m.IssuedToken))
 def create_token(body: TokenRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Issue a token; the secret is in this response only (admins)."""
     return svc.create_token(p, role=body.role, subject=body.subject, expires_in=body.expires_in)
 
 
-@router.post("/admin/tokens/{token_id}/revoke", tags=["admin"])
+@router.post("/admin/tokens/{token_id}/revoke", tags=["admin"], **returns(m.TokenRecord))
 def revoke_token(token_id: str, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Revoke a token (admins)."""
     return svc.revoke_token(p, token_id)

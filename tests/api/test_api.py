@@ -458,3 +458,18 @@ def test_a_witness_inside_home_is_refused(make_api, api_settings):
         make_api(audit_witness_file=api_settings.home / "witness.jsonl")
     with pytest.raises(BadInput, match="http"):
         make_api(audit_witness_url="file:///etc/passwd")
+
+
+def test_405_names_every_method_the_path_accepts(api):
+    """RFC 9110: a 405 carries Allow; /v1/jobs is two routes (GET and POST), both named."""
+    for method, path, allowed in (
+        ("DELETE", "/v1/jobs", "GET, POST"),
+        ("PUT", "/v1/health", "GET"),
+        ("DELETE", "/v1/jobs/j-nope", "GET"),
+        ("GET", "/v1/review/j-nope", "POST"),
+        ("DELETE", "/v1/admin/tokens", "GET, POST"),
+    ):
+        resp = api.call(method, path, "op-huaxin")
+        assert assert_error(resp, 405, "BAD_REQUEST")["hint"] == f"This path accepts {allowed}."
+        assert resp.headers["Allow"] == allowed, (method, path)
+    assert "Allow" not in api.get("/v1/no-such-thing").headers

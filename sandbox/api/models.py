@@ -1,0 +1,494 @@
+"""Response models: the shape of every /v1 answer, published in /openapi.json.
+
+They describe the view dicts the service builds (sandbox/service/views.py, core.py) as
+they are; a model never reshapes one. Three rules keep that true:
+
+- ``extra="allow"``: a field a view gains before its model names it passes through,
+  never dropped (tests/api/test_models.py fails until the model names it);
+- a field a view only sometimes has gets a default, and the routes serialise with
+  ``exclude_unset``, so an absent field stays absent (never an invented null);
+- a number that may be an int or a float is ``Number`` (a float field would turn 1
+  into 1.0, and a signed manifest re-serialised so would no longer verify). Times are
+  the ISO 8601 strings as written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+Number = int | float
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+class ErrorDetail(View):
+    code: str
+    message: str
+    hint: str = ""
+
+
+class ErrorBody(BaseModel):
+    """The one error shape."""
+
+    error: ErrorDetail
+
+
+# --- meta and catalogue -------------------------------------------------------------
+
+
+class Health(View):
+    status: str
+    version: str
+    executor: str
+
+
+class ColumnView(View):
+    name: str
+    type: str
+    description: str
+    uses: list[str]
+    bounds: list[Number] | None
+    keys: str | None
+    null_rate: Number
+    synthetic: dict[str, Any] | None
+
+
+class TableView(View):
+    name: str
+    description: str
+    file: str
+    rows_per_unit: int | None
+    lookup_key: str | None
+    columns: list[ColumnView]
+
+
+class Sharing(View):
+    attribute: str
+    reason: str
+
+
+class PrivacyPolicy(View):
+    definition: str
+    delta_allowed: bool
+    max_groups_per_unit: int
+
+
+class DatasetView(View):
+    id: str
+    title: str
+    owner: str
+    description: str
+    version: str
+    grade: str
+    sharing: Sharing
+    privacy_unit: str | None
+    privacy: PrivacyPolicy
+    tables: list[TableView]
+
+
+class CatalogView(View):
+    datasets: list[DatasetView]
+    key_sets: dict[str, list[Any]]
+
+
+class ScenarioRef(View):
+    id: str
+    purpose: str
+
+
+class GrantBudget(View):
+    epsilon: Number
+    delta: Number
+    max_epsilon_per_query: Number
+
+
+class GrantView(View):
+    id: str
+    operator: str
+    scenario: ScenarioRef
+    datasets: list[str]
+    columns: dict[str, list[str]]
+    budget: GrantBudget
+    valid_from: str
+    valid_until: str
+
+
+# --- cost, accuracy, budget ---------------------------------------------------------
+
+
+class MeasureCost(View):
+    name: str
+    kind: str
+    mechanism: str
+    share: Number
+    sensitivity: Number
+    scale: Number
+    integer: bool
+    selection: bool
+    delta: Number
+    threshold: int | None
+    score_den: int | None
+
+
+class Cost(View):
+    epsilon: Number
+    delta: Number
+    rho: Number | None
+    definition: str
+    selection_delta: Number
+    epsilon_equivalent: Number | None
+    requested_epsilon: Number
+    requested_delta: Number
+    measures: list[MeasureCost]
+
+
+class AccuracyPart(View):
+    measure: str
+    kind: str
+    scale: Number
+    accuracy_95: Number | None
+
+
+class OutputAccuracy(View):
+    """What explain says of one output; the optional fields depend on its kind."""
+
+    name: str
+    kind: str
+    measures: list[str]
+    mechanism: str
+    scale: Number | None
+    accuracy_95: Number | None
+    epsilon_or_rho: Number | None = None
+    threshold: int | None = None
+    candidates: int | None = None
+    candidate_spacing: Number | None = None
+    rank_error_95: Number | None = None
+    components: list[AccuracyPart] | None = None
+    statement: str | None = None
+
+
+class CellAccuracy(View):
+    """The accuracy of one released cell."""
+
+    scale: Number | None
+    accuracy_95: Number | None
+    interval_95: list[Number | None] | None = None
+    derived: bool | None = None
+    candidate_spacing: Number | None = None
+    rank_error_95: Number | None = None
+    statement: str | None = None
+
+
+class Balance(View):
+    """What is left of a grant's budget on one dataset (``unit`` ε or ρ, and δ)."""
+
+    grant: str
+    dataset: str
+    unit: str
+    total: Number
+    spent: Number
+    reserved: Number
+    left: Number
+    delta_total: Number
+    delta_spent: Number
+    delta_reserved: Number
+    delta_left: Number
+
+
+class BudgetRow(Balance):
+    operator: str
+    scenario: str
+    valid_until: str
+    max_epsilon_per_query: Number
+
+
+class Explanation(View):
+    scenario: str
+    grant: str
+    dataset: str
+    grade: str
+    plan_digest: str
+    required_approvals: int
+    cost: Cost
+    outputs: list[OutputAccuracy]
+    notes: list[str]
+    budget: Balance
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+
+class JobError(View):
+    """Why a job was refused or failed; a supervisor also sees the incident's facts."""
+
+    code: str
+    message: str
+    hint: str
+    category: str | None = None
+    incident: str | None = None
+    diagnosis: dict[str, Any] | None = None
+
+
+class Flag(View):
+    """Why a job is held for review (``rows``, ``jobs``: the facts behind some codes)."""
+
+    code: str
+    message: str
+    rows: int | None = None
+    jobs: list[str] | None = None
+
+
+class DisclosureControl(View):
+    """Empty until the job is checked (and, for an operator, until it is released)."""
+
+    min_count: int | None = None
+    round_base: int | None = None
+    suppressed_rows: int | None = None
+
+
+class Transition(View):
+    from_state: str | None
+    to_state: str
+    actor: str
+    at: str
+
+
+class ReviewDecision(View):
+    reviewer: str
+    decision: str
+    reason: str
+    decided_at: str
+
+
+class Preview(View):
+    """The noisy result a reviewer judges (its first rows)."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    total_rows: int
+
+
+class ProductLink(View):
+    id: str
+    formats: list[str]
+    href: str
+    manifest: str
+
+
+class JobView(View):
+    """A job as the caller may see it: ``transitions`` and a supervisor's ``preview`` in
+    the one-job answer only, ``product`` once released."""
+
+    id: str
+    state: str
+    operator: str
+    scenario: str
+    grant: str | None
+    dataset: str | None
+    grade: str | None
+    sql: str
+    sql_sha256: str
+    plan_digest: str | None
+    epsilon: Number
+    delta: Number
+    cost: Cost | None
+    flags: list[Flag]
+    disclosure_control: DisclosureControl
+    mechanisms: list[str] | None
+    accuracy: dict[str, list[CellAccuracy | None]] | None  # None: a suppressed cell
+    rows: int | None
+    required_approvals: int | None
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    error: JobError | None
+    transitions: list[Transition] | None = None
+    decisions: list[ReviewDecision]
+    approvals: int
+    preview: Preview | None = None
+    product: ProductLink | None = None
+
+
+class ReviewItem(JobView):
+    you_decided: bool
+    may_decide: bool
+
+
+class DecisionOutcome(View):
+    outcome: str
+    job: JobView
+
+
+# --- products -----------------------------------------------------------------------
+
+
+class Manifest(View):
+    """What a product's signature covers; nested values are passed through untouched."""
+
+    dataset: str
+    dataset_versions: dict[str, Any]
+    disclosure_control: dict[str, Any]
+    grade: str
+    grant: str
+    job: str
+    mechanisms: list[str]
+    operator: str
+    plan_digest: str
+    privacy_loss: dict[str, Any]
+    product: str
+    query_sha256: str
+    result: dict[str, Any]
+    reviewers: list[dict[str, Any]]
+    scenario: str
+    times: dict[str, Any]
+    version: int
+
+
+class ProductTable(View):
+    """A product in the json format: the released table, one object per row."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+class Signature(View):
+    algorithm: str
+    key_id: str
+    value: str
+
+
+class SignedManifest(View):
+    manifest: Manifest
+    signature: Signature
+
+
+# --- audit and reports --------------------------------------------------------------
+
+
+class AuditEventView(View):
+    seq: int
+    time: str
+    actor: str
+    role: str
+    action: str
+    subject: str
+    scenario: str | None
+    details: dict[str, Any]
+    leaf_hash: str
+    chain_hash: str
+
+
+class Problem(View):
+    kind: str
+    message: str
+    seq: int | None = None
+    tree_size: int | None = None
+    other_seq: int | None = None
+
+
+class VerifyReport(View):
+    ok: bool
+    entries: int
+    first_seq: int
+    last_seq: int
+    checkpoints: int
+    roots_checked: int
+    signed_size: int
+    key_id: str
+    problem: Problem | None
+    warnings: list[str]
+    unsigned_entries: int
+
+
+class ReportFilters(View):
+    operator: str | None
+    scenario: str | None
+
+
+class ReportBudget(View):
+    """Budget per dataset: from the audit log, or the ledger (``source``) when a grant
+    is known."""
+
+    dataset: str
+    unit: str
+    spent: Number
+    delta_spent: Number
+    source: str
+    grant: str | None = None
+    total: Number | None = None
+    left: Number | None = None
+    reserved: Number | None = None
+    fraction_spent: Number | None = None
+
+
+class ReportGroup(View):
+    operator: str
+    scenario: str | None
+    jobs: dict[str, int]
+    refusals_by_code: dict[str, int]
+    failures_by_category: dict[str, int]
+    budget: list[ReportBudget]
+    datasets: list[str]
+    products_released: list[str]
+    downloads: int
+    reviews: dict[str, int]
+
+
+class Alert(View):
+    """A pattern worth a supervisor's look; which facts it has depends on ``kind``
+    (sandbox/reports.py): the jobs behind it, or the dataset and fraction spent."""
+
+    operator: str
+    scenario: str | None
+    kind: str
+    count: int | None = None
+    jobs: list[str] | None = None
+    codes: dict[str, int] | None = None  # refusal_streak
+    digest: str | None = None  # query_burst
+    categories: dict[str, int] | None = None  # resource_limit, failure_burst, plan_mismatch
+    shape: str | None = None  # filter_sweep
+    dataset: str | None = None  # budget_nearly_exhausted
+    fraction_spent: Number | None = None
+    message: str
+
+
+class Report(View):
+    generated_at: str
+    filters: ReportFilters
+    entries: int
+    groups: list[ReportGroup]
+    alerts: list[Alert]
+    rules: dict[str, Any]
+
+
+# --- admin --------------------------------------------------------------------------
+
+
+class ReloadResult(View):
+    grants: int
+    operators: int
+
+
+class TokenRecord(View):
+    """A token's record; never the secret."""
+
+    id: str
+    role: str
+    subject: str
+    label: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+
+class IssuedToken(TokenRecord):
+    """The secret is in this answer only."""
+
+    token: str
