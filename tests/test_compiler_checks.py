@@ -137,6 +137,7 @@ _QUERIES = [
     "GROUP BY occupation",
 ]
 _CLAMP = 'LEAST(GREATEST("t0"."monthly_income", 0.0), 50000.0)'
+_GUARD = '"t0"."monthly_income" IS NULL'
 
 
 @pytest.mark.parametrize(
@@ -145,6 +146,16 @@ _CLAMP = 'LEAST(GREATEST("t0"."monthly_income", 0.0), 50000.0)'
         (_QUERIES[0], _CLAMP, '"t0"."monthly_income" * 1e9', "not clamped"),
         (_QUERIES[1], _CLAMP, '"t0"."monthly_income" * 1e9', "not clamped"),
         (_QUERIES[0], _CLAMP, 'LEAST(GREATEST("t0"."monthly_income", 0.0), 5e9)', "not clamped"),
+        # the NULL guard tests another value, or is no NULL test, or gives a number
+        (_QUERIES[0], _GUARD, '"t0"."age" IS NULL', "not clamped"),
+        (_QUERIES[1], _GUARD, '"t0"."monthly_income" IS NOT NULL', "not clamped"),
+        (_QUERIES[0], _GUARD, '"t0"."monthly_income" > 0', "not clamped"),
+        (
+            _QUERIES[1],
+            f"{_GUARD}\n          THEN NULL",
+            f"{_GUARD}\n          THEN 1",
+            "not clamped",
+        ),
         (_QUERIES[0], '"t0"."age" > ', 'length("t0"."id_number") > ', "without 'filter'"),
         (_QUERIES[1], '"t0"."age" > ', 'length("t0"."id_number") > ', "without 'filter'"),
         (_QUERIES[0], '"t0"."sex"', '"t0"."name"', "without 'group'"),
@@ -171,6 +182,24 @@ def test_a_plan_altered_after_compilation_is_caught(
         verify_plan(altered, catalog, emp)
     assert info.value.code == "INTERNAL"
     assert any(problem in p for p in info.value.details["problems"]), info.value.details
+
+
+@pytest.mark.parametrize("sql", _QUERIES)
+def test_an_unguarded_clamp_is_caught(sql: str, catalog: Catalog, emp: Grant) -> None:
+    """LEAST(GREATEST(x, lo), hi) alone turns a NULL into lo (issue 15): it is not a clamp."""
+    plan = compile_query(sql, catalog=catalog, grant=emp)
+
+    def bare(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Case) and isinstance(node.args.get("default"), exp.Least):
+            return node.args["default"]
+        return node
+
+    tree = sqlglot.parse_one(plan.sql, read="duckdb").transform(bare)
+    altered = dataclasses.replace(plan, sql=tree.sql(dialect="duckdb", pretty=True))
+    assert altered.sql != plan.sql and _CLAMP in altered.sql
+    with pytest.raises(SystemFailure) as info:
+        verify_plan(altered, catalog, emp)
+    assert any("not clamped" in p for p in info.value.details["problems"]), info.value.details
 
 
 def test_altered_measure_bounds_are_caught(catalog: Catalog, emp: Grant) -> None:

@@ -368,7 +368,8 @@ def _sum(v: exp.Expr, integer: bool) -> exp.Expr:
     20); clamping a sum is 1-Lipschitz, so the sensitivity is unchanged."""
     total: exp.Expr = exp.Coalesce(this=exp.Sum(this=v), expressions=[n_.num(0)])
     if integer:
-        total = n_.clamp(total, n_.num(_BIGINT_MIN), n_.num(_BIGINT_MAX))
+        # COALESCE is never NULL: the bare LEAST(GREATEST(...)) needs no NULL guard
+        total = n_.least(n_.greatest(total, n_.num(_BIGINT_MIN)), n_.num(_BIGINT_MAX))
     return n_.cast(total, "BIGINT" if integer else "DOUBLE")
 
 
@@ -402,7 +403,9 @@ def _slot_sql(
     count = len(cands)
     lo, hi = cands[0], cands[-1]
     if count == 1:
-        return value(n_.cases([(n_.eq(v, num(lo)), one), (n_.gt(v, num(lo)), num(2))], zero))
+        null = exp.Is(this=v.copy(), expression=exp.Null())
+        slots = [(null, exp.Null()), (n_.eq(v, num(lo)), one), (n_.gt(v, num(lo)), num(2))]
+        return value(n_.cases(slots, zero))
     if all(c == lo + i for i, c in enumerate(cands)):  # consecutive integers
         up = exp.Ceil(this=n_.sub(v, num(lo)))
         exact = n_.when(n_.eq(v, exp.Ceil(this=v)), one, zero)
@@ -421,7 +424,8 @@ def _slot_sql(
             return n_.call("list_extract", listed.copy(), n_.add(i, one))
 
     ratio = n_.div(n_.sub(v, num(lo)), num(step))
-    k0 = value(n_.least(n_.greatest(n_.cast(exp.Ceil(this=ratio), "BIGINT"), zero), num(count - 1)))
+    # NULL v: NULL slot (histogram skips it), never slot 0
+    k0 = value(n_.clamp(n_.cast(exp.Ceil(this=ratio), "BIGINT"), zero, num(count - 1), null_if=v))
     # k0 is within one of the true count of candidates below v; correct it
     fix = n_.cases(
         [

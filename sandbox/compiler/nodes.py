@@ -157,10 +157,15 @@ def least(a: exp.Expr, b: exp.Expr) -> exp.Expr:
     return exp.Least(this=a, expressions=[b], ignore_nulls=True)
 
 
-def clamp(e: exp.Expr, lo: exp.Expr, hi: exp.Expr) -> exp.Expr:
-    """LEAST(GREATEST(e, lo), hi): the shape verify.py reads the bounds from. As in
-    DuckDB, a NULL e gives lo (GREATEST skips NULLs)."""
-    return least(greatest(e, lo), hi)
+def clamp(e: exp.Expr, lo: exp.Expr, hi: exp.Expr, *, null_if: exp.Expr | None = None) -> exp.Case:
+    """CASE WHEN e IS NULL THEN NULL ELSE LEAST(GREATEST(e, lo), hi) END: the shape
+    verify.py reads the bounds from. DuckDB's GREATEST skips NULLs, so the bare
+    LEAST(GREATEST(...)) would turn a NULL into lo and COUNT, SUM and AVG would count
+    it (issue 15); the guard keeps NULL NULL. ``null_if`` tests a cheaper expression
+    that is NULL exactly when ``e`` is (a column ``e`` is computed from)."""
+    guard = (e if null_if is None else null_if).copy()
+    is_null = exp.Is(this=wrap(guard), expression=exp.Null())
+    return when(is_null, exp.Null(), least(greatest(e, lo), hi))
 
 
 def call(fname: str, *args: exp.Expr) -> exp.Anonymous:

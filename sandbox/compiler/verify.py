@@ -57,7 +57,8 @@ class _Col:
 @dataclass
 class _Value:
     """One ``__vN`` per-row value: the columns it reads as values, the other values
-    it reads, and its clamp bounds when it is LEAST(GREATEST(x, lo), hi)."""
+    it reads, and its clamp bounds when it is CASE WHEN x IS NULL THEN NULL ELSE
+    LEAST(GREATEST(x, lo), hi) END."""
 
     cols: list[_Col] = field(default_factory=list)
     refs: set[str] = field(default_factory=set)
@@ -260,6 +261,9 @@ class _Verifier:
                     if c is not None:
                         v.cols.append(c)
                 continue
+            if _clamp(n) is not None:  # its NULL test reads the clamped x, not a filter
+                stack.append((n.args["default"], cond))
+                continue
             for key, child in n.args.items():
                 for ch in child if isinstance(child, list) else [child]:
                     if isinstance(ch, exp.Expr):
@@ -461,11 +465,26 @@ def _unwrap(e: exp.Expr) -> exp.Expr:
 
 
 def _clamp(e: exp.Expr) -> tuple[float, float] | None:
-    """(lo, hi) when ``e`` is LEAST(GREATEST(x, lo), hi) with number literals."""
-    if not (isinstance(e, exp.Least) and len(e.expressions) == 1):
+    """(lo, hi) when ``e`` is CASE WHEN x IS NULL THEN NULL ELSE LEAST(GREATEST(x, lo),
+    hi) END with number literals and the same x twice. The bare LEAST(GREATEST(x, lo),
+    hi) is not a clamp here: it turns a NULL into lo (issue 15)."""
+    ifs = e.args.get("ifs") if isinstance(e, exp.Case) else None
+    if not (isinstance(e, exp.Case) and e.this is None and ifs and len(ifs) == 1):
         return None
-    inner, hi = e.this, _number(e.expressions[0])
+    test, then, least = ifs[0].this, ifs[0].args.get("true"), e.args.get("default")
+    if not (
+        isinstance(test, exp.Is)
+        and isinstance(test.expression, exp.Null)
+        and isinstance(then, exp.Null)
+        and isinstance(least, exp.Least)
+        and len(least.expressions) == 1
+    ):
+        return None
+    inner, hi = least.this, _number(least.expressions[0])
     if not (isinstance(inner, exp.Greatest) and len(inner.expressions) == 1):
+        return None
+    guard = test.this.this if isinstance(test.this, exp.Paren) else test.this
+    if guard != inner.this:
         return None
     lo = _number(inner.expressions[0])
     if lo is None or hi is None:
