@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox import audit, keys, store
+from sandbox import audit, signing, store
 
 DETAILS = {"plan_digest": "ab" * 32, "dataset": "population", "epsilon": 0.5, "delta": 1e-7}
 
@@ -44,7 +44,7 @@ def _event(conn: Any, i: int) -> None:
 
 def bench_append(root: Path, n: int, every: int) -> dict[str, Any]:
     conn = store.connect(root / "append.db")
-    key = keys.load_or_create(root / "keys", "audit")
+    key = signing.load_or_create(root / "keys", "audit")
     start = time.perf_counter()
     for i in range(n):
         with store.transaction(conn):
@@ -79,7 +79,7 @@ def bench_append(root: Path, n: int, every: int) -> dict[str, Any]:
 
 def bench_verify(root: Path, n: int, every: int, export: bool) -> dict[str, Any]:
     conn = store.connect(root / "verify.db")
-    key = keys.load_or_create(root / "keys", "audit")
+    key = signing.load_or_create(root / "keys", "audit")
     start = time.perf_counter()
     done = 0
     while done < n:

@@ -141,7 +141,7 @@ def canonical(obj: Any) -> bytes:
 
 
 def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    from sandbox.keys import key_id as _key_id
+    from sandbox.signing import key_id as _key_id
 
     return _key_id(key)
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sandbox import keys, products
+from sandbox import products, signing
 from sandbox.errors import BadInput
 
 
@@ -41,7 +41,7 @@ def make_job(**overrides) -> dict:
 
 @pytest.fixture()
 def released(tmp_path):
-    key, _ = keys.ensure_key(tmp_path / "keys", "products")
+    key, _ = signing.ensure_key(tmp_path / "keys", "products")
     table = pa.table(
         {"county": ["140105", "140106"], "n": [1235, None], "suppressed": [False, True]}
     )
@@ -142,7 +142,7 @@ def test_the_signature_key_id_must_name_the_key(released):
     root, key, _ = released
     data = products.product_file(root / "products", "j-abc", "csv").read_bytes()
     signed = json.loads(_manifest_text(root))
-    assert signed["signature"]["key_id"] == keys.key_id(key.public_key())
+    assert signed["signature"]["key_id"] == signing.key_id(key.public_key())
     signed["signature"]["key_id"] = "k-0000000000000000"
     with pytest.raises(BadInput, match="key_id") as info:
         products.verify_product(data, signed, key.public_key())

@@ -14,7 +14,7 @@ from sandbox.audit.log import CHECKPOINT_FORMAT, AuditInvalid, canonical_json, n
 from sandbox.audit.merkle import (
     Frontier,
 )
-from sandbox.keys import key_id
+from sandbox.signing import key_id
 
 
 def checkpoint_message(tree_size: int, root_hash: str, time: str, kid: str) -> bytes:

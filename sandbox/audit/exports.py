@@ -46,7 +46,7 @@ from sandbox.audit.log import (
 )
 from sandbox.audit.merkle import Frontier
 from sandbox.errors import BadInput
-from sandbox.keys import key_id, public_key_pem
+from sandbox.signing import key_id, public_key_pem
 
 __all__ = [
     "export_log",

@@ -20,7 +20,7 @@ from sandbox.audit.merkle import (
     root_from_path,
 )
 from sandbox.errors import NotFound
-from sandbox.keys import key_id, load_public_key
+from sandbox.signing import key_id, load_public_key
 
 # --------------------------------------------------------------------------- proofs
 

@@ -17,7 +17,7 @@ from sandbox.audit.checkpointing import checkpoint_message, checkpoints
 from sandbox.audit.exports import read_export
 from sandbox.audit.log import AuditEvent, EventSource, event_leaf, iter_log
 from sandbox.errors import BadInput
-from sandbox.keys import key_id, load_public_key
+from sandbox.signing import key_id, load_public_key
 
 # --------------------------------------------------------------------------- verifying
 

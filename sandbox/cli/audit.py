@@ -58,9 +58,9 @@ def _local_actor() -> str:
 
 def _audit_key(s: Settings, conn: Any) -> Any:
     """The private audit key; creating it is itself an audited event."""
-    from sandbox import audit, keys, store
+    from sandbox import audit, signing, store
 
-    key, created = keys.ensure_key(s.keys_dir, "audit")
+    key, created = signing.ensure_key(s.keys_dir, "audit")
     if created:
         with store.transaction(conn):
             audit.append(
@@ -69,26 +69,26 @@ def _audit_key(s: Settings, conn: Any) -> Any:
                 role="admin",
                 action="key.created",
                 subject="audit",
-                details={"key_id": keys.key_id(key)},
+                details={"key_id": signing.key_id(key)},
             )
     return key
 
 
 def _public_key(s: Settings, path: Path | None) -> Any:
-    from sandbox import keys
+    from sandbox import signing
 
     if path is not None:
         if not path.is_file():
             raise BadInput(f"No public key file at {path}.")
         try:
-            return keys.load_public_key(path)
+            return signing.load_public_key(path)
         except ValueError as exc:
             raise BadInput("The public key file is not an Ed25519 PEM public key.") from exc
     pub = s.keys_dir / "audit.pub"
     if pub.is_file():
-        return keys.load_public_key(pub)
+        return signing.load_public_key(pub)
     if (s.keys_dir / "audit.pem").is_file():
-        return keys.ensure_key(s.keys_dir, "audit")[0].public_key()
+        return signing.ensure_key(s.keys_dir, "audit")[0].public_key()
     raise BadInput(
         "No audit public key found.",
         hint="Pass --public-key, or run 'sandbox audit checkpoint' once.",
@@ -266,7 +266,7 @@ def export_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Export events, every signed checkpoint and the public key, to keep off the host."""
-    from sandbox import audit, keys, store
+    from sandbox import audit, signing, store
 
     s = settings(ctx)
     conn = _conn(s)
@@ -292,7 +292,7 @@ def export_command(
                     "since": since,
                     "format": fmt,
                     "entries": summary["entries"],
-                    "key_id": keys.key_id(key),
+                    "key_id": signing.key_id(key),
                 },
             )
     finally:

@@ -31,8 +31,8 @@ def verify(
     """Check a product's signature and hash; exit 0 if it is authentic, 2 if not."""
     from sandbox.cli.common import settings
     from sandbox.errors import BadInput
-    from sandbox.keys import key_id, load_public_key
     from sandbox.products import verify_files
+    from sandbox.signing import key_id, load_public_key
 
     key_path = public_key or settings(ctx).keys_dir / "products.pub"
     if not key_path.is_file():

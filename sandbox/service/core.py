@@ -36,7 +36,7 @@ class Service:
     """The control plane's state and operations, shared by every face."""
 
     def __init__(self, settings: Settings, *, executor: Executor | None = None) -> None:
-        from sandbox import keys
+        from sandbox import signing
         from sandbox.audit import check_witness
 
         check_witness(settings.audit_witness_file, settings.audit_witness_url, settings.home)
@@ -51,10 +51,10 @@ class Service:
         self.explain_rate = RateLimiter(settings.explain_per_minute)
         self.compile_time = TimeBudget(settings.compile_seconds_per_minute)
         self._auth_log = RateLimiter(10)  # at most 10 auth.failed events a minute
-        self.product_key = keys.load_or_create(
+        self.product_key = signing.load_or_create(
             settings.keys_dir, "products", on_create=self._key_created
         )
-        self.audit_key = keys.load_or_create(
+        self.audit_key = signing.load_or_create(
             settings.keys_dir, "audit", on_create=self._key_created
         )
         self.executor: Executor = executor if executor is not None else self._make_executor()
@@ -353,7 +353,7 @@ class Service:
         return data
 
     def products_public_key(self) -> str:
-        from sandbox.keys import public_key_pem
+        from sandbox.signing import public_key_pem
 
         return public_key_pem(self.product_key).decode("ascii")
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from api_helpers import ENTERPRISE_SQL, INSURED_SQL, POPULATION_SQL
 
-from sandbox import audit, keys, products, tokens
+from sandbox import audit, products, signing, tokens
 from sandbox.tokens import Role
 
 
@@ -184,7 +184,7 @@ def test_general_2_is_released_automatically_with_a_verifiable_product(api):
         resp = api.get(f"/v1/jobs/{done['id']}/product?format={fmt}", "op-huaxin")
         assert resp.status_code == 200
         signed = api.get(f"/v1/products/{done['id']}/manifest?format={fmt}", "op-huaxin").json()
-        public = keys.load_public_key(api.get("/v1/keys/products").text.encode())
+        public = signing.load_public_key(api.get("/v1/keys/products").text.encode())
         manifest = products.verify_product(resp.content, signed, public)
         assert manifest["operator"] == "op-huaxin" and manifest["result"]["format"] == fmt
         assert manifest["privacy_loss"]["epsilon"] == 1.0

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sandbox import audit, keys, store
+from sandbox import audit, signing, store
 from sandbox.errors import BadInput, NotFound
 
 ACTIONS = ["job.submitted", "job.compiled", "job.budget_reserved", "job.running", "job.noised"]
@@ -29,7 +29,7 @@ def make_log(
 ) -> tuple[sqlite3.Connection, Ed25519PrivateKey]:
     """A log of n events, checkpointed every ``every`` (as the server does)."""
     conn = store.connect(path / "sandbox.db")
-    key = key or keys.load_or_create(path / "keys", "audit")
+    key = key or signing.load_or_create(path / "keys", "audit")
     for i in range(1, n + 1):
         with store.transaction(conn):
             audit.append(
@@ -217,7 +217,7 @@ def test_counts_and_small_lists_are_allowed_in_details(tmp_path: Path) -> None:
 
 def test_concurrent_writers_keep_a_gap_free_sequence(tmp_path: Path) -> None:
     db = tmp_path / "sandbox.db"
-    key = keys.load_or_create(tmp_path / "keys", "audit")
+    key = signing.load_or_create(tmp_path / "keys", "audit")
     store.connect(db).close()
     errors: list[BaseException] = []
     seqs: list[int] = []
@@ -317,7 +317,7 @@ def test_kill_after_event_before_commit_leaves_neither(tmp_path: Path) -> None:
 def test_kill_at_a_random_moment_leaves_both_or_neither(tmp_path: Path) -> None:
     conn = _crash(tmp_path, "loop", "going", delay=0.3)
     assert _assert_both_or_neither(conn) >= 50
-    key = keys.load_or_create(tmp_path / "keys", "audit")
+    key = signing.load_or_create(tmp_path / "keys", "audit")
     audit.checkpoint(conn, key)
     assert audit.verify(conn, key.public_key()).ok
 
@@ -408,17 +408,17 @@ def test_swapped_public_key_is_named(tmp_path: Path) -> None:
     other = Ed25519PrivateKey.generate()
     p = problem(conn, other)
     assert p.kind == "wrong_key"
-    assert keys.key_id(other) in p.message
+    assert signing.key_id(other) in p.message
 
 
 def test_checkpoint_resigned_with_another_key_is_named(tmp_path: Path) -> None:
     conn, key = make_log(tmp_path, 25)
     attacker = Ed25519PrivateKey.generate()
     row = conn.execute("SELECT * FROM audit_checkpoints WHERE tree_size = 20").fetchone()
-    msg = audit.checkpoint_message(20, row["root_hash"], row["time"], keys.key_id(attacker))
+    msg = audit.checkpoint_message(20, row["root_hash"], row["time"], signing.key_id(attacker))
     conn.execute(
         "UPDATE audit_checkpoints SET key_id = ?, signature = ? WHERE tree_size = 20",
-        (keys.key_id(attacker), attacker.sign(msg).hex()),
+        (signing.key_id(attacker), attacker.sign(msg).hex()),
     )
     p = problem(conn, key)
     assert (p.kind, p.tree_size) == ("wrong_key", 20)
@@ -445,10 +445,10 @@ def test_rewrite_resigned_with_the_real_key_is_caught_by_a_checkpoint_held_elsew
         leaves = [e.leaf_hash for e in audit.events(conn, limit=size)]
         root = audit.merkle_root(leaves).hex()
         t = "2026-01-01T00:00:00.000000Z"
-        sig = key.sign(audit.checkpoint_message(size, root, t, keys.key_id(key))).hex()
+        sig = key.sign(audit.checkpoint_message(size, root, t, signing.key_id(key))).hex()
         conn.execute(
             "INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
-            (size, root, t, keys.key_id(key), sig, "[]"),
+            (size, root, t, signing.key_id(key), sig, "[]"),
         )
     assert audit.verify(conn, key.public_key()).ok  # the local log alone cannot tell
     report = audit.verify(conn, key.public_key(), trusted_checkpoints=held)
@@ -497,7 +497,7 @@ def test_inclusion_proofs_verify_for_every_entry(tmp_path: Path) -> None:
         proof = audit.prove(conn, seq)
         assert proof["tree_size"] == 37
         assert audit.verify_proof(proof, key.public_key()), seq
-        assert audit.verify_proof(proof, keys.public_key_pem(key))
+        assert audit.verify_proof(proof, signing.public_key_pem(key))
 
 
 def test_inclusion_proof_against_an_older_checkpoint(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from sandbox import audit, keys, store
+from sandbox import audit, signing, store
 from sandbox.cli import app
 from sandbox.settings import Settings
 
@@ -21,7 +21,7 @@ runner = CliRunner()
 def home(settings: Settings) -> Path:
     """A home with 30 audit events (checkpoints every 10) and the audit key."""
     conn = store.connect(settings.db_path)
-    key = keys.load_or_create(settings.keys_dir, "audit")
+    key = signing.load_or_create(settings.keys_dir, "audit")
     for i in range(1, 31):
         with store.transaction(conn):
             audit.append(
@@ -62,7 +62,7 @@ def test_verify_ok_and_tampered(home: Path) -> None:
 
 def test_verify_with_the_wrong_public_key_fails(home: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.pub"
-    other.write_bytes(keys.public_key_pem(Ed25519PrivateKey.generate()))
+    other.write_bytes(signing.public_key_pem(Ed25519PrivateKey.generate()))
     code, out = run(home, "audit", "verify", "--public-key", str(other), "--json")
     assert code == 1
     assert json.loads(out)["error"]["problem"]["kind"] == "wrong_key"
@@ -233,7 +233,7 @@ def test_deleted_tail_events_are_caught_by_the_checkpoint_after_them(home: Path)
     conn = store.connect(home / "sandbox.db")
     with store.transaction(conn):
         audit.append(conn, actor="system", role="system", action="job.released", subject="j-x")
-    key = keys.load_or_create(home / "keys", "audit")
+    key = signing.load_or_create(home / "keys", "audit")
     assert audit.maybe_checkpoint(conn, key, 256, final_actions=frozenset({"job.released"}))
     conn.execute("DELETE FROM audit_events WHERE seq > 31")
     conn.close()

@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from sandbox import keys, products
+from sandbox import products, signing
 from sandbox.cli import app
 from tests.test_products import make_job
 
 
 @pytest.fixture()
 def product(tmp_path: Path) -> tuple[Path, Path, bytes]:
-    key, _ = keys.ensure_key(tmp_path / "keys", "products")
+    key, _ = signing.ensure_key(tmp_path / "keys", "products")
     products.store_result(tmp_path / "products", "j-abc", pa.table({"n": [1, 2]}))
     products.release_product(
         tmp_path / "products",
