@@ -11,9 +11,14 @@ so a reservation and the job's state change commit together, and concurrent writ
 (threads or processes sharing the database file) are serialised by SQLite.
 
 Units. Amounts are stored as integers, never floats: ε and ρ in units of 10⁻⁹
-(``LOSS_UNITS``), δ in units of 10⁻¹⁵ (``DELTA_UNITS``). A cost is rounded UP to the
-next unit and a total DOWN, with exact rational arithmetic, so rounding can never
-let spending pass the cap.
+(``LOSS_UNITS``), δ in units of 10⁻¹⁵ (``DELTA_UNITS``). An amount is read as the
+decimal number its float stands for (``repr``: ε = 0.1 is 1/10, not the binary
+0.1000000000000000055…), then a cost is rounded UP to the next unit and a total DOWN
+with exact rational arithmetic: 150 queries of ε = 0.1 fit in ε = 15, and a query may
+ask the grant's whole δ. That reading is sound because the privacy layer fits every
+noise scale and threshold to its target times ``accounting.FIT_MARGIN`` (1 − 2⁻⁴⁰),
+far more than the ≤ 2⁻⁵³ relative gap between a float and its decimal, so what a
+mechanism spends is below the decimal amount charged.
 
 Composition. Pure-ε datasets: basic composition, Σε ≤ grant ε and Σδ ≤ grant δ.
 ρ-zCDP datasets: ρ adds up; the cap is ρ_cap = (√(ln(2/δ)+ε) − √(ln(2/δ)))² for the
@@ -82,12 +87,17 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _decimal(value: float) -> Fraction:
+    """The decimal number ``value`` was written as (its shortest round-trip repr)."""
+    return Fraction(repr(float(value)))
+
+
 def _up(value: float, per_unit: int) -> int:
-    return math.ceil(Fraction(value) * per_unit)
+    return math.ceil(_decimal(value) * per_unit)
 
 
 def _down(value: float, per_unit: int) -> int:
-    return math.floor(Fraction(value) * per_unit)
+    return math.floor(_decimal(value) * per_unit)
 
 
 def grant_totals(grant: Grant, definition: str) -> tuple[int, int]:
@@ -98,8 +108,11 @@ def grant_totals(grant: Grant, definition: str) -> tuple[int, int]:
     if delta <= 0:
         return 0, 0  # zCDP needs δ > 0 to state its guarantee; nothing can be spent
     from sandbox.privacy import rho_from_epsilon_delta
+    from sandbox.privacy.accounting import FIT_MARGIN
 
-    return _down(rho_from_epsilon_delta(eps, delta / 2), LOSS_UNITS), _down(delta / 2, DELTA_UNITS)
+    # the float ρ may sit a few ulps above the exact cap: the margin keeps it below
+    rho = rho_from_epsilon_delta(eps, delta / 2) * FIT_MARGIN
+    return _down(rho, LOSS_UNITS), _down(delta / 2, DELTA_UNITS)
 
 
 def cost_units(cost: Cost) -> tuple[int, int]:

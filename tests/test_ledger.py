@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from sandbox import ledger, store
 from sandbox.errors import BudgetRefused, Conflict, NotFound
 from sandbox.privacy import Cost, rho_from_epsilon_delta
-from tests.privacy.factories import make_grant
+from tests.privacy.factories import cost_of, make_grant, make_plan, private_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,15 +91,41 @@ def test_delta_is_capped_too(db: Path) -> None:
     assert "δ" in info.value.message and "4e-07" in info.value.message
 
 
-def test_rounding_can_never_overspend(db: Path) -> None:
+def test_decimal_costs_add_up_exactly_and_the_cap_still_holds(db: Path) -> None:
+    # ε = 0.1 is the binary 0.1000000000000000055…: charged as that, rounded up to
+    # the next unit, 149 of 150 fitted in ε = 15 (issue 15). Charged as the decimal
+    # it was written as, all 150 fit and the 151st does not.
     conn = store.connect(db)
-    grant = make_grant(epsilon=1.0, ceiling=1.0)
-    tenth = 0.1  # 10 × 0.1 > 1.0 in units rounded up; float sum is 0.9999999999999999
-    for i in range(9):
-        reserve(conn, grant, f"j{i}", make_cost(tenth))
-    with pytest.raises(BudgetRefused):  # 1.0 − 9 ceil(0.1) left < ceil(0.1)
-        reserve(conn, grant, "j9", make_cost(tenth))
-    assert ledger.cost_units(make_cost(tenth))[0] > 10**8  # 0.1 is a hair above 1/10
+    grant = make_grant(epsilon=15.0, ceiling=1.0)
+    for i in range(150):
+        reserve(conn, grant, f"j{i}", make_cost(0.1))
+    with pytest.raises(BudgetRefused):
+        reserve(conn, grant, "j150", make_cost(0.1))
+    assert ledger.cost_units(make_cost(0.1))[0] == 10**8
+    assert ledger.cost_units(make_cost(1 / 3))[0] == 333_333_334  # still rounded up
+
+
+def test_a_query_may_ask_the_grants_whole_delta(db: Path) -> None:
+    conn = store.connect(db)
+    for definition in ("pure", "zcdp"):
+        grant = make_grant(epsilon=10.0, delta=1e-6, ceiling=1.0)
+        cost = cost_of(private_plan(definition=definition), 1.0, 1e-6, definition, grant)
+        reserve(conn, grant, f"whole-{definition}", cost, dataset=f"d-{definition}")
+        with pytest.raises(BudgetRefused):  # nothing is left of the δ
+            reserve(conn, grant, f"more-{definition}", cost, dataset=f"d-{definition}")
+
+
+def test_what_a_mechanism_spends_is_below_the_decimal_charged() -> None:
+    # the ledger charges Fraction("0.1"); OpenDP's own map of the fitted noise must
+    # not exceed it, though the float 0.1 handed to the fit is a hair above
+    from sandbox.privacy.mechanisms import vector_noise
+
+    cost = cost_of(make_plan(), 0.1)
+    [m] = cost.measures
+    spent = vector_noise(m.scale, True, True).map(int(m.sensitivity))
+    assert Fraction(spent) <= Fraction("0.1")
+    sel = cost_of(private_plan(), 0.3, 1e-6).measure("units")
+    assert sel.threshold is not None and sel.delta == 1e-6
 
 
 def test_zcdp_account_tracks_rho(db: Path) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sandbox.plan import Measure, Plan
 
 __all__ = [
+    "FIT_MARGIN",
     "FLOAT_SUM_MAX_ROWS",
     "MIN_EPSILON",
     "Cost",
@@ -43,6 +44,12 @@ __all__ = [
 # this many rows per group (2·n²·2⁻⁵²·max|bound| per group a unit touches, OpenDP's
 # own term).
 FLOAT_SUM_MAX_ROWS = 10_000_000
+
+# Every noise scale and threshold is fitted to its target times this: the ledger
+# charges the decimal an ε/ρ/δ was written as (0.1, not the binary 0.1000…055), which
+# differs from the float by at most 2⁻⁵³ relative; the margin keeps what a mechanism
+# spends below what is charged (and covers float rounding in the budget split).
+FIT_MARGIN = 1.0 - 2.0**-40
 
 
 def _refuse(code: str, message: str, hint: str = "", status: int = 400) -> BudgetRefused:
@@ -96,6 +103,13 @@ class Cost:
         d = asdict(self)
         d["measures"] = [asdict(m) for m in self.measures]
         return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cost:
+        """The cost ``to_dict`` wrote (a job's reserved cost, read back to run it)."""
+        fields = dict(data)
+        measures = tuple(MeasureCost(**m) for m in fields.pop("measures", ()))
+        return cls(**fields, measures=measures)
 
 
 def rho_from_epsilon_delta(epsilon: float, delta: float) -> float:
@@ -358,14 +372,15 @@ def _selection_cost(
     # (measured: keys of count 1 pass more often than the map says; see
     # tests/privacy/test_privacy_audit.py). So the threshold is fitted for linf + 1.
     d_delta = (l0, l1 + l0, linf + 1)
+    target = sel_delta * FIT_MARGIN
     lo, hi = 1, 2
-    while partition_threshold(scale, hi, pure).map(d_delta)[1] > sel_delta:
+    while partition_threshold(scale, hi, pure).map(d_delta)[1] > target:
         lo, hi = hi, hi * 2
         if hi > 1 << 50:
             raise SystemFailure("No threshold meets δ.", code="INTERNAL")
     while lo < hi:
         mid = (lo + hi) // 2
-        if partition_threshold(scale, mid, pure).map(d_delta)[1] <= sel_delta:
+        if partition_threshold(scale, mid, pure).map(d_delta)[1] <= target:
             hi = mid
         else:
             lo = mid + 1
@@ -374,13 +389,15 @@ def _selection_cost(
 
 
 def _fit(make: Any, d_in: Any, target: float, guess: float, index: int | None = None) -> float:
-    """The smallest scale near ``guess`` whose OpenDP privacy map is ≤ ``target``."""
+    """The smallest scale near ``guess`` whose OpenDP privacy map is ≤ ``target``
+    (times ``FIT_MARGIN``)."""
     scale = guess
+    goal = target * FIT_MARGIN
     for _ in range(200):
         loss = make(scale).map(d_in)
         if index is not None:
             loss = loss[index]
-        if loss <= target:
+        if loss <= goal:
             return scale
         scale *= 1.0 + SCALE_SLACK
     raise SystemFailure("Could not fit a noise scale.", code="INTERNAL")
