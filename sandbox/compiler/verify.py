@@ -23,7 +23,6 @@ A failure is a compiler bug: the query is not run and the problem is logged
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -32,6 +31,14 @@ from sqlglot import exp
 
 from sandbox.catalog import Catalog, Column, Dataset, Table, Use
 from sandbox.compiler.checks import EXTRACT_PARTS, TRUNC_UNITS
+from sandbox.compiler.sqlread import (
+    and_terms,
+    clamp_bounds,
+    from_of,
+    literal_value,
+    same_bounds,
+    unwrap,
+)
 from sandbox.errors import SystemFailure
 from sandbox.grants import Grant
 from sandbox.plan import Plan
@@ -198,7 +205,7 @@ class _Verifier:
             self._projection(item)
         where = rows.args.get("where")
         if where is not None:
-            for term in _and_terms(where.this):
+            for term in and_terms(where.this):
                 self._where_term(term)
 
     def _join(self, on: exp.Expr | None) -> None:
@@ -247,7 +254,7 @@ class _Verifier:
             self.bad(f"__rows output {name[:40]}")
 
     def _value(self, e: exp.Expr) -> _Value:
-        v = _Value(clamp=_clamp(_unwrap(e)))
+        v = _Value(clamp=clamp_bounds(unwrap(e)))
         stack: list[tuple[exp.Expr, bool]] = [(e, False)]
         while stack:
             n, cond = stack.pop()
@@ -261,7 +268,7 @@ class _Verifier:
                     if c is not None:
                         v.cols.append(c)
                 continue
-            if _clamp(n) is not None:  # its NULL test reads the clamped x, not a filter
+            if clamp_bounds(n) is not None:  # its NULL test reads the clamped x, not a filter
                 stack.append((n.args["default"], cond))
                 continue
             for key, child in n.args.items():
@@ -283,7 +290,7 @@ class _Verifier:
                     )
                     allowed = set(spec.public or ()) if spec else set()
                     for lit in inner.expressions:
-                        if _literal_value(lit) not in allowed:
+                        if literal_value(lit) not in allowed:
                             self.bad("public key filter lists a value not in the Plan")
                     for c in inner.this.find_all(exp.Column):
                         self._need(self._col(c), Use.GROUP, "the public key filter")
@@ -317,14 +324,14 @@ class _Verifier:
             isinstance(cond, exp.LTE)
             and isinstance(cond.this, exp.Column)
             and cond.this.name == col
-            and _literal_value(cond.expression) == limit
+            and literal_value(cond.expression) == limit
         ):
             return False
-        sub = _from(stage)
+        sub = from_of(stage)
         src = sub.this if isinstance(sub, exp.Subquery) else None
         if not isinstance(src, exp.Select) or src.args.get("joins"):
             return False
-        inner = _from(src)
+        inner = from_of(src)
         if not isinstance(inner, exp.Table) or inner.name != prev:
             return False
         windows = list(src.find_all(exp.Window))
@@ -397,7 +404,7 @@ class _Verifier:
             self.bad(f"measure {name} kind")
             return
         for v in clamped:
-            if not _same(self.values[v].clamp, lower, upper):
+            if not same_bounds(self.values[v].clamp, lower, upper):
                 self.bad(f"measure {name}: {v} is not clamped to the Plan's bounds")
         for v in closure:
             for c in self.values[v].cols:
@@ -429,99 +436,3 @@ class _Verifier:
         for c in post.find_all(exp.Column):
             if c.table or (c.name not in names and c.name not in outputs):
                 self.bad(f"post-processing column {c.sql()[:40]}")
-
-
-def _from(select: exp.Select) -> exp.Expr | None:
-    from_ = select.args.get("from_") or select.args.get("from")
-    return from_.this if from_ is not None else None
-
-
-def _and_terms(node: exp.Expr) -> list[exp.Expr]:
-    terms, stack = [], [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, exp.And):
-            stack.extend([n.expression, n.this])
-        else:
-            terms.append(n)
-    return terms
-
-
-def _unwrap(e: exp.Expr) -> exp.Expr:
-    """TRY(CASE WHEN cond THEN x END) -> x (TRY and a FILTER keep the value or make
-    it NULL)."""
-    while True:
-        if isinstance(e, exp.Paren | exp.Try):
-            e = e.this
-        elif (
-            isinstance(e, exp.Case)
-            and len(e.args.get("ifs") or []) == 1
-            and not e.args.get("default")
-            and e.this is None
-        ):
-            e = e.args["ifs"][0].args["true"]
-        else:
-            return e
-
-
-def _clamp(e: exp.Expr) -> tuple[float, float] | None:
-    """(lo, hi) when ``e`` is CASE WHEN x IS NULL THEN NULL ELSE LEAST(GREATEST(x, lo),
-    hi) END with number literals and the same x twice. The bare LEAST(GREATEST(x, lo),
-    hi) is not a clamp here: it turns a NULL into lo (issue 15)."""
-    ifs = e.args.get("ifs") if isinstance(e, exp.Case) else None
-    if not (isinstance(e, exp.Case) and e.this is None and ifs and len(ifs) == 1):
-        return None
-    test, then, least = ifs[0].this, ifs[0].args.get("true"), e.args.get("default")
-    if not (
-        isinstance(test, exp.Is)
-        and isinstance(test.expression, exp.Null)
-        and isinstance(then, exp.Null)
-        and isinstance(least, exp.Least)
-        and len(least.expressions) == 1
-    ):
-        return None
-    inner, hi = least.this, _number(least.expressions[0])
-    if not (isinstance(inner, exp.Greatest) and len(inner.expressions) == 1):
-        return None
-    guard = test.this.this if isinstance(test.this, exp.Paren) else test.this
-    if guard != inner.this:
-        return None
-    lo = _number(inner.expressions[0])
-    if lo is None or hi is None:
-        return None
-    return lo, hi
-
-
-def _number(e: exp.Expr) -> float | None:
-    neg = False
-    if isinstance(e, exp.Neg):
-        neg, e = True, e.this
-    if isinstance(e, exp.Literal) and not e.is_string:
-        try:
-            v = float(e.this)
-        except ValueError:
-            return None
-        return -v if neg else v
-    return None
-
-
-def _literal_value(e: exp.Expr) -> object:
-    if isinstance(e, exp.Boolean):
-        return bool(e.this)
-    if isinstance(e, exp.Literal):
-        if e.is_string:
-            return e.this
-        v = _number(e)
-        return int(v) if v is not None and v.is_integer() and "." not in e.this else v
-    if isinstance(e, exp.Neg):
-        v = _number(e)
-        return int(v) if v is not None and v.is_integer() and "." not in e.this.this else v
-    return object()
-
-
-def _same(clamp: tuple[float, float] | None, lower: float | None, upper: float | None) -> bool:
-    if clamp is None or lower is None or upper is None:
-        return False
-    return math.isclose(clamp[0], lower, abs_tol=1e-9) and math.isclose(
-        clamp[1], upper, rel_tol=1e-12, abs_tol=1e-9
-    )

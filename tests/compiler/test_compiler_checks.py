@@ -22,7 +22,7 @@ from sandbox.compiler.verify import verify_plan
 from sandbox.errors import QueryRefused, SystemFailure
 from sandbox.grants import Grant, Grants
 from sandbox.plan import Plan
-from tests.compiler_db import make_db, run_plan
+from tests.compiler.compiler_db import make_db, run_plan
 
 # closes EXTRACT(...), then redefines the aggregated value unclamped
 PAYLOAD = '"year FROM registered_on)) AS __k0, monthly_income*1e9 AS __v0 --"'

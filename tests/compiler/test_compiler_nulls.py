@@ -16,7 +16,7 @@ from sandbox.compiler import compile_query
 from sandbox.grants import Grants, load_grants
 from sandbox.plan import Plan
 from sandbox.synthetic import generate_synthetic
-from tests.compiler_db import run_plan
+from tests.compiler.compiler_db import run_plan
 from tests.policy_factory import dataset, make_policies
 
 UNITS = 3_000

@@ -1,4 +1,4 @@
-"""The compiler against a table-driven corpus (tests/compiler_corpus.yaml).
+"""The compiler against a table-driven corpus (tests/compiler/compiler_corpus.yaml).
 
 Accepted queries must give the expected Plan shape, and their runner SQL must run
 on DuckDB over tables with the catalogue's schemas and return exactly the Plan's
@@ -19,7 +19,7 @@ from sandbox.catalog import Catalog
 from sandbox.compiler import compile_query
 from sandbox.errors import CODES, QueryRefused
 from sandbox.grants import Grants
-from tests.compiler_db import make_db, run_plan
+from tests.compiler.compiler_db import make_db, run_plan
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "compiler_corpus.yaml").read_text("utf-8"))
 GRANTS = {"emp": "g-jinshu-employment", "pen": "g-jinshu-pension", "sme": "g-huaxin-sme"}
@@ -94,7 +94,7 @@ def test_refused(entry: dict[str, Any], catalog: Catalog, grants: Grants) -> Non
 
 # -- the example queries, end to end on fabricated demo data --------------------------------
 
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "queries").glob("*.sql"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "queries").glob("*.sql"))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sandbox.ops.demo_data import generate_demo_data
 
     root = tmp_path_factory.mktemp("compiler-demo")
-    generate_demo_data(root, Path(__file__).resolve().parent.parent / "policies", people=2000,
+    generate_demo_data(root, Path(__file__).resolve().parents[2] / "policies", people=2000,
                        seed=3)  # fmt: skip
     return root
 

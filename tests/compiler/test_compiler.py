@@ -20,7 +20,7 @@ from sandbox.compiler import compile_query, quantile_candidates
 from sandbox.errors import QueryRefused
 from sandbox.grants import Grant, Grants
 from sandbox.plan import Plan
-from tests.compiler_db import SECRET_PREFIX, make_db, run_plan
+from tests.compiler.compiler_db import SECRET_PREFIX, make_db, run_plan
 
 
 @pytest.fixture(scope="module")
@@ -533,7 +533,7 @@ def test_random_tails_never_crash(prefix: str, tail: str, catalog: Catalog, gran
 
 
 def _data_strings(catalog: Catalog) -> set[str]:
-    """Every free-text value in the tiny fabricated tables (see tests/compiler_db.py)."""
+    """Every free-text value in the tiny fabricated tables (see tests/compiler/compiler_db.py)."""
     con = make_db(catalog, ["persons", "insured", "payments", "enterprises"], units=20)
     found: set[str] = set()
     for table in ("persons", "enterprises"):
@@ -557,7 +557,7 @@ def _our_words() -> frozenset[str]:
     """Every word of the compiler's own source and of the policy files."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     text = " ".join(p.read_text("utf-8") for p in (root / "sandbox" / "compiler").glob("*.py"))
     text += (root / "sandbox" / "errors.py").read_text("utf-8")
     text += (root / "policies" / "catalog.yaml").read_text("utf-8")
@@ -699,7 +699,7 @@ def test_unbounded_column(tmp_path: Any, grants: Grants) -> None:
 def test_docs_error_examples_are_true(catalog: Catalog, emp: Grant) -> None:
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "queries.md").read_text("utf-8")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "queries.md").read_text("utf-8")
     rows = re.findall(r"^\| `([A-Z_]+)` \| `([^`]+)` \|", doc, re.MULTILINE)
     assert len(rows) >= 18
     for code, sql in rows:
