@@ -113,6 +113,8 @@ CATEGORIES: dict[str, str] = {
     "data_missing": "a dataset file named by the Plan is missing",
     "cancelled": "the job was cancelled",
     "release_timeout": "noising the result on the host ran past its time limit",
+    "data_invalid": "a table breaks its catalogue declaration (a unit with several rows "
+    "where one is declared); the bureau is told",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from sandbox import products, review
 from sandbox.catalog import Catalog
+from sandbox.datacheck import DataChecks
 from sandbox.errors import GENERIC_FAILURE, Conflict, NotFound, Refused, SystemFailure
 from sandbox.executors import ExactResult, Executor
 from sandbox.grants import Grant, Grants, find_grant
@@ -64,6 +65,7 @@ class JobPipeline:
         self.executor = executor
         self.product_key = product_key
         self._release_lock = threading.Lock()  # one product written per job, ever
+        self.datachecks = DataChecks(catalog)  # one-row-per-unit tables, checked once
         self.stopping = threading.Event()  # set by the worker's stop(): start nothing new
 
     # the synchronous part: compile, cost, reserve (no data is read)
@@ -198,6 +200,9 @@ class JobPipeline:
         exact: ExactResult | None = None
         try:
             at.name = "execute"
+            self.datachecks.ensure(
+                plan, executor=self.executor, data_root=self.settings.data_dir, job_id=job_id
+            )
             exact = self.executor.run(plan, data_root=self.settings.data_dir, job_id=job_id)
             at.name = "noise"
             noisy = privacy.release(
