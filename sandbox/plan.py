@@ -67,7 +67,7 @@ class Measure:
     integer: bool = True  # the per-row values are integers
     candidates: tuple[float, ...] | None = None
     alpha: float | None = None  # histogram: which quantile
-    selection: bool = False  # the partition-selection measure (not released)
+    selection: bool = False  # thresholded by partition selection (released if an output uses it)
 
 
 @dataclass(frozen=True)

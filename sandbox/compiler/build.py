@@ -49,11 +49,16 @@ def build_plan(
     keys = outputs.keys
     notes: list[str] = []
     if any(k.public is None for k in keys):
-        measures.selection()
+        chosen = measures.selection()
         max_groups = PRIVATE_MAX_GROUPS
         notes.append(
             "private keys: groups are released only through partition selection "
-            "(needs δ > 0); measure __units counts units per group for it"
+            f"(needs δ > 0), thresholding the noisy count {chosen}"
+            + (
+                " (one measurement: the released count is the thresholded one)"
+                if chosen != "__units"
+                else ", which counts units per group"
+            )
         )
     else:
         max_groups = math.prod(len(k.public or ()) for k in keys)

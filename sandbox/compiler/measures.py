@@ -10,7 +10,7 @@ candidates. Measures are shared: AVG(age) and SUM(age) use the same sum.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 
@@ -59,6 +59,16 @@ class Measures:
         return name
 
     def selection(self) -> str:
+        """The measure partition selection thresholds, named. Like OpenDP, an unfiltered
+        count the query already releases is thresholded itself (one measurement, the
+        whole share for it): COUNT(DISTINCT unit) first (each unit adds 1 to a group),
+        else COUNT(*); otherwise a units count ``__units`` is added, not released."""
+        for dedupe in (("count_units", _key(None)), ("count", None)):
+            name = self.index.get(dedupe)
+            if name is not None:
+                i = next(j for j, m in enumerate(self.measures) if m.name == name)
+                self.measures[i] = replace(self.measures[i], selection=True)
+                return name
         return self.add(
             ("selection",),
             _count_distinct(n_.name("__unit")),

@@ -79,8 +79,10 @@ def release(plan: Plan, exact: pa.Table, cost: Cost, *, timeout_s: float | None 
 
     Public key sets: every combination is released (absent groups count 0); rows whose
     keys are outside the public sets are dropped. Private keys: only groups whose noisy
-    distinct-unit count passes the threshold are released. Noisy counts are integers
-    and are NOT floored at 0 (flooring would bias them); post_sql may post-process.
+    selection count passes the threshold are released; when the query releases that
+    count, its released value is the thresholded noisy count (one measurement). Noisy
+    counts are integers and are NOT floored at 0 (flooring would bias them); post_sql
+    may post-process.
     Past ``timeout_s`` seconds of host time, it raises ExecutionFailed(release_timeout).
     """
     import numpy as np
@@ -95,6 +97,7 @@ def release(plan: Plan, exact: pa.Table, cost: Cost, *, timeout_s: float | None 
     key_types = [exact.schema.field(n).type for n in key_names]
     pure = cost.definition == "pure"
     warnings: list[dict[str, Any]] = []
+    selected: list[int] = []
     if plan.private_keys:
         # partition selection first, over Arrow/NumPy columns (a runner may return up to
         # runner_max_rows groups); only the selected groups become Python rows, and
@@ -124,8 +127,12 @@ def release(plan: Plan, exact: pa.Table, cost: Cost, *, timeout_s: float | None 
                     "released": int(len(top)),
                 }
             )
-        rows = _exact_rows(plan, table.take(pa.array(np.sort(top), type=pa.int64())))
+        chosen = np.sort(top)
+        rows = _exact_rows(plan, table.take(pa.array(chosen, type=pa.int64())))
         groups = list(rows)
+        # the selection measure's released values are the thresholded noisy counts
+        # themselves (one measurement, as OpenDP does), in the groups' order
+        selected = [int(v) for v in noisy_counts[chosen]]
     else:
         # rows outside the public sets are dropped in Arrow first, so only the product's
         # rows (at most max_groups) become Python rows, however many the runner returned
@@ -137,7 +144,9 @@ def release(plan: Plan, exact: pa.Table, cost: Cost, *, timeout_s: float | None 
         columns[name] = pa.array([g[i] for g in groups], type=key_types[i])
     noisy_values: dict[str, list[Any]] = {}
     for m in plan.measures:
-        if m.selection:
+        if m.selection:  # outputs, HAVING and ORDER BY may read it
+            columns[m.name] = pa.array(selected, type=pa.int64())
+            noisy_values[m.name] = selected
             continue
         deadline.check()
         mc = cost.measure(m.name)

@@ -234,11 +234,31 @@ def test_derived_public_keys(catalog: Catalog, emp: Grant) -> None:
 
 
 def test_private_keys_get_selection_measure(catalog: Catalog, emp: Grant) -> None:
+    # a count the query releases is thresholded itself (one measurement, as OpenDP)
     plan = compile_("SELECT occupation, COUNT(*) FROM persons GROUP BY occupation", catalog, emp)
     assert plan.private_keys and plan.keys[0].public is None
     sel = [m for m in plan.measures if m.selection]
-    assert [(m.name, m.kind) for m in sel] == [("__units", "count_units")]
+    assert [(m.name, m.kind) for m in sel] == [("m0", "count")]
+    assert [m.name for m in plan.measures] == ["m0"]
     assert plan.max_groups == 10_000
+    # a units count is preferred (each unit adds 1 to a group), a filtered count is not used
+    units = compile_(
+        "SELECT occupation, COUNT(*) AS n, COUNT(DISTINCT person_id) AS u FROM persons "
+        "GROUP BY occupation",
+        catalog,
+        emp,
+    )
+    assert [(m.kind, m.selection) for m in units.measures] == [
+        ("count", False),
+        ("count_units", True),
+    ]
+    for sql in (
+        "SELECT occupation, SUM(monthly_income) FROM persons GROUP BY occupation",
+        "SELECT occupation, COUNT(*) FILTER (WHERE age > 30) FROM persons GROUP BY occupation",
+    ):
+        other = compile_(sql, catalog, emp)
+        sel = [m for m in other.measures if m.selection]
+        assert [(m.name, m.kind) for m in sel] == [("__units", "count_units")], sql
 
 
 # -- quantiles -----------------------------------------------------------------------------

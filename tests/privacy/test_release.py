@@ -101,6 +101,26 @@ def test_private_keys_selection_drops_small_groups() -> None:
     assert release(plan, exact, cost).table.column_names == ["occupation", "n"]
 
 
+def test_a_released_count_under_private_keys_is_the_thresholded_one() -> None:
+    # issue 15: one measurement, as OpenDP — the count is thresholded itself and takes
+    # the whole budget, instead of a second units count splitting it in two
+    one = private_plan(
+        measures=(Measure("n", "count", selection=True),),
+        sql="SELECT occupation, COUNT(*) AS n FROM persons GROUP BY occupation",
+    )
+    two = private_plan()
+    c1, c2 = cost_of(one, epsilon=1.0, delta=1e-6), cost_of(two, epsilon=1.0, delta=1e-6)
+    [m1] = c1.measures
+    assert m1.selection and m1.share == 1.0 and m1.threshold is not None
+    assert m1.scale == pytest.approx(c2.measure("n").scale / 2, rel=1e-6)
+    exact = pa.table({"occupation": [f"o{i}" for i in range(300)], "n": [m1.threshold] * 300})
+    rows = release(one, exact, c1).to_json_rows()
+    assert 0 < len(rows) < 300  # about half pass a threshold their exact count sits on
+    assert all(r["n"] >= m1.threshold for r in rows)  # each released count passed it
+    entry = next(e for e in explain(one, c1) if e["name"] == "n")
+    assert entry["scale"] == m1.scale and entry["accuracy_95"] is not None
+
+
 def test_mixed_public_and_private_keys_filter_public_values() -> None:
     plan = private_plan(
         keys=(
