@@ -5,7 +5,8 @@ capped ``noexec,nosuid,nodev`` tmpfs at /scratch and /tmp, no capabilities,
 ``no-new-privileges``, the runner's non-root uid, memory without swap, CPU, PID,
 file-size and open-file limits, and no logs (``log_config`` type ``none``): its
 output streams are never read. Every container carries labels (``LABEL``,
-``JOB_LABEL``, ``HOME_LABEL``) so ``sweep`` removes leftovers after a crash.
+``JOB_LABEL``, ``HOME_LABEL``) so ``sweep_orphans`` removes a dead process's
+containers at the next start (``sweep``: all of an installation's).
 """
 
 from __future__ import annotations
@@ -290,22 +291,25 @@ def sweep(client: Any, *, home_label: str | None = None, max_age_s: float | None
 
     With ``home_label`` only the containers of that installation are touched, so two
     sandboxes (or two test runs) sharing one Docker engine do not remove each
-    other's jobs. With ``max_age_s`` (the start-up sweep) a running container is
-    removed only once it has run longer than that, and a stopped one only after a
-    grace period, so another executor of the same installation keeps its jobs.
+    other's jobs. With ``max_age_s`` a running container is removed only once it has
+    run longer than that, and a stopped one only after a grace period. (The start-up
+    sweep is ``sweep_orphans``: it tells a dead owner's containers by their run
+    directory's lock, not by age.)
     """
     import docker.errors
 
     label = [f"{LABEL}=1"] + ([f"{HOME_LABEL}={home_label}"] if home_label else [])
     try:
-        leftovers = client.containers.list(all=True, filters={"label": label})
+        leftovers = client.containers.list(all=True, sparse=True, filters={"label": label})
     except docker_errors() as exc:
         raise DockerUnavailable("The Docker engine did not answer.") from exc
     removed = 0
     for container in leftovers:
-        if max_age_s is not None and not _is_stale(container.attrs, max_age_s):
-            continue
         try:
+            if max_age_s is not None:
+                container.reload()  # the full record, for its times
+                if not _is_stale(container.attrs, max_age_s):
+                    continue
             container.remove(force=True, v=True)
             removed += 1
         except docker.errors.NotFound:
@@ -328,19 +332,22 @@ def sweep_orphans(
 
     label = [f"{LABEL}=1", f"{HOME_LABEL}={home_label}"]
     try:
-        found = client.containers.list(all=True, filters={"label": label})
+        # sparse: the list's own answer (with the mounts), no lookup per container that
+        # would race another executor removing its runner
+        found = client.containers.list(all=True, sparse=True, filters={"label": label})
     except docker_errors() as exc:
         raise DockerUnavailable("The Docker engine did not answer.") from exc
     runs = runs_dir.resolve()
     removed = 0
     for container in found:
         workdir = _workdir(container.attrs)
-        if workdir is None or workdir.parent != runs:
-            if not _is_stale(container.attrs, max_age_s):
-                continue
-        elif workdir not in dead and hostfs.is_live(workdir):
-            continue
         try:
+            if workdir is None or workdir.parent != runs:
+                container.reload()  # the full record, for its times
+                if not _is_stale(container.attrs, max_age_s):
+                    continue
+            elif workdir not in dead and hostfs.is_live(workdir):
+                continue
             container.remove(force=True, v=True)
             removed += 1
         except docker.errors.NotFound:
