@@ -199,7 +199,7 @@ def test_runs_of_dead_processes_are_claimed_and_live_ones_left(
             hostfs.remove_run(run)
 
 
-def test_a_run_directory_without_its_lock_is_a_dead_ones(tmp_path: Path, label: str) -> None:
+def test_an_unlocked_run_directory_of_any_age_is_removed(tmp_path: Path, label: str) -> None:
     # what older versions (and a crash before any lock) leave: any age, removed at once
     runs = tmp_path / "runs"
     leftover = runs / "job-crashed1"
