@@ -97,6 +97,7 @@ CODES: dict[str, str] = {
     "INTERNAL": "The system failed; the incident is logged.",
     "EXECUTION_FAILED": "The query failed inside the runner (see the category).",
     "DOCKER_UNAVAILABLE": "No Docker engine or runner image is available.",
+    "OUT_NOT_IN_RAM": "The Docker executor cannot keep exact results in RAM; it refuses to start.",
     "AUDIT_INVALID": "The audit log does not verify.",
     "PRODUCT_INVALID": "The data product does not verify.",
 }

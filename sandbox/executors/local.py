@@ -5,6 +5,10 @@ has the catalogue's schema but no real rows. It runs exactly the code the contai
 runs (``sandbox_runner.executor.execute``) with the same DuckDB lock-down, but it
 has none of the container's isolation, so it refuses any Parquet file that is not
 marked synthetic (schema metadata ``jinyu.synthetic = true``).
+
+Its result and DuckDB's spill go to a temporary directory in RAM (``/dev/shm``, when
+the mount table says it is tmpfs or ramfs), else in the system's temporary directory:
+the data is synthetic, so a result of it left by a crash discloses nothing real.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from pathlib import Path
 
 from sandbox.errors import ExecutionFailed, Refused
-from sandbox.executors import ExactResult, Executor, plan_datasets, runner_spec
+from sandbox.executors import ExactResult, Executor, plan_datasets, ramfs, runner_spec
 from sandbox.plan import Plan
 from sandbox.settings import Settings
 from sandbox.synthetic import is_synthetic
@@ -51,7 +55,7 @@ class LocalExecutor:
         s = self.settings
         spec = runner_spec(plan, s)
         began = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="jinyu-local-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="jinyu-local-", dir=ramfs.ram_tmp()) as tmp:
             out_dir, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
             out_dir.mkdir()
             scratch.mkdir()

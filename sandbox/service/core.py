@@ -104,10 +104,27 @@ class Service:
         """Start the job worker (recovering unfinished jobs) and record the start."""
         if self.started:
             return
+        self._start_executor()
         self._audit("system", "system", "server.started", details={"version": _version()})
         self.started = True
         self.worker.start()
         self.maybe_checkpoint()  # recovery may have failed jobs: their ends get signed
+
+    def _start_executor(self) -> None:
+        """Let the executor clean up after a crash before any job runs (the Docker
+        executor removes dead processes' runs and their exact results, issue 15). A
+        missing Docker engine does not stop the server: jobs fail with
+        DOCKER_UNAVAILABLE and retry the start; any other failure (no RAM for exact
+        results: OUT_NOT_IN_RAM) does."""
+        from sandbox.errors import DockerUnavailable
+
+        start = getattr(self.executor, "start", None)
+        if start is None:
+            return
+        try:
+            start()
+        except DockerUnavailable:
+            log.warning("executor.start: no Docker engine or runner image; jobs will retry")
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop the worker, record the stop, sign an audit checkpoint, close connections."""

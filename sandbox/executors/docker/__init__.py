@@ -12,15 +12,18 @@ One container per job, from the runner image (``python3 -m sandbox_runner``):
 - the Docker daemon keeps no logs (``log_config`` type ``none``), and we never read
   the container's output streams: only /out, without following symlinks and with a
   size cap;
-- a label on every container so ``sweep`` removes leftovers after a crash.
+- /out only ever in RAM; a label on every container and a lock on every run
+  directory, so the next start removes what a dead process left (its container,
+  its exact result), whatever its age, and nothing of a live one's.
 
 Limits come from ``Settings`` only. What comes back is the aggregate table or an
 ``ExecutionFailed`` category; no text from the container, DuckDB or Docker.
 
 Modules (imports go one way, down this list):
 
-- ``hostfs``: the host side of a run: its run directory, the size-capped tmpfs
-  /out (``mount(2)``), the sweep of run directories a crash left;
+- ``hostfs``: the host side of a run: its run directory and its lock, /out in RAM
+  (a size-capped tmpfs of its own, or a private directory on /dev/shm; else the
+  executor refuses to start), the claim of runs a dead process left;
 - ``containers``: one runner container: its arguments (mounts, limits, lock-down),
   create and start, the wait with the wall-clock kill, removal; labels and ``sweep``;
 - ``pool``: ``FairSlots`` (concurrency in arrival order) and ``WarmPool`` (runners

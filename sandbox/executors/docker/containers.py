@@ -5,7 +5,8 @@ capped ``noexec,nosuid,nodev`` tmpfs at /scratch and /tmp, no capabilities,
 ``no-new-privileges``, the runner's non-root uid, memory without swap, CPU, PID,
 file-size and open-file limits, and no logs (``log_config`` type ``none``): its
 output streams are never read. Every container carries labels (``LABEL``,
-``JOB_LABEL``, ``HOME_LABEL``) so ``sweep`` removes leftovers after a crash.
+``JOB_LABEL``, ``HOME_LABEL``) so ``sweep_orphans`` removes a dead process's
+containers at the next start (``sweep``: all of an installation's).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +26,8 @@ from sandbox_runner import contract
 from sandbox_runner.contract import RUNNER_UID
 
 from sandbox.errors import DockerUnavailable
-from sandbox.executors.docker.hostfs import prepare_dirs, remove_workdir, runs_root
+from sandbox.executors.docker import hostfs
+from sandbox.executors.docker.hostfs import Backing, RunDir
 from sandbox.settings import Settings
 
 log = logging.getLogger("sandbox.executors.docker")  # one logger name for the package
@@ -47,19 +48,28 @@ ContainerHook = Callable[[Any, Path], None]
 class Runner:
     """One runner container and its host directories; it serves exactly one job."""
 
-    workdir: Path
+    run: RunDir
     datasets: dict[str, Path]
     container: Any = None
     born: float = field(default_factory=time.monotonic)
-    out_capped: bool = False
+
+    @property
+    def workdir(self) -> Path:
+        return self.run.path
 
     @property
     def plan_dir(self) -> Path:
-        return self.workdir / "plan"
+        return self.run.plan
 
     @property
     def out_dir(self) -> Path:
-        return self.workdir / "out"
+        """Where the exact result is: always on a RAM filesystem (``out_in``)."""
+        return self.run.out
+
+    @property
+    def out_in(self) -> str:
+        """``tmpfs`` (a size-capped mount of its own) or ``shm`` (the RAM fallback)."""
+        return self.run.kind
 
     @property
     def key(self) -> tuple[tuple[str, str], ...]:
@@ -86,6 +96,7 @@ def launch(
     image: str | None,
     home: str,
     runs_dir: Path,
+    backing: Backing,
     job_label: str,
     spec: dict[str, Any] | None,
     entrypoint: list[str] | None = None,
@@ -94,11 +105,9 @@ def launch(
     import docker.errors
     import requests.exceptions
 
-    workdir = Path(tempfile.mkdtemp(prefix="job-", dir=runs_root(runs_dir)))
-    runner = Runner(workdir=workdir, datasets=dict(datasets))
+    out_cap = 2 * settings.output_max_bytes + (1 << 20)
+    runner = Runner(run=hostfs.new_run(runs_dir, backing, out_cap), datasets=dict(datasets))
     try:
-        out_cap = 2 * settings.output_max_bytes + (1 << 20)
-        runner.out_capped = prepare_dirs(runner.plan_dir, runner.out_dir, out_cap)
         if spec is not None:
             runner.feed(spec)
         args = container_args(
@@ -226,7 +235,7 @@ def discard(runner: Runner) -> None:
     if runner.container is not None:
         remove(runner.container)
         runner.container = None
-    remove_workdir(runner.workdir, runner.out_dir)
+    hostfs.remove_run(runner.run)
 
 
 def remove(container: Any) -> None:
@@ -282,22 +291,25 @@ def sweep(client: Any, *, home_label: str | None = None, max_age_s: float | None
 
     With ``home_label`` only the containers of that installation are touched, so two
     sandboxes (or two test runs) sharing one Docker engine do not remove each
-    other's jobs. With ``max_age_s`` (the start-up sweep) a running container is
-    removed only once it has run longer than that, and a stopped one only after a
-    grace period, so another executor of the same installation keeps its jobs.
+    other's jobs. With ``max_age_s`` a running container is removed only once it has
+    run longer than that, and a stopped one only after a grace period. (The start-up
+    sweep is ``sweep_orphans``: it tells a dead owner's containers by their run
+    directory's lock, not by age.)
     """
     import docker.errors
 
     label = [f"{LABEL}=1"] + ([f"{HOME_LABEL}={home_label}"] if home_label else [])
     try:
-        leftovers = client.containers.list(all=True, filters={"label": label})
+        leftovers = client.containers.list(all=True, sparse=True, filters={"label": label})
     except docker_errors() as exc:
         raise DockerUnavailable("The Docker engine did not answer.") from exc
     removed = 0
     for container in leftovers:
-        if max_age_s is not None and not _is_stale(container.attrs, max_age_s):
-            continue
         try:
+            if max_age_s is not None:
+                container.reload()  # the full record, for its times
+                if not _is_stale(container.attrs, max_age_s):
+                    continue
             container.remove(force=True, v=True)
             removed += 1
         except docker.errors.NotFound:
@@ -307,21 +319,50 @@ def sweep(client: Any, *, home_label: str | None = None, max_age_s: float | None
     return removed
 
 
-def live_workdirs(client: Any, home: str) -> set[Path] | None:
-    """The run directories mounted by this installation's containers (any state);
-    None if the engine cannot say (then nothing young is touched)."""
-    label = [f"{LABEL}=1", f"{HOME_LABEL}={home}"]
+def sweep_orphans(
+    client: Any, *, home_label: str, runs_dir: Path, dead: set[Path], max_age_s: float
+) -> int:
+    """The start-up sweep: remove this installation's containers whose owner is dead.
+
+    A container's run directory (the source of its /plan mount) tells: one in ``dead``
+    (claimed from a dead process) or gone goes; one a live process holds stays, however
+    long it has run (its owner kills it at its timeout). A container whose run
+    directory cannot be read from its mounts goes by age (``_is_stale``)."""
+    import docker.errors
+
+    label = [f"{LABEL}=1", f"{HOME_LABEL}={home_label}"]
     try:
-        containers = client.containers.list(all=True, filters={"label": label})
-    except docker_errors():
-        return None
-    live: set[Path] = set()
-    for container in containers:
-        for mount in container.attrs.get("Mounts", []) or []:
-            targets = (contract.OUT_DIR, contract.PLAN_DIR)
-            if mount.get("Destination") in targets and mount.get("Source"):
-                live.add(Path(mount["Source"]).parent.resolve())
-    return live
+        # sparse: the list's own answer (with the mounts), no lookup per container that
+        # would race another executor removing its runner
+        found = client.containers.list(all=True, sparse=True, filters={"label": label})
+    except docker_errors() as exc:
+        raise DockerUnavailable("The Docker engine did not answer.") from exc
+    runs = runs_dir.resolve()
+    removed = 0
+    for container in found:
+        workdir = _workdir(container.attrs)
+        try:
+            if workdir is None or workdir.parent != runs:
+                container.reload()  # the full record, for its times
+                if not _is_stale(container.attrs, max_age_s):
+                    continue
+            elif workdir not in dead and hostfs.is_live(workdir):
+                continue
+            container.remove(force=True, v=True)
+            removed += 1
+        except docker.errors.NotFound:
+            continue
+        except docker_errors() as exc:
+            log.warning("could not remove an orphaned runner container (%s)", type(exc).__name__)
+    return removed
+
+
+def _workdir(attrs: dict[str, Any]) -> Path | None:
+    """The run directory of a container: the parent of its /plan mount's source."""
+    for mount in attrs.get("Mounts", []) or []:
+        if mount.get("Destination") == contract.PLAN_DIR and mount.get("Source"):
+            return Path(mount["Source"]).parent.resolve()
+    return None
 
 
 def _is_stale(attrs: dict[str, Any], max_age_s: float) -> bool:

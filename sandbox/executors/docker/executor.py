@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from sandbox_runner.contract import EXIT_IDLE
 
-from sandbox.errors import DockerUnavailable, ExecutionFailed, Refused
+from sandbox.errors import DockerUnavailable, ExecutionFailed, Refused, SystemFailure
 from sandbox.executors import ExactResult, Executor, plan_datasets, runner_spec
 from sandbox.executors.docker import containers, hostfs
 from sandbox.executors.docker.containers import (
@@ -25,7 +25,6 @@ from sandbox.executors.docker.containers import (
     Runner,
     discard,
     home_label,
-    sweep,
 )
 from sandbox.executors.docker.pool import FairSlots, WarmPool
 from sandbox.executors.output import read_result, read_status, status_category
@@ -36,13 +35,24 @@ from sandbox.settings import Settings
 class DockerExecutor:
     """Run Plans in fresh runner containers. Thread-safe; ``settings.concurrency`` at once."""
 
-    def __init__(self, settings: Settings, client: Any = None, image: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any = None,
+        image: str | None = None,
+        *,
+        mount_ok: bool | None = None,
+    ) -> None:
+        """``mount_ok=False`` (tests only) takes the RAM fallback as if mount(2) were
+        refused; None: try mount(2) at start."""
         self.settings = settings
         self._client = client
         self._image = image or settings.runner_image or None
         self._slots = FairSlots(settings.concurrency)
         self._ready_lock = threading.Lock()
         self._ready = False
+        self._mount_ok = mount_ok
+        self.backing: hostfs.Backing | None = None
         self.home_label = home_label(settings)
         self.runs_dir = Path(settings.home) / "runs"
         self._pool = WarmPool(
@@ -69,17 +79,48 @@ class DockerExecutor:
         return self._run_job(runner_spec(plan, self.settings), datasets, job_id=job_id)
 
     def start(self) -> None:
-        """Connect, sweep leftovers of this installation, check the image (once)."""
+        """Before any job: choose where exact results live (RAM only, or refuse with
+        ``OUT_NOT_IN_RAM``) and remove every run a dead process left, its container
+        first; then connect and check the image. The host part runs even when Docker
+        does not answer (then ``DockerUnavailable`` is raised after it, and the next
+        call retries the rest). Once."""
         with self._ready_lock:
             if self._ready:
                 return
+            if self.backing is None:
+                backing = hostfs.choose_backing(
+                    self.runs_dir, self.home_label, mount_ok=self._mount_ok
+                )
+                self._remove_dead_runs(backing)
+                self.backing = backing
             client = self.client
-            stale = max(self.settings.job_timeout_s, WARM_IDLE_S) + 60
-            sweep(client, home_label=self.home_label, max_age_s=stale)
-            live = containers.live_workdirs(client, self.home_label)
-            hostfs.sweep_runs_dir(self.runs_dir, stale, live=live)
+            # containers of dead runs removed while Docker did not answer, and any
+            # whose run directory cannot be told from its mounts (then by age)
+            self._sweep_orphans(client, dead=set())
             self._image = containers.resolve_image(client, self._image)
             self._ready = True
+
+    def _remove_dead_runs(self, backing: hostfs.Backing) -> None:
+        dead = hostfs.claim_dead(self.runs_dir, backing)
+        try:
+            if dead:
+                try:
+                    client = self.client
+                except DockerUnavailable:
+                    client = None  # their runs go now; their containers at the next start()
+                if client is not None:
+                    # first the containers: a runner still working writes nothing after
+                    self._sweep_orphans(client, dead={run.path.resolve() for run in dead})
+        finally:
+            for run in dead:
+                hostfs.remove_run(run)
+            hostfs.sweep_shm(backing, self.runs_dir)
+
+    def _sweep_orphans(self, client: Any, *, dead: set[Path]) -> None:
+        stale = max(self.settings.job_timeout_s, WARM_IDLE_S) + 60
+        containers.sweep_orphans(
+            client, home_label=self.home_label, runs_dir=self.runs_dir, dead=dead, max_age_s=stale
+        )
 
     def close(self) -> None:
         """Remove the warm runners (if any). Running jobs are not touched."""
@@ -206,7 +247,7 @@ class DockerExecutor:
                 exit_code, timed_out = self._wait(runner.container, started)
                 stats["warm"] = False
             stats["container_s"] = round(time.monotonic() - started, 4)
-            stats["out_capped"] = runner.out_capped
+            stats["out_in"] = runner.out_in  # tmpfs or shm: RAM either way
             out_dir = runner.out_dir
             try:
                 oom = False
@@ -251,6 +292,8 @@ class DockerExecutor:
         entrypoint: list[str] | None = None,
     ) -> Runner:
         """Create and start one runner container: with its spec (cold) or waiting (warm)."""
+        if self.backing is None:
+            raise SystemFailure("The Docker executor was not started.", code="INTERNAL")
         return containers.launch(
             self.client,
             self.settings,
@@ -258,6 +301,7 @@ class DockerExecutor:
             image=self._image,
             home=self.home_label,
             runs_dir=self.runs_dir,
+            backing=self.backing,
             job_label=job_label,
             spec=spec,
             entrypoint=entrypoint,
