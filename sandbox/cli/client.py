@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,14 @@ WAITING = {"submitted", "compiled", "budget_reserved", "running", "noised"}
 
 
 class ApiClient:
-    """A small httpx wrapper that turns error responses into SandboxErrors."""
+    """A small httpx wrapper that turns error responses into SandboxErrors.
+
+    A request made with ``retry=True`` is sent again, after each of ``retry_delays``,
+    when the connection fails (refused, reset, timed out, closed before an answer).
+    Only requests that are safe to repeat ask for it: a submission with an
+    idempotency key (a repeat finds the job the first made, never a second)."""
+
+    retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
         import httpx
@@ -43,17 +51,29 @@ class ApiClient:
         url, token = client_config(settings)
         return cls(url, token)
 
-    def request(self, method: str, path: str, **kw: Any) -> Any:
+    def request(self, method: str, path: str, *, retry: bool = False, **kw: Any) -> Any:
         import httpx
 
-        try:
-            resp = self._http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise SystemFailure(
-                f"Cannot reach the sandbox server at {self.url}.",
-                code="INTERNAL",
-                hint="Is it running (`sandbox serve`)? Check SANDBOX_URL.",
-            ) from exc
+        delays = list(self.retry_delays) if retry else []
+        while True:
+            try:
+                resp = self._http.request(method, path, **kw)
+                break
+            except httpx.TransportError as exc:
+                if delays:
+                    time.sleep(delays.pop(0))
+                    continue
+                raise SystemFailure(
+                    f"Cannot reach the sandbox server at {self.url}.",
+                    code="INTERNAL",
+                    hint="Is it running (`sandbox serve`)? Check SANDBOX_URL.",
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise SystemFailure(
+                    f"Cannot reach the sandbox server at {self.url}.",
+                    code="INTERNAL",
+                    hint="Is it running (`sandbox serve`)? Check SANDBOX_URL.",
+                ) from exc
         if resp.status_code >= 400:
             raise _error_from(resp)
         return resp
@@ -63,6 +83,16 @@ class ApiClient:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body or {}).json()
+
+    def submit(self, body: dict[str, Any], *, idempotency_key: str) -> tuple[dict[str, Any], bool]:
+        """POST /v1/jobs with the key, retried on connection failures (each retry with
+        the same key): (the job, whether the server answered with a replay)."""
+        from sandbox.service.idempotency import HEADER, REPLAYED_HEADER, header_value
+
+        headers = {HEADER: header_value(idempotency_key)}
+        resp = self.request("POST", "/v1/jobs", retry=True, json=body, headers=headers)
+        job: dict[str, Any] = resp.json()
+        return job, resp.headers.get(REPLAYED_HEADER) == "true"
 
 
 def _error_from(resp: Any) -> SandboxError:
@@ -202,13 +232,35 @@ def register(app: typer.Typer) -> None:
         epsilon: float = typer.Option(..., "--epsilon", "-e", help="ε to spend."),
         delta: float = typer.Option(0.0, "--delta", "-d", help="δ (for private group keys)."),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait while the job runs."),
+        idempotency_key: str = typer.Option(
+            None,
+            "--idempotency-key",
+            help="Sent as the Idempotency-Key (default: a fresh UUID each run). Run again "
+            "with the key a failed submit printed: the server returns the job it made, if "
+            "it made one, and never charges twice.",
+        ),
         as_json: bool = JsonOption,
     ) -> None:
         """Submit a query as the operator; shows the job's progress until it finishes or
-        waits for review."""
+        waits for review. The submission carries an idempotency key, so the retries made
+        when the connection fails never make a second job or a second charge."""
+        from sandbox.service.idempotency import check_key
+
+        key = check_key(idempotency_key) or str(uuid.uuid4())
         api = _client(ctx)
         body = {"sql": _read_sql(query), "scenario": scenario, "epsilon": epsilon, "delta": delta}
-        job = api.post("/v1/jobs", body)
+        try:
+            job, replayed = api.submit(body, idempotency_key=key)
+        except SystemFailure as exc:  # the job may exist: the same key finds it
+            exc.hint = " ".join(
+                filter(None, [exc.hint, f"Retry with --idempotency-key {key} (no second charge)."])
+            )
+            raise
+        if replayed and not as_json:
+            err_console.print(
+                f"[dim]{job['id']} was submitted before with this idempotency key: "
+                "no new job, no new charge.[/]"
+            )
         if wait:
             job = wait_for(api, job["id"], show=not as_json)
         if as_json:
