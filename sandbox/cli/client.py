@@ -51,6 +51,10 @@ class ApiClient:
         url, token = client_config(settings)
         return cls(url, token)
 
+    def close(self) -> None:
+        """Close the connections kept open between requests."""
+        self._http.close()
+
     def request(self, method: str, path: str, *, retry: bool = False, **kw: Any) -> Any:
         import httpx
 
@@ -134,9 +138,12 @@ def client_config(settings: Settings) -> tuple[str, str]:
 
 
 def _client(ctx: typer.Context) -> ApiClient:
+    """The command's client, closed when the command ends."""
     from sandbox.cli.common import settings
 
-    return ApiClient.from_settings(settings(ctx))
+    api = ApiClient.from_settings(settings(ctx))
+    ctx.call_on_close(api.close)
+    return api
 
 
 def _read_sql(path: Path) -> str:
