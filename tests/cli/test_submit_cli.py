@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from sandbox.api.app import create_app
 from sandbox.cli import app
-from sandbox.cli.client import ApiClient
+from sandbox.cli.apiclient import ApiClient
 from sandbox.service import Service, issue_token
 from sandbox.settings import Settings
 from tests.api.api_helpers import serve
