@@ -87,6 +87,8 @@ CODES: dict[str, str] = {
     "RATE_LIMITED": "Too many requests; wait and retry.",
     "TOO_MANY_JOBS": "The operator has too many jobs waiting or running; wait for some.",
     "COMPILE_BUDGET_EXCEEDED": "The token used its query-compilation time for this minute.",
+    "INVALID_IDEMPOTENCY_KEY": "The Idempotency-Key is not 1 to 128 printable ASCII characters.",
+    "IDEMPOTENCY_KEY_REUSED": "The Idempotency-Key was already used for a different submission.",
     "SELF_REVIEW": "A reviewer may not review a job they submitted, nor review it twice.",
     "REASON_REQUIRED": "A review decision needs a reason.",
     "CSRF_FAILED": "The form's CSRF token is missing or wrong.",

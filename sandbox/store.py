@@ -1,7 +1,9 @@
 """Persistence: one SQLite database (WAL) under $SANDBOX_HOME.
 
 Each module that keeps state owns its tables and declares them in a ``SCHEMA``
-string; ``connect`` creates every registered schema. Writers use ``transaction``
+string; ``connect`` creates every registered schema, then runs each module's
+``upgrade`` (columns a table gained since an older database was made, with
+``add_columns``, and the indexes on them). Writers use ``transaction``
 (BEGIN IMMEDIATE), so a state change and the audit event that records it commit
 together or not at all, and concurrent writers are serialised.
 """
@@ -9,16 +11,39 @@ together or not at all, and concurrent writers are serialised.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 _SCHEMAS: dict[str, str] = {}
+_UPGRADES: dict[str, Callable[[sqlite3.Connection], None]] = {}
 
 
-def register_schema(owner: str, ddl: str) -> None:
-    """Called at import time by the module that owns the tables."""
+def register_schema(
+    owner: str, ddl: str, *, upgrade: Callable[[sqlite3.Connection], None] | None = None
+) -> None:
+    """Called at import time by the module that owns the tables. ``upgrade(conn)`` runs
+    after every schema is created, on every connection: it brings a database made by
+    an older version up to ``ddl`` (and must be cheap when there is nothing to do)."""
     _SCHEMAS[owner] = ddl
+    if upgrade is not None:
+        _UPGRADES[owner] = upgrade
+
+
+def add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add the ``columns`` (name → declaration) that ``table`` lacks: a database made
+    before they were in its ``CREATE TABLE`` (which ``IF NOT EXISTS`` leaves as it was).
+    Checked again under the write lock, so concurrent connections add each once."""
+
+    def missing() -> list[str]:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        return [name for name in columns if name not in have]
+
+    if not missing():
+        return
+    with transaction(conn):
+        for name in missing():
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {columns[name]}")
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -35,6 +60,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
     _load_schemas()
     for ddl in _SCHEMAS.values():
         conn.executescript(ddl)
+    for upgrade in _UPGRADES.values():
+        upgrade(conn)
     return conn
 
 

@@ -308,6 +308,7 @@ class JobView(View):
     created_at: str
     updated_at: str
     finished_at: str | None
+    idempotency_key: str | None  # the Idempotency-Key it was submitted with
     error: JobError | None
     transitions: list[Transition] | None = None
     decisions: list[ReviewDecision]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.api import models as m
 from sandbox.api.deps import get_principal, get_service
 from sandbox.api.limits import StrictJSONRoute
-from sandbox.service import Service
+from sandbox.service import Service, idempotency
 from sandbox.tokens import Principal
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -21,7 +21,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "No valid token"),
         (403, "The role may not do this"),
         (404, "Not found (or not yours)"),
-        (409, "Wrong state, or no budget"),
+        (409, "Wrong state, no budget, or an idempotency key reused for another request"),
         (413, "Body too large"),
         (422, "Invalid fields"),
         (429, "Rate limited"),
@@ -113,18 +113,55 @@ def explain(body: ExplainRequest, p: Principal = Caller, svc: Service = Svc) -> 
     )
 
 
-@router.post("/jobs", tags=["jobs"], status_code=201, **returns(m.JobView))
-def submit(body: SubmitRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
+REPLAY: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": m.JobView,
+        "description": "A replay: the job an earlier request with this Idempotency-Key made, "
+        "as it stands now; nothing was recorded or reserved again.",
+        "headers": {
+            idempotency.REPLAYED_HEADER: {
+                "description": "`true`: this answer is a replay.",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
+    },
+    201: {"description": "The job, recorded, compiled and its budget reserved."},
+}
+IdempotencyKey = Header(
+    default=None,
+    alias=idempotency.HEADER,
+    description="Makes the submission safe to retry (draft-ietf-httpapi-idempotency-key-header)"
+    ': 1 to 128 printable ASCII characters, as a quoted string (`"KEY"`) or bare. A retry '
+    "with the same key and body answers 200 with the same job and reserves nothing; with "
+    "another body, 409 IDEMPOTENCY_KEY_REUSED. Keys are the operator's own and never expire.",
+)
+
+
+@router.post("/jobs", tags=["jobs"], status_code=201, responses=REPLAY, **returns(m.JobView))
+def submit(
+    body: SubmitRequest,
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = IdempotencyKey,  # read below: every one sent is checked
+    p: Principal = Caller,
+    svc: Service = Svc,
+) -> dict[str, Any]:
     """Submit a query (operators only). It is compiled and its budget reserved now, and it
-    runs in the background; poll GET /v1/jobs/{id}."""
-    return svc.submit_job(
+    runs in the background; poll GET /v1/jobs/{id}. Send an Idempotency-Key to make a
+    retry safe: the same key again never makes a second job nor a second charge."""
+    submission = svc.submit(
         p,
         sql=body.sql,
         scenario=body.scenario,
         epsilon=body.epsilon,
         delta=body.delta,
         weights=body.weights,
+        idempotency_key=idempotency.parse_header(request.headers.getlist(idempotency.HEADER)),
     )
+    if submission.replayed:
+        response.status_code = 200
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return submission.job
 
 
 @router.get("/jobs", tags=["jobs"], **returns(list[m.JobView]))

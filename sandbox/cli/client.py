@@ -1,112 +1,37 @@
 """CLI client of the REST API: submit, status, jobs, cancel, result, budget, review.
 
-The server URL and token come from ``SANDBOX_URL`` / ``SANDBOX_TOKEN`` or, when those
-are unset, from ``$SANDBOX_HOME/client.json`` (``{"url": …, "token": …}``; ``sandbox
-up`` writes it with the demo operator's token). Errors keep the server's one shape and
-the exit codes: 0 ok, 2 refused, 1 the system failed.
+The commands talk to the server through ``apiclient.ApiClient`` (where the URL and
+token come from, error answers, retries). Errors keep the server's one shape and the
+exit codes: 0 ok, 2 refused, 1 the system failed. ``submit`` sends an idempotency key
+and retries with it when the connection fails (docs/api.md, idempotent submissions).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from sandbox.cli.apiclient import ApiClient
 from sandbox.cli.common import JsonOption, console, err_console, handle_errors, print_json
-from sandbox.errors import AuthError, BadInput, Refused, SandboxError, SystemFailure
-from sandbox.settings import Settings
+from sandbox.errors import BadInput, SystemFailure
 
 review_app = typer.Typer(help="The review queue (supervisors).", no_args_is_help=True)
 
 WAITING = {"submitted", "compiled", "budget_reserved", "running", "noised"}
 
 
-class ApiClient:
-    """A small httpx wrapper that turns error responses into SandboxErrors."""
-
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
-        import httpx
-
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            timeout=timeout,
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ApiClient:
-        url, token = client_config(settings)
-        return cls(url, token)
-
-    def request(self, method: str, path: str, **kw: Any) -> Any:
-        import httpx
-
-        try:
-            resp = self._http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise SystemFailure(
-                f"Cannot reach the sandbox server at {self.url}.",
-                code="INTERNAL",
-                hint="Is it running (`sandbox serve`)? Check SANDBOX_URL.",
-            ) from exc
-        if resp.status_code >= 400:
-            raise _error_from(resp)
-        return resp
-
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.request("GET", path, **kw).json()
-
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self.request("POST", path, json=body or {}).json()
-
-
-def _error_from(resp: Any) -> SandboxError:
-    try:
-        err = resp.json()["error"]
-        code, message, hint = str(err["code"]), str(err["message"]), str(err.get("hint", ""))
-        extra = {k: v for k, v in err.items() if k not in ("code", "message", "hint")}
-    except (ValueError, KeyError, TypeError):
-        code, message, hint, extra = "INTERNAL", f"The server answered {resp.status_code}.", "", {}
-    from sandbox.errors import CODES
-
-    if code not in CODES:
-        code = "INTERNAL" if resp.status_code >= 500 else "BAD_REQUEST"
-    cls: type[SandboxError] = SystemFailure if resp.status_code >= 500 else Refused
-    if resp.status_code == 401:
-        cls = AuthError
-    return cls(message, code=code, hint=hint, http_status=resp.status_code, details=extra)
-
-
-def client_config(settings: Settings) -> tuple[str, str]:
-    """(url, token): the environment first, then $SANDBOX_HOME/client.json."""
-    url = os.environ.get("SANDBOX_URL", "")
-    token = os.environ.get("SANDBOX_TOKEN", "") or settings.token
-    path = settings.home / "client.json"
-    if (not url or not token) and path.is_file():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise BadInput(f"{path} is not valid JSON.") from exc
-        url = url or str(saved.get("url", ""))
-        token = token or str(saved.get("token", ""))
-    url = url or settings.server_url
-    if not token:
-        raise AuthError(
-            "No API token.",
-            hint="Set SANDBOX_TOKEN (from `sandbox token create`) or run `sandbox up`.",
-        )
-    return url, token
-
-
 def _client(ctx: typer.Context) -> ApiClient:
+    """The command's client, closed when the command ends."""
     from sandbox.cli.common import settings
 
-    return ApiClient.from_settings(settings(ctx))
+    api = ApiClient.from_settings(settings(ctx))
+    ctx.call_on_close(api.close)
+    return api
 
 
 def _read_sql(path: Path) -> str:
@@ -202,13 +127,35 @@ def register(app: typer.Typer) -> None:
         epsilon: float = typer.Option(..., "--epsilon", "-e", help="ε to spend."),
         delta: float = typer.Option(0.0, "--delta", "-d", help="δ (for private group keys)."),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait while the job runs."),
+        idempotency_key: str = typer.Option(
+            None,
+            "--idempotency-key",
+            help="Sent as the Idempotency-Key (default: a fresh UUID each run). Run again "
+            "with the key a failed submit printed: the server returns the job it made, if "
+            "it made one, and never charges twice.",
+        ),
         as_json: bool = JsonOption,
     ) -> None:
         """Submit a query as the operator; shows the job's progress until it finishes or
-        waits for review."""
+        waits for review. The submission carries an idempotency key, so the retries made
+        when the connection fails never make a second job or a second charge."""
+        from sandbox.service.idempotency import check_key
+
+        key = check_key(idempotency_key) or str(uuid.uuid4())
         api = _client(ctx)
         body = {"sql": _read_sql(query), "scenario": scenario, "epsilon": epsilon, "delta": delta}
-        job = api.post("/v1/jobs", body)
+        try:
+            job, replayed = api.submit(body, idempotency_key=key)
+        except SystemFailure as exc:  # the job may exist: the same key finds it
+            exc.hint = " ".join(
+                filter(None, [exc.hint, f"Retry with --idempotency-key {key} (no second charge)."])
+            )
+            raise
+        if replayed and not as_json:
+            err_console.print(
+                f"[dim]{job['id']} was submitted before with this idempotency key: "
+                "no new job, no new charge.[/]"
+            )
         if wait:
             job = wait_for(api, job["id"], show=not as_json)
         if as_json:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sandbox.errors import SandboxError, public_error
 from sandbox.settings import Settings
@@ -45,9 +46,10 @@ def fail(exc: BaseException, as_json: bool) -> None:
     if as_json:
         print_json(err.to_dict())
     else:
-        err_console.print(f"[bold red]error[/] [{err.code}] {err.message}")
+        # the text is not markup: a hint may quote what the user typed (a key, a path)
+        err_console.print(f"[bold red]error[/] \\[{err.code}] {escape(err.message)}")
         if err.hint:
-            err_console.print(f"[dim]hint:[/] {err.hint}")
+            err_console.print(f"[dim]hint:[/] {escape(err.hint)}")
     raise typer.Exit(err.exit_code)
 
 

@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     required_approvals INTEGER,
     created_at         TEXT NOT NULL,
     updated_at         TEXT NOT NULL,
-    finished_at        TEXT
+    finished_at        TEXT,
+    idempotency_key    TEXT,
+    request_sha256     TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_operator ON jobs (operator, created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -80,7 +82,22 @@ CREATE TABLE IF NOT EXISTS job_incidents (
     at           TEXT NOT NULL
 );
 """
-store.register_schema("sandbox.jobs", SCHEMA)
+# columns added since the first jobs table: a database made before them gets them
+ADDED_COLUMNS = {"idempotency_key": "TEXT", "request_sha256": "TEXT"}
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """An older database gains the added columns; then one job per (operator, key):
+    the index that makes a retried submission find its job instead of making a second
+    (the INSERT that would break it fails inside ``create_job``'s transaction)."""
+    store.add_columns(conn, "jobs", ADDED_COLUMNS)
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (operator, idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL"
+    )
+
+
+store.register_schema("sandbox.jobs", SCHEMA, upgrade=_upgrade)
 
 
 def now_iso() -> str:
@@ -156,6 +173,7 @@ class Job:
             "created_at": r["created_at"],
             "updated_at": r["updated_at"],
             "finished_at": r["finished_at"],
+            "idempotency_key": r.get("idempotency_key"),
             "error": None,
         }
         if r["error_code"]:
@@ -192,6 +210,15 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> Job:
     if row is None:
         raise NotFound(f"No job {job_id!r}.", hint="`sandbox jobs` lists your jobs.")
     return Job(dict(row))
+
+
+def find_by_idempotency_key(conn: sqlite3.Connection, operator: str, key: str) -> Job | None:
+    """The operator's job submitted with this idempotency key, if any (keys are the
+    operator's own: another operator's same key is another job)."""
+    row = conn.execute(
+        "SELECT * FROM jobs WHERE operator = ? AND idempotency_key = ?", (operator, key)
+    ).fetchone()
+    return Job(dict(row)) if row is not None else None
 
 
 def list_jobs(
@@ -243,8 +270,14 @@ def create_job(
     weights: dict[str, float] | None,
     actor: str,
     role: str,
+    idempotency_key: str | None = None,
+    request_sha256: str | None = None,
 ) -> Job:
-    """Insert a job in ``submitted`` and write its audit event, together."""
+    """Insert a job in ``submitted`` and write its audit event, together.
+
+    With an ``idempotency_key`` (and the digest of the request it came with), a second
+    job of the same operator and key raises ``sqlite3.IntegrityError`` and nothing of
+    it is written; the caller finds the first with ``find_by_idempotency_key``."""
     from sandbox import audit
 
     job_id = "j-" + secrets.token_hex(6)
@@ -253,7 +286,8 @@ def create_job(
     with join_transaction(conn):
         conn.execute(
             "INSERT INTO jobs (id, operator, scenario, sql, sql_sha256, sql_shape, epsilon, delta,"
-            " weights, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " weights, state, created_at, updated_at, idempotency_key, request_sha256)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job_id,
                 operator,
@@ -267,6 +301,8 @@ def create_job(
                 S.SUBMITTED.value,
                 at,
                 at,
+                idempotency_key,
+                request_sha256,
             ),
         )
         conn.execute(

@@ -10,10 +10,12 @@ Modules (imports only go down this list, no cycles):
 
 - ``ratelimit``: ``RateLimiter`` (requests per token per minute) and the cap on jobs
   one operator may have waiting or running (``MAX_ACTIVE_JOBS``).
+- ``idempotency``: idempotency keys of submissions (checking one, the request's
+  digest, finding the job an earlier request with the key made: a replay, or 409).
 - ``auth``: the principal behind a token, role checks (``require``), ownership checks
   (someone else's job is "not found"), ``issue_token``.
 - ``views``: the view dicts, i.e. what each role may see of the catalogue, a grant,
-  a job (times coarsened for operators) and a budget.
+  a job (times coarsened for operators) and a budget; where an audit search starts.
 - ``decisions``: a supervisor's review decision (record, audit, reject or release).
 - ``core``: the ``Service`` facade (connections, keys, the job worker, operations).
 

@@ -9,7 +9,6 @@ import json
 import logging
 import sqlite3
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,10 @@ from sandbox.errors import BadInput, NotFound
 from sandbox.executors import Executor
 from sandbox.grants import Grants, load_grants
 from sandbox.jobs import Job, JobWorker, State
-from sandbox.service import auth, views
+from sandbox.service import auth, idempotency, views
 from sandbox.service.auth import ADMIN, OPERATOR, STAFF, SUPERVISOR, require
 from sandbox.service.decisions import record_review
+from sandbox.service.idempotency import Submission
 from sandbox.service.ratelimit import RateLimiter, TimeBudget, check_active_jobs
 from sandbox.settings import Settings
 from sandbox.tokens import Principal, Role
@@ -254,7 +254,11 @@ class Service:
             ),
         }
 
-    def submit_job(
+    def submit_job(self, p: Principal, **request: Any) -> dict[str, Any]:
+        """``submit``'s job view (for callers that need not know of replays)."""
+        return self.submit(p, **request).job
+
+    def submit(
         self,
         p: Principal,
         *,
@@ -263,41 +267,63 @@ class Service:
         epsilon: float,
         delta: float = 0.0,
         weights: dict[str, float] | None = None,
-    ) -> dict[str, Any]:
+        idempotency_key: str | None = None,
+    ) -> Submission:
         """Record the job, compile it and reserve its budget now; run it on the worker.
 
         A refusal (bad query, no grant, no budget) is recorded on the job (state
-        ``refused``) and raised with the job id in its details."""
+        ``refused``) and raised with the job id in its details. With an idempotency
+        key already used by this operator, the job it made comes back as a replay
+        (nothing checked, recorded or reserved again; ``sandbox/service/idempotency.py``),
+        or 409 IDEMPOTENCY_KEY_REUSED if the request differs."""
         from sandbox.privacy import check_epsilon_delta
 
         require(p, OPERATOR)
+        key = idempotency.check_key(idempotency_key)
+        digest = idempotency.request_fingerprint(
+            sql=sql, scenario=scenario, epsilon=epsilon, delta=delta, weights=weights
+        )
+        conn = self.conn()
+        # a replay first: the job it finds counts among the operator's active jobs
+        earlier = idempotency.earlier_job(conn, p.name, key, digest) if key is not None else None
+        if earlier is not None:
+            return Submission(self._job_view(p, earlier), replayed=True)
         if not sql.strip():
             raise BadInput("The SQL text is empty.", code="EMPTY_QUERY")
         # NaN and ±inf cannot even be recorded on a job (SQLite stores NaN as NULL):
         # refuse them before anything is written
         check_epsilon_delta(epsilon, delta)
-        conn = self.conn()
         check_active_jobs(conn, p.name)
         # the compile time counts against the token (refused here, before anything is
         # recorded, once this minute's is used up)
         with self.compile_time.spend(p.token_id):
-            job = jobs.create_job(
+            job, replayed = idempotency.create_once(
                 conn,
-                operator=p.name,
-                scenario=scenario,
-                sql=sql,
-                epsilon=epsilon,
-                delta=delta,
-                weights=weights,
-                actor=p.name,
-                role=p.role.value,
+                p.name,
+                key,
+                digest,
+                lambda: jobs.create_job(
+                    conn,
+                    operator=p.name,
+                    scenario=scenario,
+                    sql=sql,
+                    epsilon=epsilon,
+                    delta=delta,
+                    weights=weights,
+                    actor=p.name,
+                    role=p.role.value,
+                    idempotency_key=key,
+                    request_sha256=digest if key is not None else None,
+                ),
             )
+            if replayed:  # a concurrent request with the key made it first
+                return Submission(self._job_view(p, job), replayed=True)
             try:
                 job = self.worker.prepare(conn, job)
             finally:
                 self.maybe_checkpoint()
         self.worker.enqueue(job.id)
-        return self._job_view(p, job)
+        return Submission(self._job_view(p, job))
 
     # --- jobs ----------------------------------------------------------------------
 
@@ -432,7 +458,7 @@ class Service:
         from sandbox import audit
 
         require(p, STAFF)
-        since_seq = self._since_seq(since)
+        since_seq = views.since_seq(self.conn(), since)
         found = audit.events(
             self.conn(),
             action=action,
@@ -442,28 +468,6 @@ class Service:
             newest_first=True,
         )
         return [e.to_dict() for e in found]
-
-    def _since_seq(self, since: str | None) -> int:
-        if since is None or since == "":
-            return 0
-        if since.isascii() and since.isdigit():
-            return min(int(since), 2**63 - 1)  # SQLite's largest integer
-        try:
-            when = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise BadInput(
-                "'since' must be a sequence number or an ISO 8601 time.",
-                hint="For example 2026-01-31T00:00:00Z.",
-            ) from exc
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        row = (
-            self.conn()
-            .execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE time < ?", (stamp,))
-            .fetchone()
-        )
-        return int(row[0])
 
     def audit_verify(self, p: Principal) -> dict[str, Any]:
         from sandbox import audit

@@ -1,4 +1,5 @@
-"""View dicts: what each role may see of the catalogue, a grant, a job and a budget.
+"""View dicts: what each role may see of the catalogue, a grant, a job and a budget
+(and ``since_seq``, where an audit search starts).
 
 Operators see only their own grants' datasets (valid now), job times to the whole
 second, nothing of a result before it is released; supervisors also see previews."""
@@ -14,6 +15,7 @@ from typing import Any
 
 from sandbox import jobs, ledger, products, review
 from sandbox.catalog import Catalog, Dataset
+from sandbox.errors import BadInput
 from sandbox.grants import Grant, Grants
 from sandbox.jobs import Job, State
 from sandbox.tokens import Principal, Role
@@ -155,6 +157,29 @@ def budget_rows(
                 }
             )
     return out
+
+
+def since_seq(conn: sqlite3.Connection, since: str | None) -> int:
+    """The audit search's ``since`` (a sequence number or an ISO time) as the sequence
+    number events must come after."""
+    if since is None or since == "":
+        return 0
+    if since.isascii() and since.isdigit():
+        return min(int(since), 2**63 - 1)  # SQLite's largest integer
+    try:
+        when = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadInput(
+            "'since' must be a sequence number or an ISO 8601 time.",
+            hint="For example 2026-01-31T00:00:00Z.",
+        ) from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    row = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE time < ?", (stamp,)
+    ).fetchone()
+    return int(row[0])
 
 
 def plain(obj: Any) -> dict[str, Any]:

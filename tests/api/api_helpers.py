@@ -1,8 +1,13 @@
-"""Helpers for the API tests: the demo queries and a TestClient wrapper with tokens."""
+"""Helpers for the API tests: the demo queries, a TestClient wrapper with tokens, and a
+real uvicorn server (`serve`)."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -54,3 +59,27 @@ class Api:
             if job["state"] not in WAITING or time.monotonic() > deadline:
                 return job
             time.sleep(0.05)
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """The app served by a real uvicorn server on a free local port; yields its URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="error", access_log=False, ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

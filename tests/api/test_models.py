@@ -24,10 +24,14 @@ def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def success_schema(spec: dict[str, Any], path: str, method: str) -> dict[str, Any]:
-    """The JSON schema of an operation's 2xx answer; it must name its fields."""
+def success_schema(
+    spec: dict[str, Any], path: str, method: str, status: str | None = None
+) -> dict[str, Any]:
+    """The JSON schema of an operation's 2xx answer (``status``, or its only one; POST
+    /v1/jobs has two: 201 a new job, 200 a replay); it must name its fields."""
     op = spec["paths"][path][method]
-    (status,) = [s for s in op["responses"] if s.startswith("2")]
+    if status is None:
+        (status,) = [s for s in op["responses"] if s.startswith("2")]
     schema: dict[str, Any] = op["responses"][status]["content"][JSON]["schema"]
     body = _resolve(spec, schema)
     item = _resolve(spec, body["items"]) if body.get("type") == "array" else body
@@ -67,7 +71,7 @@ def assert_matches(spec: dict[str, Any], method: str, route: str, resp: Any) -> 
     """The answer is a success and validates against its operation's closed schema."""
     assert resp.status_code in (200, 201), resp.text
     closed = _closed({"components": spec["components"]})
-    schema = _closed(success_schema(spec, route, method))
+    schema = _closed(success_schema(spec, route, method, str(resp.status_code)))
     Draft202012Validator({**closed, **schema}).validate(resp.json())
     return resp.json()
 
@@ -77,15 +81,15 @@ def test_every_success_response_names_its_fields(api):
     seen = 0
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
-            (status,) = [s for s in op["responses"] if s.startswith("2")]
-            content = op["responses"][status].get("content")
-            assert content, f"{method.upper()} {path}: {status} has no content"
-            for media_type, body in content.items():
-                if media_type == JSON:
-                    success_schema(spec, path, method)
-                else:  # a file or a PEM key: bytes, not an object
-                    assert body["schema"]["type"] == "string", (path, media_type)
-                seen += 1
+            for status in [s for s in op["responses"] if s.startswith("2")]:
+                content = op["responses"][status].get("content")
+                assert content, f"{method.upper()} {path}: {status} has no content"
+                for media_type, body in content.items():
+                    if media_type == JSON:
+                        success_schema(spec, path, method, status)
+                    else:  # a file or a PEM key: bytes, not an object
+                        assert body["schema"]["type"] == "string", (path, media_type)
+                    seen += 1
     assert seen >= 22
 
 
