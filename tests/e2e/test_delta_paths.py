@@ -182,3 +182,27 @@ def test_one_query_one_delta_cost_and_shape_on_every_path(
     assert schema.names == dev["columns"] and schema.names[-1] == "suppressed"
     if expected_delta == 0.0:  # public keys: every county, on both sides
         assert len(dev["rows"]) == pq.read_table(out).num_rows == 117
+
+
+def test_submit_operator_flag_refuses_another_operators_token(
+    sandbox_env: tuple[dict[str, str], dict[str, str], Path, Path],
+) -> None:
+    """`submit --operator` is a check, never a way to submit as someone else: with
+    op-jinshu's token, `--operator op-huaxin` is refused before anything is submitted."""
+    env, tokens, work, _project = sandbox_env
+    operator = tokens["op-jinshu"]
+    before = httpx.get(
+        f"{env['SANDBOX_URL']}/v1/jobs", headers={"Authorization": f"Bearer {operator}"}
+    ).json()
+    done = subprocess.run(
+        ["sandbox", "submit", "queries/01_residents_by_county.sql", "--operator", "op-huaxin",
+         "--scenario", "employment-income", "--epsilon", "0.5", "--json"],
+        env={**env, "SANDBOX_TOKEN": operator}, cwd=work, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert json.loads(done.stdout)["error"]["code"] == "WRONG_OPERATOR"
+    after = httpx.get(
+        f"{env['SANDBOX_URL']}/v1/jobs", headers={"Authorization": f"Bearer {operator}"}
+    ).json()
+    assert len(after) == len(before)
