@@ -79,6 +79,7 @@ CODES: dict[str, str] = {
     # control plane
     "UNAUTHENTICATED": "No valid token was given.",
     "FORBIDDEN": "The role may not do this.",
+    "WRONG_OPERATOR": "The token is not the named operator's (`submit --operator`).",
     "NOT_FOUND": "No such object (or it is not yours).",
     "INVALID_STATE": "The object is not in a state that allows this.",
     "BAD_REQUEST": "The request is malformed.",

@@ -199,6 +199,34 @@ def check_output(
     )
 
 
+def released_accuracy(accuracy: Any, checked: Checked) -> dict[str, Any]:
+    """Per-cell accuracy as it is shown with a reviewed result: noise scale and 95%
+    half-width (or a quantile's statement); a suppressed row's cells are null. The
+    intervals are dropped: they are centred on the unrounded noisy value, and would
+    undo rounding and suppression. (``sandbox dev run`` shows exactly this; the job
+    pipeline keeps the same rule.)"""
+    names = checked.table.column_names
+    mask = checked.table.column(SUPPRESSED_COLUMN).to_pylist() if SUPPRESSED_COLUMN in names else []
+    out: dict[str, Any] = {}
+    for column, cells in dict(accuracy or {}).items():
+        if not isinstance(cells, list | tuple):
+            continue
+        out[str(column)] = [
+            None
+            if (i < len(mask) and mask[i]) or not isinstance(cell, dict)
+            else {k: _plain(v) for k, v in cell.items() if not str(k).startswith("interval")}
+            for i, cell in enumerate(cells)
+        ]
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """A figure as plain JSON (NumPy scalars to Python numbers)."""
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v.item() if hasattr(v, "item") else v
+
+
 def _num(v: Any) -> float:
     try:
         return float(v)

@@ -45,13 +45,17 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+DELTA_HELP = (
+    "δ (default, the same for explain and submit: 0 when the query needs none, else a "
+    "tenth of the grant's δ; see docs/privacy.md)."
+)
+
+
 class ExplainRequest(_Body):
     sql: str = Field(max_length=100_000, description="The SQL aggregate query.")
     scenario: str = Field(max_length=200, description="The scenario (应用场景) it is for.")
     epsilon: float | None = Field(default=None, description="ε (default: the per-query ceiling).")
-    delta: float | None = Field(
-        default=None, description="δ (default: a tenth of the grant's δ when one is needed)."
-    )
+    delta: float | None = Field(default=None, description=DELTA_HELP)
     weights: dict[str, float] | None = Field(default=None, description="Budget split per output.")
 
 
@@ -59,7 +63,7 @@ class SubmitRequest(_Body):
     sql: str = Field(max_length=100_000, description="The SQL aggregate query.")
     scenario: str = Field(max_length=200, description="The scenario (应用场景) it is for.")
     epsilon: float = Field(description="ε to spend on this query.")
-    delta: float = Field(default=0.0, description="δ to spend (needed for private group keys).")
+    delta: float | None = Field(default=None, description=DELTA_HELP)
     weights: dict[str, float] | None = Field(default=None, description="Budget split per output.")
 
 

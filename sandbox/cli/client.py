@@ -115,6 +115,21 @@ def _exit_for(job: dict[str, Any]) -> None:
 _REFUSAL_CODES = {"BUDGET_EXHAUSTED", "NO_GRANT", "GRANT_EXPIRED", "SYNTHETIC_DATA_REFUSED"}
 
 
+def _check_operator(api: Any, operator: str) -> None:
+    """``submit --operator X``: refuse before submitting unless the token is X's. An
+    operator's token lists only its own grants, so any other name among them means
+    another operator (with no grants at all, the submission is refused NO_GRANT)."""
+    from sandbox.errors import BadInput
+
+    named = {str(g.get("operator")) for g in api.get("/v1/grants") if isinstance(g, dict)}
+    if named and operator not in named:
+        raise BadInput(
+            f"The token is not operator {operator}'s.",
+            code="WRONG_OPERATOR",
+            hint="Use that operator's SANDBOX_TOKEN, or leave out --operator.",
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
 
@@ -125,7 +140,12 @@ def register(app: typer.Typer) -> None:
         query: Path = typer.Argument(..., help="A .sql file (or - for stdin)."),
         scenario: str = typer.Option(..., "--scenario", "-s", help="The scenario (应用场景)."),
         epsilon: float = typer.Option(..., "--epsilon", "-e", help="ε to spend."),
-        delta: float = typer.Option(0.0, "--delta", "-d", help="δ (for private group keys)."),
+        delta: float = typer.Option(
+            None, "--delta", "-d", help="δ (default: 0 if none is needed, else the grant's δ/10)."
+        ),
+        operator: str = typer.Option(
+            None, "--operator", "-o", help="Refuse unless the token is this operator's."
+        ),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait while the job runs."),
         idempotency_key: str = typer.Option(
             None,
@@ -137,13 +157,18 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
     ) -> None:
         """Submit a query as the operator; shows the job's progress until it finishes or
-        waits for review. The submission carries an idempotency key, so the retries made
-        when the connection fails never make a second job or a second charge."""
+        waits for review. Takes the flags of `sandbox explain` (the δ default is the same).
+        The submission carries an idempotency key, so the retries made when the
+        connection fails never make a second job or a second charge."""
         from sandbox.service.idempotency import check_key
 
         key = check_key(idempotency_key) or str(uuid.uuid4())
         api = _client(ctx)
-        body = {"sql": _read_sql(query), "scenario": scenario, "epsilon": epsilon, "delta": delta}
+        body: dict[str, Any] = {"sql": _read_sql(query), "scenario": scenario, "epsilon": epsilon}
+        if delta is not None:
+            body["delta"] = delta
+        if operator is not None:
+            _check_operator(api, operator)
         try:
             job, replayed = api.submit(body, idempotency_key=key)
         except SystemFailure as exc:  # the job may exist: the same key finds it
@@ -171,7 +196,9 @@ def register(app: typer.Typer) -> None:
         query: Path = typer.Argument(..., help="A .sql file (or - for stdin)."),
         scenario: str = typer.Option(None, "--scenario", "-s", help="The scenario (应用场景)."),
         epsilon: float = typer.Option(None, "--epsilon", "-e", help="ε (default: the ceiling)."),
-        delta: float = typer.Option(None, "--delta", "-d", help="δ."),
+        delta: float = typer.Option(
+            None, "--delta", "-d", help="δ (default: 0 if none is needed, else the grant's δ/10)."
+        ),
         operator: str = typer.Option(
             None,
             "--operator",

@@ -129,12 +129,15 @@ def dev_run(
     scenario: str = typer.Option(None, "--scenario", help="Scenario (default: the query header)."),
     operator: str = typer.Option(None, "--operator", help="Operator (default: header/project)."),
     epsilon: float = typer.Option(None, "--epsilon", help="ε (default: the per-query ceiling)."),
-    delta: float = typer.Option(None, "--delta", help="δ (default: the grant's δ if needed)."),
+    delta: float = typer.Option(
+        None, "--delta", help="δ (default: 0 if none is needed, else the grant's δ/10)."
+    ),
     project: Path = typer.Option(None, "--project", help="Project folder (default: found)."),
     units: int = typer.Option(5_000, "--units", min=1, help="Units if data is made on the fly."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Compile as the server would, run on synthetic data, add DP noise; spends no budget."""
+    """Compile as the server would, run on synthetic data, add DP noise and review the
+    output as the server would (rounding, suppression); spends no budget."""
     from sandbox.dev import load_context, read_query, run_query
 
     s = settings(ctx)
@@ -174,8 +177,18 @@ def _print_run(result: dict[str, Any]) -> None:
             cells.append(escape(_cell_text(value, cell)))
         table.add_row(*cells)
     console.print(table)
-    console.print(f"{len(result['rows'])} rows. Each noisy cell shows value ±95% half-width, "
-                  "or its 95% interval \\[lo, hi].", soft_wrap=True)  # fmt: skip
+    console.print(f"{len(result['rows'])} rows. Each noisy cell shows value ±95% half-width "
+                  "(of the noise, before rounding).", soft_wrap=True)  # fmt: skip
+    sdc = result["disclosure_control"]
+    rounding = f"counts rounded to {sdc['round_base']}" if sdc["round_base"] else "no rounding"
+    console.print(
+        f"Output review as in the sandbox ({result['grade']}): {rounding}; rows with a noisy "
+        f"count below {sdc['min_count']} suppressed ({sdc['suppressed_rows']} here); "
+        f"{result['required_approvals']} supervisor approval(s) needed.",
+        soft_wrap=True,
+    )
+    for flag in result["flags"]:
+        console.print(f"[yellow]flag {flag['code']}[/]: {escape(flag['message'])}", soft_wrap=True)
     for entry in result["explain"]:
         if entry.get("statement"):
             console.print(f"[dim]{entry['name']}: {entry['statement']}[/]", soft_wrap=True)
@@ -198,15 +211,14 @@ def _print_run(result: dict[str, Any]) -> None:
 def _cell_text(value: Any, cell: dict[str, Any] | None) -> str:
     if value is None:
         return "NULL"
+    if isinstance(value, bool):  # the `suppressed` column
+        return "yes" if value else ""
     text = f"{value:,.2f}" if isinstance(value, float) else str(value)
     if cell is None:
         return text
     hw = cell.get("accuracy_95")
     if isinstance(hw, int | float):
         return f"{text} ± {hw:,.2f}" if isinstance(hw, float) else f"{text} ± {hw}"
-    interval = cell.get("interval_95")
-    if isinstance(interval, list) and len(interval) == 2:
-        return f"{text} [{interval[0]:,.2f}, {interval[1]:,.2f}]"
     return text
 
 

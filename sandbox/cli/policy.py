@@ -126,7 +126,9 @@ def explain(
         None, "--scenario", "-s", help="Scenario id (default: '-- scenario:' in the file)."
     ),
     epsilon: float = typer.Option(None, "--epsilon", "-e", help="ε, to show noise and accuracy."),
-    delta: float = typer.Option(None, "--delta", "-d", help="δ (needed for private keys)."),
+    delta: float = typer.Option(
+        None, "--delta", "-d", help="δ (default: 0 if none is needed, else the grant's δ/10)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Compile a query locally and show the Plan (and, with --epsilon, its accuracy).
@@ -186,7 +188,7 @@ def _accuracy(
     cost = privacy.plan_cost(
         plan,
         epsilon=epsilon,
-        delta=0.0 if delta is None else delta,
+        delta=privacy.choose_delta(delta, plan, dataset, grant),  # the server's default too
         dataset=dataset,
         grant=grant,
     )

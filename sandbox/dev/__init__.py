@@ -3,16 +3,17 @@
 An operator's developer has no raw data and often no Docker. These tools give them
 the sandbox's own compiler (same code, same error codes), the local executor over
 synthetic data generated from the catalogue alone, and the DP layer with the ε they
-ask for, so a query that works locally works in the sandbox. Nothing here spends
-budget, writes audit events or talks to a server (except ``dev init --server``,
-which only fetches the catalogue and grants the token may see).
+ask for (and the sandbox's default δ), then the server's output review, so a query
+that works locally works in the sandbox and its result has the product's shape.
+Nothing here spends budget, writes audit events or talks to a server (except
+``dev init --server``, which only fetches the catalogue and grants the token may see).
 
 A local project folder (``dev init``) holds::
 
     jinyu-project.json   operator, where the catalogue came from, synthetic size/seed
     README.md            what to do next
     policies/            the granted part of the catalogue, the operator's grants,
-                         the public key sets (the same files the server reads)
+                         the public key sets, review.yaml (the files the server reads)
     queries/example.sql  a first query, with its header
     data/                synthetic Parquet (marked jinyu.synthetic = true)
 

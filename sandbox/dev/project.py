@@ -62,6 +62,9 @@ def init_project(
     for rel, src in key_files.items():
         (pol / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, pol / rel)
+    if policies is not None and (Path(policies) / "review.yaml").is_file():
+        # the output-review rules `dev run` applies, as the server does
+        shutil.copyfile(Path(policies) / "review.yaml", pol / "review.yaml")
     _write_yaml(
         pol / "catalog.yaml", catalog_doc, "The part of the catalogue granted to " + operator
     )

@@ -1,16 +1,22 @@
-"""``sandbox dev run``: a query on synthetic data, through the compiler, the local executor
-and the DP layer, spending no budget."""
+"""``sandbox dev run``: a query on synthetic data, through the compiler, the local executor,
+the DP layer and output review, spending no budget.
+
+The local result is shaped as the server's product would be: the same δ rule
+(``privacy.choose_delta``), the same disclosure control (``review.check_output`` with
+the local ``review.yaml``: rounding, minimum counts, suppression, the ``suppressed``
+column), the same flags and the same per-cell accuracy (``review.released_accuracy``).
+Only near-duplicate detection is missing: there is no job history on your machine."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from sandbox.catalog import Dataset
 from sandbox.dev.context import ADHOC_UNITS, DevContext, parse_header, resolve_target
 from sandbox.errors import BadInput, SystemFailure
-from sandbox.grants import Grant, find_grant
+from sandbox.grants import find_grant
 from sandbox.settings import Settings
 
 # ------------------------------------------------------------------ dev run
@@ -28,12 +34,14 @@ def run_query(
     units: int = ADHOC_UNITS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Compile, run on synthetic data with the local executor, add DP noise.
+    """Compile, run on synthetic data with the local executor, add DP noise, review.
 
-    Returns the released rows, each cell's accuracy, the mechanisms and what the
-    query would cost in the real sandbox. No budget is spent, nothing is recorded.
+    Returns the rows as the sandbox would release them (rounded, suppressed, with the
+    ``suppressed`` column), their schema, each cell's accuracy, the review flags, the
+    mechanisms and what the query would cost in the real sandbox. No budget is spent,
+    nothing is recorded.
     """
-    from sandbox import privacy
+    from sandbox import privacy, products, review
     from sandbox.compiler import compile_query
     from sandbox.executors.local import LocalExecutor
 
@@ -47,8 +55,7 @@ def run_query(
     eps = epsilon if epsilon is not None else _header_float(header, "epsilon")
     dlt = delta if delta is not None else _header_float(header, "delta")
     eps = eps if eps is not None else grant.budget.max_epsilon_per_query
-    if dlt is None:
-        dlt = default_delta(plan.private_keys, dataset, grant)
+    dlt = privacy.choose_delta(dlt, plan, dataset, grant)
     cost = privacy.plan_cost(plan, epsilon=eps, delta=dlt, dataset=dataset, grant=grant)
     executor = LocalExecutor(settings)
     with tempfile.TemporaryDirectory(prefix="jinyu-dev-") as tmp:
@@ -59,6 +66,10 @@ def run_query(
         exact = executor.run(plan, data_root=data_root, job_id="dev-local")
     noisy = privacy.release(plan, exact.table, cost, timeout_s=settings.release_timeout_s)
     del exact  # the exact aggregates of synthetic data; still, never kept
+    rules = review.load_rules(ctx.policies)
+    grade = dataset.grade.value
+    checked = review.check_output(noisy.table, plan, grade=grade, rules=rules)
+    released = json.loads(products.render(checked.table, "json"))  # as the JSON product
     return {
         "synthetic": True,
         "operator": op,
@@ -66,9 +77,18 @@ def run_query(
         "grant": grant.id,
         "dataset": plan.dataset,
         "plan_digest": plan.digest(),
-        "columns": noisy.table.column_names,
-        "rows": noisy.to_json_rows(),
-        "accuracy": noisy.accuracy,
+        "grade": grade,
+        "columns": released["columns"],
+        "schema": [{"name": f.name, "type": str(f.type)} for f in checked.table.schema],
+        "rows": released["rows"],
+        "accuracy": review.released_accuracy(noisy.accuracy, checked),
+        "flags": [*checked.flags, *noisy.warnings],
+        "disclosure_control": {
+            "min_count": checked.min_count,
+            "round_base": checked.round_base,
+            "suppressed_rows": checked.suppressed_rows,
+        },
+        "required_approvals": checked.required_approvals,
         "mechanisms": noisy.mechanisms,
         "explain": privacy.explain(plan, cost),
         "cost": cost.to_dict(),
@@ -84,16 +104,6 @@ def run_query(
         "budget_spent": 0.0,
         "notes": list(plan.notes),
     }
-
-
-def default_delta(private_keys: bool, dataset: Dataset, grant: Grant) -> float:
-    """δ when none is asked: the grant's δ when the query needs one (private group
-    keys, or a zCDP dataset whose guarantee is stated with δ > 0), else 0."""
-    if not dataset.privacy.delta_allowed:
-        return 0.0
-    if private_keys or dataset.privacy.definition == "zcdp":
-        return grant.budget.delta
-    return 0.0
 
 
 def _header_float(header: dict[str, str], key: str) -> float | None:

@@ -44,7 +44,9 @@ Modules (imports only go down this list, no cycles):
 - ``accounting``: ε/δ validation against grant and policy, the budget split over
   measures, sensitivities and fitted scales (``plan_cost``, ``Cost``);
 - ``accuracy``: 95% half-widths, quantile statements, ``explain``, per-cell intervals;
-- ``release``: noise, partition selection, the noisy cut to ``max_groups``, ``post_sql``.
+- ``release``: noise, partition selection, the noisy cut to ``max_groups``, ``post_sql``;
+- ``defaults``: the δ a query gets when none is asked (``choose_delta``,
+  ``default_delta``), one rule for every path (dev run, explain, submit).
 
 Quantile candidates are part of the Plan (``sandbox.plan.quantile_candidates``): the
 compiler picks them, this package scores them.
@@ -63,6 +65,7 @@ from sandbox.privacy.accounting import (
     rho_from_epsilon_delta,
 )
 from sandbox.privacy.accuracy import explain
+from sandbox.privacy.defaults import DEFAULT_DELTA_SHARE, choose_delta, default_delta, needs_delta
 from sandbox.privacy.mechanisms import quantile_alpha_fraction, quantile_scores
 from sandbox.privacy.release import Noisy, release
 
@@ -72,13 +75,17 @@ __all__ = [
     "Noisy",
     "check_cost",
     "check_epsilon_delta",
+    "choose_delta",
+    "default_delta",
     "explain",
+    "needs_delta",
     "plan_cost",
     "quantile_alpha_fraction",
     "quantile_candidates",
     "quantile_scores",
     "release",
     "rho_from_epsilon_delta",
+    "DEFAULT_DELTA_SHARE",
     "FLOAT_SUM_MAX_ROWS",
     "MAX_CANDIDATES",
 ]

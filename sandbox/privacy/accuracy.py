@@ -97,12 +97,7 @@ def _output_entry(plan: Plan, cost: Cost, out: Any) -> dict[str, Any]:
         scale=None,
         accuracy_95=None,
         components=parts,
-        statement=(
-            "computed from the noisy measures listed; for a mean, each released cell "
-            "carries a conservative 95% interval (each component at 97.5%)"
-            if out.kind == "mean"
-            else "computed from the noisy measures listed; see their accuracy"
-        ),
+        statement="computed from the noisy measures listed; see their accuracy",
     )
     return entry
 

@@ -233,9 +233,7 @@ class Service:
             plan = compile_query(sql, catalog=self.catalog, grant=grant)
         dataset = self._dataset(plan.dataset)
         eps = epsilon if epsilon is not None else grant.budget.max_epsilon_per_query
-        needs_delta = plan.private_keys or dataset.privacy.definition == "zcdp"
-        # default δ when one is needed: a tenth of the grant's, leaving room for more queries
-        dlt = delta if delta is not None else (grant.budget.delta / 10 if needs_delta else 0.0)
+        dlt = privacy.choose_delta(delta, plan, dataset, grant)  # the one δ rule
         cost = privacy.plan_cost(
             plan, epsilon=eps, delta=dlt, dataset=dataset, grant=grant, weights=weights
         )
@@ -265,17 +263,19 @@ class Service:
         sql: str,
         scenario: str,
         epsilon: float,
-        delta: float = 0.0,
+        delta: float | None = None,
         weights: dict[str, float] | None = None,
         idempotency_key: str | None = None,
     ) -> Submission:
         """Record the job, compile it and reserve its budget now; run it on the worker.
 
-        A refusal (bad query, no grant, no budget) is recorded on the job (state
-        ``refused``) and raised with the job id in its details. With an idempotency
-        key already used by this operator, the job it made comes back as a replay
-        (nothing checked, recorded or reserved again; ``sandbox/service/idempotency.py``),
-        or 409 IDEMPOTENCY_KEY_REUSED if the request differs."""
+        Without ``delta`` the job gets the one default (``privacy.choose_delta``, as
+        explain and ``dev run``), recorded on the job as if asked. A refusal (bad
+        query, no grant, no budget) is recorded on the job (state ``refused``) and
+        raised with the job id in its details. With an idempotency key already used by
+        this operator, the job it made comes back as a replay (nothing checked,
+        recorded or reserved again; ``sandbox/service/idempotency.py``), or 409
+        IDEMPOTENCY_KEY_REUSED if the request differs."""
         from sandbox.privacy import check_epsilon_delta
 
         require(p, OPERATOR)
@@ -292,11 +292,13 @@ class Service:
             raise BadInput("The SQL text is empty.", code="EMPTY_QUERY")
         # NaN and ±inf cannot even be recorded on a job (SQLite stores NaN as NULL):
         # refuse them before anything is written
-        check_epsilon_delta(epsilon, delta)
+        check_epsilon_delta(epsilon, 0.0 if delta is None else delta)
         check_active_jobs(conn, p.name)
         # the compile time counts against the token (refused here, before anything is
         # recorded, once this minute's is used up)
         with self.compile_time.spend(p.token_id):
+            if delta is None:
+                delta = self._default_delta(p, sql, scenario)
             job, replayed = idempotency.create_once(
                 conn,
                 p.name,
@@ -324,6 +326,19 @@ class Service:
                 self.maybe_checkpoint()
         self.worker.enqueue(job.id)
         return Submission(self._job_view(p, job))
+
+    def _default_delta(self, p: Principal, sql: str, scenario: str) -> float:
+        """``privacy.default_delta`` of a submission; a query that does not compile gets
+        0 here and is refused (and recorded) by the job's own compile in ``prepare``."""
+        from sandbox import privacy
+        from sandbox.compiler import compile_query
+
+        try:
+            grant = self.worker.grant_for(p.name, scenario)
+            plan = compile_query(sql, catalog=self.catalog, grant=grant)
+            return privacy.default_delta(plan, self._dataset(plan.dataset), grant)
+        except Exception:  # noqa: BLE001 - prepare meets the same error and records it
+            return 0.0
 
     # --- jobs ----------------------------------------------------------------------
 

@@ -100,16 +100,17 @@ def request_fingerprint(
     sql: str,
     scenario: str,
     epsilon: float,
-    delta: float,
+    delta: float | None,
     weights: dict[str, float] | None,
 ) -> str:
     """SHA-256 of what a submission asks for, as the service reads it: 1 and 1.0 are
-    one ε, a δ left out is δ = 0, the order of the weights does not matter."""
+    one ε, a δ left out is not δ = 0 (it asks for the default), the order of the
+    weights does not matter."""
     request: dict[str, Any] = {
         "sql": sql,
         "scenario": scenario,
         "epsilon": float(epsilon),
-        "delta": float(delta),
+        "delta": float(delta) if delta is not None else None,
         "weights": {k: float(v) for k, v in weights.items()} if weights is not None else None,
     }
     text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

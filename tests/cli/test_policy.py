@@ -169,7 +169,13 @@ def test_explain_refusals(tmp_path: Path) -> None:
     assert json.loads(out)["error"]["code"] == "BAD_REQUEST"
     code, out = _run(tmp_path, "policy", "explain", "nothere.sql", *args)
     assert code == 2
-    code, out = _run(tmp_path, "policy", "explain", "SELECT occupation, COUNT(*) FROM persons "
-                     "GROUP BY occupation", *args, "--epsilon", "1")  # fmt: skip
+    # private keys need δ: without --delta the one default (a tenth of the grant's δ) ...
+    occupations = "SELECT occupation, COUNT(*) FROM persons GROUP BY occupation"
+    code, out = _run(tmp_path, "policy", "explain", occupations, *args, "--epsilon", "1")
+    assert code == 0, out
+    assert json.loads(out)["cost"]["requested_delta"] == pytest.approx(1e-6)
+    # ... and an explicit δ = 0 wins, and is refused
+    code, out = _run(tmp_path, "policy", "explain", occupations, *args, "--epsilon", "1",
+                     "--delta", "0")  # fmt: skip
     assert code == 2
     assert json.loads(out)["error"]["code"] == "DELTA_REQUIRED"

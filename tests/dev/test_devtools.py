@@ -67,6 +67,10 @@ def test_init_writes_the_granted_part_only(project: Path, policies_dir: Path) ->
             assert is_synthetic(project / "data" / t.file), t.name
     assert not (project / "data/enterprises").exists()
     assert (project / PROJECT_FILE).is_file() and (project / "README.md").is_file()
+    # the output-review rules dev run applies, as the server
+    assert (project / "policies/review.yaml").read_bytes() == (
+        policies_dir / "review.yaml"
+    ).read_bytes()
     example = (project / "queries/example.sql").read_text(encoding="utf-8")
     assert parse_header(example) == {"operator": "op-jinshu", "scenario": "employment-income"}
     assert find_project(project / "queries/example.sql") == project.resolve()
@@ -115,20 +119,37 @@ def test_check_ok_and_refusals_with_location(project: Path, settings: Settings) 
     assert check_query(ins, ctx)["dataset"] == "social_insurance"
 
 
-def test_run_releases_noisy_cells_with_intervals(project: Path, settings: Settings) -> None:
+def test_run_releases_cells_reviewed_as_the_server(project: Path, settings: Settings) -> None:
+    """population is general-3 (policies/review.yaml): counts rounded to 5, rows with a
+    noisy count below 10 suppressed, the `suppressed` column, one approval."""
     ctx = load_context(settings, project=project)
     result = run_query(COUNT_BY_COUNTY, ctx, settings, epsilon=1.5)
     rows = result["rows"]
     assert len(rows) == 117  # every public key is released
-    assert result["columns"] == ["county_code", "n", "mean_income"]
-    total = sum(r["n"] for r in rows)
-    assert abs(total - 2_000) < 400  # 2 000 synthetic persons, plus noise
+    assert result["columns"] == ["county_code", "n", "mean_income", "suppressed"]
+    assert [f["name"] for f in result["schema"]] == result["columns"]
+    assert result["schema"][-1]["type"] == "bool"
+    assert result["disclosure_control"] == {
+        "min_count": 10,
+        "round_base": 5,
+        "suppressed_rows": sum(r["suppressed"] for r in rows),
+    }
+    assert result["required_approvals"] == 1 and result["grade"] == "general-3"
+    kept = [r for r in rows if not r["suppressed"]]
+    assert kept, "2 000 persons over 117 counties: most counties keep their cells"
+    assert abs(sum(r["n"] for r in kept) - 2_000) < 600  # plus noise, minus suppressed
     for i, r in enumerate(rows):
         n_cell = result["accuracy"]["n"][i]
-        lo, hi = n_cell["interval_95"]
-        assert lo < r["n"] < hi
-        inc = result["accuracy"]["mean_income"][i]["interval_95"]
-        assert 0 <= inc[0] <= inc[1] <= 50_000
+        if r["suppressed"]:
+            assert r["n"] is None and r["mean_income"] is None and n_cell is None
+            continue
+        assert r["n"] % 5 == 0 and r["n"] >= 10
+        # as the server shows them: half-widths, no interval around the unrounded value
+        assert n_cell["accuracy_95"] > 0 and "interval_95" not in n_cell
+        assert 0 <= r["mean_income"] <= 50_000
+        assert result["accuracy"]["mean_income"][i]["derived"] is True
+    if result["disclosure_control"]["suppressed_rows"]:
+        assert "cells_suppressed" in {f["code"] for f in result["flags"]}
     assert result["would_cost"]["epsilon"] == pytest.approx(1.5)
     assert result["would_cost"]["grant_total_epsilon"] == 20.0
     assert result["budget_spent"] == 0.0
@@ -141,7 +162,7 @@ def test_run_zcdp_defaults_delta_and_checks_epsilon(project: Path, settings: Set
     result = run_query(sql, ctx, settings, scenario="pension-contributions")
     assert [r["year"] for r in result["rows"]] == list(range(2019, 2026))
     assert result["would_cost"]["definition"] == "zcdp"
-    assert result["would_cost"]["delta"] == pytest.approx(1e-5)
+    assert result["would_cost"]["delta"] == pytest.approx(1e-6)  # a tenth of the grant's δ
     assert result["would_cost"]["rho"] > 0
     with pytest.raises(BudgetRefused) as err:
         run_query(sql, ctx, settings, scenario="pension-contributions", epsilon=5.0)
