@@ -26,10 +26,9 @@ def test_the_same_key_twice_is_one_job_and_one_reservation(svc: Service) -> None
     first = svc.submit(JINSHU, sql=SQL, scenario=SCENARIO, epsilon=0.5, idempotency_key="k-1")
     assert not first.replayed and first.job["state"] == "budget_reserved"
     assert first.job["idempotency_key"] == "k-1"
-    # ε 1 and 1.0, δ left out and δ = 0: the same request
-    again = svc.submit(
-        JINSHU, sql=SQL, scenario=SCENARIO, epsilon=0.5, delta=0, idempotency_key="k-1"
-    )
+    # the same request (δ left out both times: it asks for the default δ, which is
+    # not the same request as an explicit δ = 0)
+    again = svc.submit(JINSHU, sql=SQL, scenario=SCENARIO, epsilon=0.5, idempotency_key="k-1")
     assert again.replayed and again.job["id"] == first.job["id"]
     assert [j["id"] for j in svc.list_jobs(JINSHU)] == [first.job["id"]]
     assert ledger_rows(svc) == [{"job_id": first.job["id"], "state": "reserved"}]
