@@ -88,16 +88,24 @@ class JobPipeline:
             weights=weights,
         )
 
-    def prepare(self, conn: sqlite3.Connection, job: Job) -> Job:
+    def prepare(
+        self, conn: sqlite3.Connection, job: Job, *, compiled: tuple[Plan, Grant] | None = None
+    ) -> Job:
         """submitted → compiled → budget_reserved; a refusal ends in ``refused``
-        (the reservation, if any, released) and is re-raised with the job id."""
+        (the reservation, if any, released) and is re-raised with the job id.
+        ``compiled``: the job's SQL already compiled under a grant (used if that is the
+        grant now, else compiled again)."""
         from sandbox import ledger
         from sandbox.compiler import compile_query
 
         try:
             grant = self.grant_for(job.operator, job.scenario)
             if job.state == S.SUBMITTED:
-                plan = compile_query(job["sql"], catalog=self.catalog, grant=grant)
+                plan = (
+                    compiled[0]
+                    if compiled is not None and compiled[1] == grant
+                    else compile_query(job["sql"], catalog=self.catalog, grant=grant)
+                )
                 dataset = self.catalog.dataset(plan.dataset)
                 job = transition(
                     conn,
