@@ -119,17 +119,18 @@ def group_alerts(
                 )
             )
     limited = [j for j in jobs if j.category in ALERT_RULES["limit_categories"]]
-    if limited:
-        out.append(
-            _alert(
-                base,
-                "resource_limit",
-                limited,
-                f"{len(limited)} runs hit resource limits.",
-                categories=dict(Counter(j.category for j in limited)),
-            )
-        )
+    out += _by_category(base, "resource_limit", limited, "runs hit resource limits.")
     return out
+
+
+def _by_category(
+    base: dict[str, Any], kind: str, jobs: list[JobFacts], what: str
+) -> list[dict[str, Any]]:
+    """One alert over ``jobs`` (if any) counting their failure categories."""
+    if not jobs:
+        return []
+    categories = Counter(j.failure or j.category for j in jobs)
+    return [_alert(base, kind, jobs, f"{len(jobs)} {what}", categories=dict(categories))]
 
 
 def _alert(
@@ -168,26 +169,11 @@ def failure_alerts(operator: str, jobs: list[JobFacts]) -> list[dict[str, Any]]:
     window = timedelta(seconds=ALERT_RULES["failure_window_s"])
     burst = _in_window(failed, lambda j: j.failed_at or j.time, window)
     if len(burst) >= ALERT_RULES["failure_burst"]:
-        out.append(
-            _alert(
-                base,
-                "failure_burst",
-                burst,
-                f"{len(burst)} failed jobs within an hour.",
-                categories=dict(Counter(j.failure for j in burst)),
-            )
-        )
+        out += _by_category(base, "failure_burst", burst, "failed jobs within an hour.")
     odd = [j for j in failed if j.failure in ALERT_RULES["mismatch_categories"]]
-    if odd:
-        out.append(
-            _alert(
-                base,
-                "plan_mismatch",
-                odd,
-                f"{len(odd)} runs returned something other than their Plan.",
-                categories=dict(Counter(j.failure for j in odd)),
-            )
-        )
+    out += _by_category(
+        base, "plan_mismatch", odd, "runs returned something other than their Plan."
+    )
     return out
 
 

@@ -26,7 +26,6 @@ import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from sandbox.audit.log import (
     canonical_json,
     now_iso,
     row_event,
+    stored_time,
 )
 from sandbox.audit.merkle import Frontier
 from sandbox.errors import BadInput
@@ -71,15 +71,12 @@ def parse_since(since: str | None) -> str | None:
     if not since:
         return None
     try:
-        when = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        return stored_time(since)
     except ValueError as exc:
         raise BadInput(
             "--since must be an ISO date or date-time.",
             hint="For example 2026-11-01 or 2026-11-01T08:00:00Z.",
         ) from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def export_log(

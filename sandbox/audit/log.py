@@ -184,8 +184,20 @@ def event_leaf(ev: AuditEvent, seq: int | None = None) -> bytes:
     )
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # how event times are stored (UTC; sorts as text)
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def stored_time(text: str) -> str:
+    """An ISO 8601 date or time (``Z`` allowed; no zone means UTC) in the stored format,
+    to compare with event times; ValueError if it is not one."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 def check_details(details: dict[str, Any] | None) -> str:

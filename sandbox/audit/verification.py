@@ -71,6 +71,20 @@ class VerifyReport:
         d["problem"] = self.problem.to_dict() if self.problem else None
         return d
 
+    @classmethod
+    def start(cls, src: EventSource, checkpoints: int, kid: str) -> VerifyReport:
+        """A report before any entry is read: nothing checked yet."""
+        return cls(
+            ok=True,
+            entries=0,
+            first_seq=src.prefix_size + 1,
+            last_seq=src.prefix_size,
+            checkpoints=checkpoints,
+            roots_checked=0,
+            signed_size=0,
+            key_id=kid,
+        )
+
 
 def verify(
     source: sqlite3.Connection | Path | str,
@@ -120,18 +134,10 @@ def verify(
         report = _verify_stream(src, ordered, public_key, require_signed=require_signed)
     except (ValueError, KeyError, TypeError) as exc:
         # A record that cannot even be read (bad hex, missing field) in an export.
-        report = VerifyReport(
-            ok=False,
-            entries=0,
-            first_seq=src.prefix_size + 1,
-            last_seq=src.prefix_size,
-            checkpoints=len(ordered),
-            roots_checked=0,
-            signed_size=0,
-            key_id=key_id(public_key),
-            problem=Problem(
-                "malformed", f"A record in the export could not be read ({type(exc).__name__})."
-            ),
+        report = VerifyReport.start(src, len(ordered), key_id(public_key))
+        report.ok = False
+        report.problem = Problem(
+            "malformed", f"A record in the export could not be read ({type(exc).__name__})."
         )
     report.warnings = warnings + report.warnings
     return report
@@ -145,16 +151,7 @@ def _verify_stream(
     require_signed: bool,
 ) -> VerifyReport:
     kid = key_id(public_key)
-    report = VerifyReport(
-        ok=True,
-        entries=0,
-        first_seq=src.prefix_size + 1,
-        last_seq=src.prefix_size,
-        checkpoints=len(cps),
-        roots_checked=0,
-        signed_size=0,
-        key_id=kid,
-    )
+    report = VerifyReport.start(src, len(cps), kid)
 
     def fail(problem: Problem) -> VerifyReport:
         report.ok = False

@@ -166,16 +166,15 @@ def since_seq(conn: sqlite3.Connection, since: str | None) -> int:
         return 0
     if since.isascii() and since.isdigit():
         return min(int(since), 2**63 - 1)  # SQLite's largest integer
+    from sandbox.audit.log import stored_time
+
     try:
-        when = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        stamp = stored_time(since)
     except ValueError as exc:
         raise BadInput(
             "'since' must be a sequence number or an ISO 8601 time.",
             hint="For example 2026-01-31T00:00:00Z.",
         ) from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     row = conn.execute(
         "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE time < ?", (stamp,)
     ).fetchone()
