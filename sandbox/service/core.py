@@ -346,7 +346,9 @@ class Service:
         return auth.own_job(self.conn(), p, job_id)
 
     def _job_view(self, p: Principal, job: Job, *, detail: bool = False) -> dict[str, Any]:
-        return views.job_view(self.conn(), self.settings.products_dir, p, job, detail=detail)
+        return views.job_view(
+            self.conn(), self.settings.products_dir, p, job, detail=detail, rules=self.rules
+        )
 
     def list_jobs(
         self,
@@ -504,7 +506,11 @@ class Service:
         from sandbox import reports
 
         report: dict[str, Any] = reports.build_report(
-            self.conn(), operator=operator, scenario=scenario, grants=self._grants
+            self.conn(),
+            operator=operator,
+            scenario=scenario,
+            grants=self._grants,
+            catalog=self.catalog,
         )
         return views.plain(report)
 
