@@ -134,7 +134,9 @@ def build_report(
     ]
     ledger_balance = _ledger_balance() if use_ledger else None
     definitions = (
-        {d.id: d.privacy.definition for d in catalog.datasets} if catalog is not None else {}
+        {d.id: d.privacy.definition for d in catalog.datasets if not d.is_public}
+        if catalog is not None
+        else None
     )
     report_groups = [_group_report(g, grants, conn, ledger_balance, definitions) for g in selected]
     alerts: list[dict[str, Any]] = []
@@ -190,15 +192,17 @@ def _group_report(
     grants: Grants | None,
     conn: sqlite3.Connection,
     ledger_balance: Any,
-    definitions: Mapping[str, str],
+    definitions: Mapping[str, str] | None,
 ) -> dict[str, Any]:
+    """One group's figures; ``definitions`` (from the catalogue, when known) are the
+    private datasets' (a public dataset has no budget)."""
     outcomes = Counter(j.outcome or "open" for j in g.jobs)
     refusals = Counter(j.refusal for j in g.jobs if j.refusal)
     failures = Counter(j.failure for j in g.jobs if j.failure)
     datasets = sorted({j.dataset for j in g.jobs if j.dataset})
     # per dataset: ε, δ, ρ of the jobs whose data was read; whether any was in ρ
     spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    in_rho: set[str] = {ds for ds, d in definitions.items() if d == "zcdp"}
+    in_rho: set[str] = {ds for ds, d in (definitions or {}).items() if d == "zcdp"}
     costs: dict[str, list[float]] = defaultdict(list)  # newest first
     for j in sorted(g.jobs, key=lambda j: j.seq, reverse=True):
         if j.dataset and j.rho is not None:
@@ -212,6 +216,8 @@ def _group_report(
                 costs[j.dataset].append(cost)
     grant = _grant_for(grants, g.operator, g.scenario)
     budget_datasets = sorted(set(spent) | set(grant.datasets if grant else ()))
+    if definitions is not None:
+        budget_datasets = [ds for ds in budget_datasets if ds in definitions]
     budget = []
     for ds in budget_datasets:
         rho = ds in in_rho
@@ -236,7 +242,9 @@ def _group_report(
             )
             # The ledger is authoritative when present (it also knows reservations and
             # zCDP accounts, counted in ρ).
-            bal = _ledger(ledger_balance, conn, grant, ds, "zcdp" if rho else definitions.get(ds))
+            bal = _ledger(
+                ledger_balance, conn, grant, ds, "zcdp" if rho else (definitions or {}).get(ds)
+            )
             if bal is not None and _eps(bal.get("total")):
                 row.update(
                     unit=str(bal.get("unit", "epsilon")),

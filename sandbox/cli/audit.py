@@ -1,6 +1,11 @@
 """CLI commands: ``sandbox audit …`` (verify, prove, export, show, checkpoint) and
 ``sandbox report`` (supervision report and alerts).
 
+``report``, ``audit show`` and ``audit verify`` (of the log, not of an export file)
+go through the server's API when one is configured (``--url`` / ``SANDBOX_URL``, with a
+supervisor's or admin's token) and read the local home otherwise; the other commands
+work on the local home (the bureau's machine). Each says on stderr which it used.
+
 ``sandbox audit verify`` exits 0 when every entry is covered by a signed checkpoint
 that verifies, 1 when the log does not verify (``AUDIT_INVALID``; with
 ``--public-key``, also when no checkpoint verifies at all), 2 when the request was
@@ -18,7 +23,16 @@ from typing import Any
 
 import typer
 
-from sandbox.cli.common import JsonOption, console, handle_errors, print_json, settings
+from sandbox.cli.common import (
+    JsonOption,
+    configured_url,
+    console,
+    handle_errors,
+    print_json,
+    say_local,
+    say_source,
+    settings,
+)
 from sandbox.errors import BadInput
 from sandbox.settings import Settings
 
@@ -47,6 +61,26 @@ def _conn(s: Settings) -> Any:
     from sandbox import store
 
     return store.connect(s.db_path)
+
+
+def _server(ctx: typer.Context) -> Any:
+    """The API client when a server is configured (said on stderr), else None."""
+    url = configured_url(ctx)
+    if url is None:
+        return None
+    from sandbox.cli.apiclient import ApiClient
+
+    api = ApiClient.from_settings(settings(ctx), url=url)
+    ctx.call_on_close(api.close)
+    say_source(f"via {api.url}")
+    return api
+
+
+def _local(ctx: typer.Context) -> Settings:
+    """The local home's settings, said on stderr (with a configured server it ignores)."""
+    s = settings(ctx)
+    say_local(s, ignored_url=configured_url(ctx))
+    return s
 
 
 def _local_actor() -> str:
@@ -121,7 +155,12 @@ def verify_command(
     from sandbox import audit
     from sandbox.audit import read_checkpoints
 
-    s = settings(ctx)
+    if export_file is None and public_key is None and not trusted:
+        api = _server(ctx)
+        if api is not None:
+            _show_verify(api.get("/v1/audit/verify"), as_json)
+            return
+    s = _local(ctx) if export_file is None else settings(ctx)
     if s.audit_witness_file is not None and s.audit_witness_file.is_file():
         trusted = [*trusted, s.audit_witness_file]
     held = [c for p in trusted for c in read_checkpoints(p)]
@@ -151,18 +190,35 @@ def verify_command(
             "held off the host.",
             details={"problem": report.problem.to_dict(), "report": report.to_dict()},
         )
-    if as_json:
-        print_json(report.to_dict())
-    else:
-        verdict = "[green]ok[/]" if not report.unsigned_entries else "[yellow]unverified tail[/]"
-        console.print(
-            f"{verdict} {report.entries} entries ({report.first_seq}..{report.last_seq}), "
-            f"{report.checkpoints} checkpoints, {report.roots_checked} roots recomputed, "
-            f"signed up to {report.signed_size}, key {report.key_id}"
+    _show_verify(report.to_dict(), as_json)
+
+
+def _show_verify(report: dict[str, Any], as_json: bool) -> None:
+    """Print a verification report (local or the server's); exit as the module says."""
+    if not report.get("ok", True):
+        from sandbox import audit
+
+        problem = report.get("problem") or {}
+        raise audit.AuditInvalid(
+            f"The audit log does not verify: {problem.get('message', 'see the report')}",
+            hint="Keep the database and its exports as evidence; compare with an export "
+            "held off the host.",
+            details={"problem": problem, "report": report},
         )
-        for w in report.warnings:
+    if as_json:
+        print_json(report)
+    else:
+        unsigned = report.get("unsigned_entries")
+        verdict = "[green]ok[/]" if not unsigned else "[yellow]unverified tail[/]"
+        console.print(
+            f"{verdict} {report['entries']} entries ({report['first_seq']}.."
+            f"{report['last_seq']}), {report['checkpoints']} checkpoints, "
+            f"{report['roots_checked']} roots recomputed, signed up to "
+            f"{report['signed_size']}, key {report['key_id']}"
+        )
+        for w in report.get("warnings") or []:
             console.print(f"[yellow]warning[/] {w}")
-    if report.unsigned_entries:
+    if report.get("unsigned_entries"):
         raise typer.Exit(UNVERIFIED_EXIT)
 
 
@@ -173,7 +229,7 @@ def checkpoint_command(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     from sandbox import audit
     from sandbox.audit import check_witness, push_checkpoint
 
-    s = settings(ctx)
+    s = _local(ctx)
     check_witness(s.audit_witness_file, s.audit_witness_url, s.home)
     conn = _conn(s)
     try:
@@ -201,7 +257,7 @@ def prove_command(
     """Print an inclusion proof (JSON) of one entry against a signed checkpoint."""
     from sandbox import audit
 
-    conn = _conn(settings(ctx))
+    conn = _conn(_local(ctx))
     try:
         proof = audit.prove(conn, seq, tree_size)
     finally:
@@ -221,7 +277,7 @@ def verify_proof_command(
     from sandbox import audit
 
     proof = _read_json(proof_file)
-    key = _public_key(settings(ctx), public_key)
+    key = _public_key(settings(ctx) if public_key is not None else _local(ctx), public_key)
     kind = proof.get("format") if isinstance(proof, dict) else None
     if kind == audit.CONSISTENCY_FORMAT:
         ok = audit.verify_consistency(proof, key)
@@ -249,7 +305,7 @@ def consistency_command(
     """Print a consistency proof (JSON): the older signed tree is a prefix of the newer."""
     from sandbox import audit
 
-    conn = _conn(settings(ctx))
+    conn = _conn(_local(ctx))
     try:
         print_json(audit.prove_consistency(conn, old_size, new_size))
     finally:
@@ -268,7 +324,7 @@ def export_command(
     """Export events, every signed checkpoint and the public key, to keep off the host."""
     from sandbox import audit, signing, store
 
-    s = settings(ctx)
+    s = _local(ctx)
     conn = _conn(s)
     try:
         key = _audit_key(s, conn)
@@ -319,42 +375,64 @@ def show_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Show audit entries (newest N, oldest first), or the signed checkpoints."""
-    from rich.table import Table
+    from rich.text import Text
 
     from sandbox import audit
+    from sandbox.cli.common import print_table
 
-    conn = _conn(settings(ctx))
-    try:
-        if show_checkpoints:
-            cps = audit.checkpoints(conn)
-            if as_json:
-                print_json(cps)
+    api = None if show_checkpoints else _server(ctx)
+    if api is not None:
+        params: dict[str, Any] = {"limit": max(1, min(limit, 1000))}
+        params.update({k: v for k, v in (("action", action), ("actor", actor)) if v})
+        rows = api.get("/v1/audit", params=params)
+        shown = [r for r in rows if scenario is None or r.get("scenario") == scenario]
+    else:
+        conn = _conn(_local(ctx))
+        try:
+            if show_checkpoints:
+                cps = audit.checkpoints(conn)
+                if as_json:
+                    print_json(cps)
+                    return
+                print_table(
+                    ("tree_size", "time", "root_hash", "key_id"),
+                    [(str(c["tree_size"]), c["time"], c["root_hash"], c["key_id"]) for c in cps],
+                    keep=("tree_size", "time", "key_id"),
+                )
                 return
-            table = Table("tree_size", "time", "root_hash", "key_id")
-            for c in cps:
-                table.add_row(str(c["tree_size"]), c["time"], c["root_hash"], c["key_id"])
-            console.print(table)
-            return
-        found = audit.events(
-            conn,
-            action=action,
-            actor=actor,
-            scenario=scenario,
-            limit=max(1, limit),
-            newest_first=True,
-        )
-    finally:
-        conn.close()
-    found.reverse()
+            found = audit.events(
+                conn,
+                action=action,
+                actor=actor,
+                scenario=scenario,
+                limit=max(1, limit),
+                newest_first=True,
+            )
+        finally:
+            conn.close()
+        shown = [e.to_dict() for e in found]
+    shown.reverse()
     if as_json:
-        print_json([{k: v for k, v in e.to_dict().items() if k != "chain_hash"} for e in found])
+        print_json([{k: v for k, v in e.items() if k != "chain_hash"} for e in shown])
         return
-    table = Table("seq", "time", "actor", "role", "action", "subject", "scenario", "details")
-    for e in found:
-        table.add_row(
-            str(e.seq), e.time, e.actor, e.role, e.action, e.subject, e.scenario or "", e.details
-        )
-    console.print(table)
+    for e in shown:  # one entry: a line of facts, then its details (fits 80 columns)
+        facts = [
+            str(e["seq"]),
+            str(e["time"]).replace("T", " ")[:19],
+            f"{e['actor']} ({e['role']})",
+            e["action"],
+            e["subject"],
+            e.get("scenario") or "",
+        ]
+        line = Text("  ".join(f for f in facts if f), style="bold", overflow="fold")
+        console.print(line, highlight=False)
+        console.print(Text("    " + _details_text(e.get("details")), overflow="fold"))
+
+
+def _details_text(details: Any) -> str:
+    if isinstance(details, str):
+        return details
+    return json.dumps(details, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 @handle_errors
@@ -365,30 +443,42 @@ def report_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Supervision report per operator and scenario, with alerts."""
-    from sandbox import reports
-    from sandbox.catalog import load_catalog
-    from sandbox.errors import SandboxError
-    from sandbox.grants import load_grants
-
-    s = settings(ctx)
-    grants = None
-    try:
-        grants = load_grants(s.policies, load_catalog(s.policies))
-    except (SandboxError, OSError):
-        grants = None  # the report still shows what the audit log holds
-    conn = _conn(s)
-    try:
-        rep = reports.build_report(conn, operator=operator, scenario=scenario, grants=grants)
-    finally:
-        conn.close()
+    api = _server(ctx)
+    if api is not None:
+        params = {k: v for k, v in (("operator", operator), ("scenario", scenario)) if v}
+        rep = api.get("/v1/reports", params=params)
+    else:
+        rep = _local_report(_local(ctx), operator, scenario)
     if as_json:
         print_json(rep)
         return
     _print_report(rep)
 
 
+def _local_report(s: Settings, operator: str | None, scenario: str | None) -> dict[str, Any]:
+    from sandbox import reports
+    from sandbox.catalog import load_catalog
+    from sandbox.errors import SandboxError
+    from sandbox.grants import load_grants
+
+    grants = catalog = None
+    try:
+        catalog = load_catalog(s.policies)
+        grants = load_grants(s.policies, catalog)
+    except (SandboxError, OSError):
+        grants = None  # the report still shows what the audit log holds
+    conn = _conn(s)
+    try:
+        rep: dict[str, Any] = reports.build_report(
+            conn, operator=operator, scenario=scenario, grants=grants, catalog=catalog
+        )
+    finally:
+        conn.close()
+    return rep
+
+
 def _print_report(rep: dict[str, Any]) -> None:
-    from rich.table import Table
+    from sandbox.cli.budgetview import budget_table
 
     console.print(
         f"[bold]Supervision report[/] {rep['generated_at']} ({rep['entries']} audit entries)"
@@ -408,24 +498,9 @@ def _print_report(rep: dict[str, Any]) -> None:
             f"{len(g['products_released'])}; downloads: {g['downloads']}"
         )
         if g["budget"]:
-            table = Table("dataset", "unit", "spent", "total", "left", "used")
-            for b in g["budget"]:
-                frac = b.get("fraction_spent")
-                table.add_row(
-                    b["dataset"],
-                    b["unit"],
-                    f"{b['spent']:g}",
-                    _fmt(b.get("total")),
-                    _fmt(b.get("left")),
-                    f"{frac:.0%}" if frac is not None else "-",
-                )
-            console.print(table)
+            console.print(budget_table(g["budget"], first="dataset"))
     console.print(f"\n[bold]Alerts[/] ({len(rep['alerts'])})")
     for a in rep["alerts"]:
         console.print(
             f"  [yellow]{a['kind']}[/] {a['operator']} · {a['scenario'] or '-'}: {a['message']}"
         )
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:g}"
