@@ -51,20 +51,22 @@ def _finite(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def round_step(half_width: Any) -> Decimal | None:
-    """The rounding step a ± supports: the largest power of ten ≤ half_width / 3
-    (None for no positive finite half-width)."""
+def round_step(half_width: Any, *, integer: bool = False) -> Decimal | None:
+    """The rounding step a ± supports: the largest power of ten ≤ half_width / 3, and
+    at least 1 for an ``integer`` value (None for no positive finite half-width)."""
     hw = _finite(half_width)
     if hw is None or hw <= 0:
         return None
-    return Decimal(1).scaleb((Decimal(repr(hw)) / 3).adjusted())
+    step = Decimal(1).scaleb((Decimal(repr(hw)) / 3).adjusted())
+    return max(step, Decimal(1)) if integer else step
 
 
 def round_to_interval(value: Any, half_width: Any) -> Any:
-    """``value`` rounded to ``round_step(half_width)``; an int when the step is ≥ 1.
-    Anything that is not a finite number, or has no ±, is returned as it is."""
+    """``value`` rounded to ``round_step(half_width)`` (whole for an int); an int when
+    the step is ≥ 1. Anything that is not a finite number, or has no ±, is returned as
+    it is."""
     v = _finite(value)
-    step = round_step(half_width)
+    step = round_step(half_width, integer=isinstance(value, int))
     if v is None or step is None:
         return value
     rounded = (Decimal(repr(v)) / step).quantize(Decimal(1), ROUND_HALF_EVEN) * step
@@ -77,22 +79,26 @@ def _decimals(step: Decimal | None) -> int:
     return 0 if step is None or step >= 1 else -step.as_tuple().exponent  # type: ignore[operator]
 
 
-def fmt_estimate(value: Any, half_width: Any, *, thousands: bool = True) -> str:
-    """A noisy value as text, rounded to the precision its ± supports."""
+def fmt_estimate(
+    value: Any, half_width: Any, *, thousands: bool = True, integer: bool | None = None
+) -> str:
+    """A noisy value as text, rounded to the precision its ± supports (never to a
+    fraction for an ``integer`` value: by default, an int)."""
     v = _finite(value)
     if v is None:
         return "-" if value is None else str(value)
-    step = round_step(half_width)
+    whole = isinstance(value, int) if integer is None else integer
+    step = round_step(half_width, integer=whole)
     if step is None:
         return _plain_number(v, thousands)
-    rounded = round_to_interval(v, half_width)
+    rounded = (Decimal(repr(v)) / step).quantize(Decimal(1), ROUND_HALF_EVEN) * step
     sep = "," if thousands else ""
-    return f"{rounded:{sep}.{_decimals(step)}f}"
+    return f"{float(rounded):{sep}.{_decimals(step)}f}"
 
 
-def fmt_half_width(half_width: Any, *, thousands: bool = True) -> str:
+def fmt_half_width(half_width: Any, *, thousands: bool = True, integer: bool = False) -> str:
     """A 95% half-width, to the same step as the value it goes with."""
-    return fmt_estimate(half_width, half_width, thousands=thousands)
+    return fmt_estimate(half_width, half_width, thousands=thousands, integer=integer)
 
 
 def _plain_number(v: float, thousands: bool) -> str:

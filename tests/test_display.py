@@ -34,6 +34,10 @@ def test_values_round_to_what_their_interval_supports():
     assert display.fmt_half_width(123.4) == "120"
     assert display.fmt_half_width(0.34) == "0.3"
     assert display.round_to_interval(4934.305542578124, 120) == 4930
+    # a count is never shown with a fraction, however narrow its interval
+    assert display.fmt_estimate(1234, 2.0) == "1,234"
+    assert display.fmt_half_width(2.0, integer=True) == "2"
+    assert display.round_to_interval(1234, 0.5) == 1234
     assert isinstance(display.round_to_interval(4934.3, 120), int)
     # the rounding moves a value by at most a sixth of its ±
     for hw in (0.31, 3.3, 47.0, 120.0, 999.0):
