@@ -1,5 +1,5 @@
-"""CLI commands: ``sandbox audit …`` (verify, prove, export, show, checkpoint) and
-``sandbox report`` (supervision report and alerts).
+"""CLI commands: ``sandbox audit …`` (verify, prove, export, show, checkpoint); it
+also registers ``sandbox report`` (sandbox/cli/report.py).
 
 ``report``, ``audit show`` and ``audit verify`` (of the log, not of an export file)
 go through the server's API when one is configured (``--url`` / ``SANDBOX_URL``, with a
@@ -25,12 +25,11 @@ import typer
 
 from sandbox.cli.common import (
     JsonOption,
-    configured_url,
     console,
     handle_errors,
+    local_settings,
     print_json,
-    say_local,
-    say_source,
+    server_client,
     settings,
 )
 from sandbox.errors import BadInput
@@ -52,6 +51,8 @@ PublicKeyOption = typer.Option(
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
     app.add_typer(audit_app, name="audit")
+    from sandbox.cli.report import report_command
+
     app.command("report", help="Supervision report per operator and scenario, with alerts.")(
         report_command
     )
@@ -61,26 +62,6 @@ def _conn(s: Settings) -> Any:
     from sandbox import store
 
     return store.connect(s.db_path)
-
-
-def _server(ctx: typer.Context) -> Any:
-    """The API client when a server is configured (said on stderr), else None."""
-    url = configured_url(ctx)
-    if url is None:
-        return None
-    from sandbox.cli.apiclient import ApiClient
-
-    api = ApiClient.from_settings(settings(ctx), url=url)
-    ctx.call_on_close(api.close)
-    say_source(f"via {api.url}")
-    return api
-
-
-def _local(ctx: typer.Context) -> Settings:
-    """The local home's settings, said on stderr (with a configured server it ignores)."""
-    s = settings(ctx)
-    say_local(s, ignored_url=configured_url(ctx))
-    return s
 
 
 def _local_actor() -> str:
@@ -156,11 +137,11 @@ def verify_command(
     from sandbox.audit import read_checkpoints
 
     if export_file is None and public_key is None and not trusted:
-        api = _server(ctx)
+        api = server_client(ctx)
         if api is not None:
             _show_verify(api.get("/v1/audit/verify"), as_json)
             return
-    s = _local(ctx) if export_file is None else settings(ctx)
+    s = local_settings(ctx) if export_file is None else settings(ctx)
     if s.audit_witness_file is not None and s.audit_witness_file.is_file():
         trusted = [*trusted, s.audit_witness_file]
     held = [c for p in trusted for c in read_checkpoints(p)]
@@ -229,7 +210,7 @@ def checkpoint_command(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     from sandbox import audit
     from sandbox.audit import check_witness, push_checkpoint
 
-    s = _local(ctx)
+    s = local_settings(ctx)
     check_witness(s.audit_witness_file, s.audit_witness_url, s.home)
     conn = _conn(s)
     try:
@@ -257,7 +238,7 @@ def prove_command(
     """Print an inclusion proof (JSON) of one entry against a signed checkpoint."""
     from sandbox import audit
 
-    conn = _conn(_local(ctx))
+    conn = _conn(local_settings(ctx))
     try:
         proof = audit.prove(conn, seq, tree_size)
     finally:
@@ -277,7 +258,7 @@ def verify_proof_command(
     from sandbox import audit
 
     proof = _read_json(proof_file)
-    key = _public_key(settings(ctx) if public_key is not None else _local(ctx), public_key)
+    key = _public_key(settings(ctx) if public_key is not None else local_settings(ctx), public_key)
     kind = proof.get("format") if isinstance(proof, dict) else None
     if kind == audit.CONSISTENCY_FORMAT:
         ok = audit.verify_consistency(proof, key)
@@ -305,7 +286,7 @@ def consistency_command(
     """Print a consistency proof (JSON): the older signed tree is a prefix of the newer."""
     from sandbox import audit
 
-    conn = _conn(_local(ctx))
+    conn = _conn(local_settings(ctx))
     try:
         print_json(audit.prove_consistency(conn, old_size, new_size))
     finally:
@@ -324,7 +305,7 @@ def export_command(
     """Export events, every signed checkpoint and the public key, to keep off the host."""
     from sandbox import audit, signing, store
 
-    s = _local(ctx)
+    s = local_settings(ctx)
     conn = _conn(s)
     try:
         key = _audit_key(s, conn)
@@ -380,14 +361,14 @@ def show_command(
     from sandbox import audit
     from sandbox.cli.common import print_table
 
-    api = None if show_checkpoints else _server(ctx)
+    api = None if show_checkpoints else server_client(ctx)
     if api is not None:
         params: dict[str, Any] = {"limit": max(1, min(limit, 1000))}
         params.update({k: v for k, v in (("action", action), ("actor", actor)) if v})
         rows = api.get("/v1/audit", params=params)
         shown = [r for r in rows if scenario is None or r.get("scenario") == scenario]
     else:
-        conn = _conn(_local(ctx))
+        conn = _conn(local_settings(ctx))
         try:
             if show_checkpoints:
                 cps = audit.checkpoints(conn)
@@ -433,74 +414,3 @@ def _details_text(details: Any) -> str:
     if isinstance(details, str):
         return details
     return json.dumps(details, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-@handle_errors
-def report_command(
-    ctx: typer.Context,
-    operator: str = typer.Option(None, "--operator", help="Only this operator."),
-    scenario: str = typer.Option(None, "--scenario", help="Only this scenario."),
-    as_json: bool = JsonOption,
-) -> None:
-    """Supervision report per operator and scenario, with alerts."""
-    api = _server(ctx)
-    if api is not None:
-        params = {k: v for k, v in (("operator", operator), ("scenario", scenario)) if v}
-        rep = api.get("/v1/reports", params=params)
-    else:
-        rep = _local_report(_local(ctx), operator, scenario)
-    if as_json:
-        print_json(rep)
-        return
-    _print_report(rep)
-
-
-def _local_report(s: Settings, operator: str | None, scenario: str | None) -> dict[str, Any]:
-    from sandbox import reports
-    from sandbox.catalog import load_catalog
-    from sandbox.errors import SandboxError
-    from sandbox.grants import load_grants
-
-    grants = catalog = None
-    try:
-        catalog = load_catalog(s.policies)
-        grants = load_grants(s.policies, catalog)
-    except (SandboxError, OSError):
-        grants = None  # the report still shows what the audit log holds
-    conn = _conn(s)
-    try:
-        rep: dict[str, Any] = reports.build_report(
-            conn, operator=operator, scenario=scenario, grants=grants, catalog=catalog
-        )
-    finally:
-        conn.close()
-    return rep
-
-
-def _print_report(rep: dict[str, Any]) -> None:
-    from sandbox.cli.budgetview import budget_table
-
-    console.print(
-        f"[bold]Supervision report[/] {rep['generated_at']} ({rep['entries']} audit entries)"
-    )
-    for g in rep["groups"]:
-        console.print(f"\n[bold]{g['operator']}[/] · scenario {g['scenario'] or '-'}")
-        jobs = ", ".join(f"{k} {v}" for k, v in g["jobs"].items())
-        console.print(f"  jobs: {jobs}")
-        if g["refusals_by_code"]:
-            codes = ", ".join(f"{k} {v}" for k, v in g["refusals_by_code"].items())
-            console.print(f"  refusals: {codes}")
-        if g["failures_by_category"]:
-            cats = ", ".join(f"{k} {v}" for k, v in g["failures_by_category"].items())
-            console.print(f"  failures: {cats}")
-        console.print(
-            f"  datasets: {', '.join(g['datasets']) or '-'}; products released: "
-            f"{len(g['products_released'])}; downloads: {g['downloads']}"
-        )
-        if g["budget"]:
-            console.print(budget_table(g["budget"], first="dataset"))
-    console.print(f"\n[bold]Alerts[/] ({len(rep['alerts'])})")
-    for a in rep["alerts"]:
-        console.print(
-            f"  [yellow]{a['kind']}[/] {a['operator']} · {a['scenario'] or '-'}: {a['message']}"
-        )

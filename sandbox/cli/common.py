@@ -64,6 +64,26 @@ def say_local(s: Settings, *, ignored_url: str | None = None) -> None:
     say_source(f"local home {s.home}{note}")
 
 
+def server_client(ctx: typer.Context) -> Any:
+    """The API client when a server is configured (said on stderr), else None."""
+    url = configured_url(ctx)
+    if url is None:
+        return None
+    from sandbox.cli.apiclient import ApiClient
+
+    api = ApiClient.from_settings(settings(ctx), url=url)
+    ctx.call_on_close(api.close)
+    say_source(f"via {api.url}")
+    return api
+
+
+def local_settings(ctx: typer.Context) -> Settings:
+    """The local home's settings, said on stderr (with a configured server it ignores)."""
+    s = settings(ctx)
+    say_local(s, ignored_url=configured_url(ctx))
+    return s
+
+
 def make_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[str]],
