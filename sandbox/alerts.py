@@ -53,6 +53,7 @@ class JobFacts:
     sql_hash: str | None = None
     epsilon: float = 0.0
     delta: float = 0.0
+    rho: float | None = None  # a zCDP job's ρ (what its account is charged)
     reserved: bool = False
     charged: bool = False
     released_budget: bool = False

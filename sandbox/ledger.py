@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from sandbox.grants import Grant
     from sandbox.privacy import Cost
 
-__all__ = ["reserve", "charge", "release", "balance", "recover", "SCHEMA"]
+__all__ = ["reserve", "charge", "release", "balance", "recent_losses", "recover", "SCHEMA"]
 
 LOSS_UNITS = 10**9
 DELTA_UNITS = 10**15
@@ -290,6 +290,17 @@ def recover(conn: sqlite3.Connection, *, not_started: Iterable[str] = ()) -> dic
             charge(conn, job_id)
             done["charged"].append(job_id)
     return done
+
+
+def recent_losses(conn: sqlite3.Connection, grant_id: str, dataset: str, limit: int) -> list[float]:
+    """What the latest ``limit`` jobs on one account took from it (ε or ρ, as charged or
+    still reserved), newest first; a returned reservation took nothing and is left out."""
+    rows = conn.execute(
+        "SELECT loss FROM ledger_entries WHERE grant_id = ? AND dataset = ?"
+        " AND state != 'released' ORDER BY created_at DESC, rowid DESC LIMIT ?",
+        (grant_id, dataset, max(0, limit)),
+    ).fetchall()
+    return [int(r[0]) / LOSS_UNITS for r in rows]
 
 
 def balance(

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox import audit
+from sandbox import audit, display, ledger
 from sandbox.alerts import (
     ALERT_RULES,
     JobFacts,
@@ -40,6 +41,7 @@ from sandbox.alerts import (
     job_sql,
     sweep_alerts,
 )
+from sandbox.catalog import Catalog
 from sandbox.grants import Grants
 
 __all__ = ["ALERT_RULES", "build_report"]
@@ -72,13 +74,16 @@ def build_report(
     operator: str | None = None,
     scenario: str | None = None,
     grants: Grants | None = None,
+    catalog: Catalog | None = None,
     use_ledger: bool = True,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The supervision report (groups per operator × scenario) and its alerts.
 
     ``grants`` gives each budget its total (and, with ``use_ledger``, the ledger's own
-    balance, which is authoritative); without them budgets show only what was spent."""
+    balance, which is authoritative); without them budgets show only what was spent.
+    ``catalog`` says which datasets count in ρ (zCDP) before their first job; a budget
+    is in ρ as soon as a job on it was."""
     jobs: dict[str, JobFacts] = {}
     groups: dict[tuple[str, str | None], _Group] = {}
     product_job: dict[str, str] = {}
@@ -128,7 +133,12 @@ def build_report(
         and (scenario is None or g.scenario == scenario)
     ]
     ledger_balance = _ledger_balance() if use_ledger else None
-    report_groups = [_group_report(g, grants, conn, ledger_balance) for g in selected]
+    definitions = (
+        {d.id: d.privacy.definition for d in catalog.datasets if not d.is_public}
+        if catalog is not None
+        else None
+    )
+    report_groups = [_group_report(g, grants, conn, ledger_balance, definitions) for g in selected]
     alerts: list[dict[str, Any]] = []
     for g, rg in zip(selected, report_groups, strict=True):
         alerts += group_alerts(g.operator, g.scenario, g.jobs, rg["budget"])
@@ -157,6 +167,9 @@ def _apply(job: JobFacts, action: str, details: dict[str, Any]) -> None:
         if "epsilon" in details:
             job.epsilon = _num(details.get("epsilon"))
             job.delta = _num(details.get("delta"))
+        rho = details.get("rho")
+        if isinstance(rho, int | float) and not isinstance(rho, bool):
+            job.rho = float(rho)
         job.dataset = _str(details.get("dataset")) or job.dataset
         job.grant = _str(details.get("grant")) or job.grant
     elif action == "budget.charged" or action in _RAN:
@@ -175,36 +188,63 @@ def _apply(job: JobFacts, action: str, details: dict[str, Any]) -> None:
 
 
 def _group_report(
-    g: _Group, grants: Grants | None, conn: sqlite3.Connection, ledger_balance: Any
+    g: _Group,
+    grants: Grants | None,
+    conn: sqlite3.Connection,
+    ledger_balance: Any,
+    definitions: Mapping[str, str] | None,
 ) -> dict[str, Any]:
+    """One group's figures; ``definitions`` (from the catalogue, when known) are the
+    private datasets' (a public dataset has no budget)."""
     outcomes = Counter(j.outcome or "open" for j in g.jobs)
     refusals = Counter(j.refusal for j in g.jobs if j.refusal)
     failures = Counter(j.failure for j in g.jobs if j.failure)
     datasets = sorted({j.dataset for j in g.jobs if j.dataset})
-    spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for j in g.jobs:
+    # per dataset: ε, δ, ρ of the jobs whose data was read; whether any was in ρ
+    spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    in_rho: set[str] = {ds for ds, d in (definitions or {}).items() if d == "zcdp"}
+    costs: dict[str, list[float]] = defaultdict(list)  # newest first
+    for j in sorted(g.jobs, key=lambda j: j.seq, reverse=True):
+        if j.dataset and j.rho is not None:
+            in_rho.add(j.dataset)
         if j.charged and j.dataset:
             spent[j.dataset][0] += j.epsilon
             spent[j.dataset][1] += j.delta
+            spent[j.dataset][2] += j.rho or 0.0
+            cost = j.rho if j.rho is not None else j.epsilon
+            if cost:
+                costs[j.dataset].append(cost)
     grant = _grant_for(grants, g.operator, g.scenario)
     budget_datasets = sorted(set(spent) | set(grant.datasets if grant else ()))
+    if definitions is not None:
+        budget_datasets = [ds for ds in budget_datasets if ds in definitions]
     budget = []
     for ds in budget_datasets:
-        # From the audit log: ε of the jobs whose data was read (reserved and then ran).
+        rho = ds in in_rho
+        # From the audit log: ε (or ρ) of the jobs whose data was read (reserved, then ran).
         row: dict[str, Any] = {
             "dataset": ds,
-            "unit": "epsilon",
-            "spent": round(spent[ds][0], 9),
+            "unit": "rho" if rho else "epsilon",
+            "spent": round(spent[ds][2] if rho else spent[ds][0], 9),
             "delta_spent": spent[ds][1],
             "source": "audit",
         }
         if grant is not None:
-            total = grant.budget.epsilon
-            left = round(max(0.0, total - spent[ds][0]), 9)
-            row.update(grant=grant.id, total=total, left=left)
+            # the account's caps as the ledger sets them (ρ from the grant's (ε, δ))
+            total_units, delta_units = ledger.grant_totals(grant, "zcdp" if rho else "pure")
+            total = total_units / ledger.LOSS_UNITS
+            left = round(max(0.0, total - float(row["spent"])), 9)
+            row.update(
+                grant=grant.id,
+                total=total,
+                left=left,
+                delta_total=delta_units / ledger.DELTA_UNITS,
+            )
             # The ledger is authoritative when present (it also knows reservations and
             # zCDP accounts, counted in ρ).
-            bal = _ledger(ledger_balance, conn, grant, ds)
+            bal = _ledger(
+                ledger_balance, conn, grant, ds, "zcdp" if rho else (definitions or {}).get(ds)
+            )
             if bal is not None and _eps(bal.get("total")):
                 row.update(
                     unit=str(bal.get("unit", "epsilon")),
@@ -213,10 +253,20 @@ def _group_report(
                     reserved=_eps(bal.get("reserved")) or 0.0,
                     left=_eps(bal.get("left")) or 0.0,
                     delta_spent=_eps(bal.get("delta_spent")) or 0.0,
+                    delta_total=_eps(bal.get("delta_total")) or 0.0,
                     source="ledger",
                 )
             used = float(row["spent"]) + float(row.get("reserved", 0.0))
-            row["fraction_spent"] = round(used / float(row["total"]), 4) if row["total"] else None
+            cap = float(row["total"])
+            row["fraction_spent"] = round(used / cap, 4) if cap else None
+            if row["source"] == "ledger":  # what the ledger charged the latest jobs
+                costs[ds] = ledger.recent_losses(conn, grant.id, ds, display.RECENT_JOBS)
+            row["outlook"] = display.budget_outlook(
+                row,
+                costs[ds],
+                ceiling_epsilon=grant.budget.max_epsilon_per_query,
+                grant_delta=grant.budget.delta,
+            )
         budget.append(row)
     return {
         "operator": g.operator,
@@ -246,11 +296,13 @@ def _ledger_balance() -> Any:
     return ledger.balance
 
 
-def _ledger(balance: Any, conn: sqlite3.Connection, grant: Any, dataset: str) -> Any:
+def _ledger(
+    balance: Any, conn: sqlite3.Connection, grant: Any, dataset: str, definition: str | None
+) -> Any:
     if balance is None:
         return None
     try:
-        result = balance(conn, grant, dataset)
+        result = balance(conn, grant, dataset, definition=definition)
     except Exception:  # noqa: BLE001 - a report still shows the audit's own numbers
         return None
     return result if isinstance(result, dict) else None

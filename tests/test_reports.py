@@ -46,6 +46,7 @@ class Stream:
         refused: str | None = None,
         category: str | None = None,
         released: bool = False,
+        rho: float | None = None,
     ) -> str:
         self.n += 1
         job_id = f"j-{self.n:03d}"
@@ -71,7 +72,10 @@ class Stream:
             plan_digest=digest or f"{self.n:064x}",
             dataset=dataset,
         )
-        self.event(*sys_, "job.budget_reserved", job_id, scenario, epsilon=epsilon, delta=0.0)
+        loss: dict[str, Any] = {"epsilon": epsilon, "delta": 0.0}
+        if rho is not None:
+            loss["rho"] = rho
+        self.event(*sys_, "job.budget_reserved", job_id, scenario, **loss)
         self.event(*sys_, "budget.charged", job_id, scenario, epsilon=epsilon, delta=0.0)
         self.event(*sys_, "job.running", job_id, scenario)
         self.event(
@@ -189,6 +193,46 @@ def test_budget_comes_from_the_ledger_when_it_has_an_account(
     assert row["reserved"] == pytest.approx(13.0)
     [alert] = alerts(report, "budget_nearly_exhausted")
     assert alert["fraction_spent"] >= 0.8
+
+
+def test_a_rho_account_is_reported_in_rho(stream: Stream, grants: Grants, catalog) -> None:
+    """Issue 16: without the ledger (or the grants) a zCDP account was summed in ε
+    ("epsilon 4" for a ρ ledger); the audit log's ρ is what was charged."""
+    from sandbox import ledger
+
+    op, sc = "op-jinshu", "pension-contributions"
+    for _ in range(4):
+        stream.job(op, sc, dataset="social_insurance", epsilon=1.0, rho=0.01)
+    bare = reports.build_report(stream.conn, use_ledger=False)
+    (row,) = group(bare, op, sc)["budget"]
+    assert (row["unit"], row["spent"], row["source"]) == ("rho", pytest.approx(0.04), "audit")
+    full = reports.build_report(stream.conn, grants=grants, catalog=catalog, use_ledger=False)
+    (row,) = group(full, op, sc)["budget"]  # divisions is public: it has no budget
+    grant = grants.grant("g-jinshu-pension")
+    assert grant is not None
+    cap, delta_cap = ledger.grant_totals(grant, "zcdp")
+    assert row["dataset"] == "social_insurance" and row["unit"] == "rho"
+    assert row["total"] == cap / ledger.LOSS_UNITS
+    assert row["left"] == pytest.approx(row["total"] - 0.04)
+    outlook = row["outlook"]
+    assert outlook["typical_from"] == "recent_jobs" and outlook["typical_cost"] == 0.01
+    assert outlook["queries_left"] == int((row["total"] - 0.04) / 0.01)
+    eq = outlook["epsilon_equivalent"]
+    assert eq["delta"] == delta_cap / ledger.DELTA_UNITS and eq["total"] < 10.0
+
+
+def test_a_rho_account_is_in_rho_before_its_first_job(
+    stream: Stream, grants: Grants, catalog
+) -> None:
+    op, sc = "op-jinshu", "pension-contributions"
+    stream.job(op, sc, dataset="divisions", epsilon=0.0)  # a public lookup only
+    for use_ledger in (False, True):
+        report = reports.build_report(
+            stream.conn, grants=grants, catalog=catalog, use_ledger=use_ledger
+        )
+        (row,) = group(report, op, sc)["budget"]
+        assert (row["dataset"], row["unit"], row["spent"]) == ("social_insurance", "rho", 0.0)
+        assert row["outlook"]["typical_from"] == "ceiling"
 
 
 def test_query_burst_alert_for_same_plan_within_an_hour(stream: Stream) -> None:

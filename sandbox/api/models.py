@@ -202,11 +202,32 @@ class Balance(View):
     delta_left: Number
 
 
+class EpsilonEquivalent(View):
+    """A ρ budget stated as ε by OpenDP's conversion at the account's ``delta``."""
+
+    total: Number
+    spent: Number
+    delta: Number
+
+
+class BudgetOutlook(View):
+    """What a budget means in queries: the typical cost (the median of the account's
+    last jobs, ``recent_jobs`` of them, or a query at the per-query ceiling), the
+    queries left at it, and for ρ the ε-equivalent (sandbox/display.py)."""
+
+    typical_cost: Number | None
+    typical_from: str | None
+    recent_jobs: int
+    queries_left: int | None
+    epsilon_equivalent: EpsilonEquivalent | None = None
+
+
 class BudgetRow(Balance):
     operator: str
     scenario: str
     valid_until: str
     max_epsilon_per_query: Number
+    outlook: BudgetOutlook
 
 
 class Explanation(View):
@@ -242,6 +263,16 @@ class Flag(View):
     code: str
     message: str
     rows: int | None = None
+    jobs: list[str] | None = None
+
+
+class ReviewReason(View):
+    """Why a job needs approval: ``grade`` (its dataset's grade needs ``approvals``) or
+    ``near_duplicate`` (of the operator's earlier ``jobs``)."""
+
+    code: str
+    grade: str | None = None
+    approvals: int | None = None
     jobs: list[str] | None = None
 
 
@@ -313,6 +344,7 @@ class JobView(View):
     transitions: list[Transition] | None = None
     decisions: list[ReviewDecision]
     approvals: int
+    review_reasons: list[ReviewReason] | None = None  # when it needs approval
     preview: Preview | None = None
     product: ProductLink | None = None
 
@@ -427,6 +459,8 @@ class ReportBudget(View):
     left: Number | None = None
     reserved: Number | None = None
     fraction_spent: Number | None = None
+    delta_total: Number | None = None
+    outlook: BudgetOutlook | None = None
 
 
 class ReportGroup(View):

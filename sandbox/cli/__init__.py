@@ -23,8 +23,18 @@ def _main(
     policies: Path = typer.Option(
         None, "--policies", help="Policy directory (env SANDBOX_POLICIES)."
     ),
+    url: str = typer.Option(
+        None,
+        "--url",
+        help="The sandbox server (env SANDBOX_URL). Commands that read state then go "
+        "through its API instead of the local home.",
+    ),
 ) -> None:
+    from sandbox.cli.common import URL_KEY
+
     ctx.obj = Settings.from_env(home=home, policies=policies)
+    if url:
+        ctx.meta[URL_KEY] = url
 
 
 def _register() -> None:

@@ -1,10 +1,10 @@
 """The CLI's HTTP client of the REST API (``ApiClient``) and where it finds the server.
 
-The server URL and token come from ``SANDBOX_URL`` / ``SANDBOX_TOKEN`` or, when those
-are unset, from ``$SANDBOX_HOME/client.json`` (``{"url": …, "token": …}``; ``sandbox
-up`` writes it with the demo operator's token). Error answers become SandboxErrors of
-the server's one shape. Submissions carry an idempotency key and are retried with it
-when the connection fails (docs/api.md, idempotent submissions).
+The server URL and token come from ``--url`` or ``SANDBOX_URL`` / ``SANDBOX_TOKEN``
+or, when those are unset, from ``$SANDBOX_HOME/client.json`` (``{"url": …, "token":
+…}``; ``sandbox up`` writes it with the demo operator's token). Error answers become
+SandboxErrors of the server's one shape. Submissions carry an idempotency key and are
+retried with it when the connection fails (docs/api.md, idempotent submissions).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ class ApiClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ApiClient:
-        url, token = client_config(settings)
-        return cls(url, token)
+    def from_settings(cls, settings: Settings, *, url: str | None = None) -> ApiClient:
+        found, token = client_config(settings, url=url)
+        return cls(found, token)
 
     def close(self) -> None:
         """Close the connections kept open between requests."""
@@ -102,9 +102,10 @@ def _error_from(resp: Any) -> SandboxError:
     return cls(message, code=code, hint=hint, http_status=resp.status_code, details=extra)
 
 
-def client_config(settings: Settings) -> tuple[str, str]:
-    """(url, token): the environment first, then $SANDBOX_HOME/client.json."""
-    url = os.environ.get("SANDBOX_URL", "")
+def client_config(settings: Settings, *, url: str | None = None) -> tuple[str, str]:
+    """(url, token): ``url`` (``--url``) or the environment first, then
+    $SANDBOX_HOME/client.json."""
+    url = url or os.environ.get("SANDBOX_URL", "")
     token = os.environ.get("SANDBOX_TOKEN", "") or settings.token
     path = settings.home / "client.json"
     if (not url or not token) and path.is_file():

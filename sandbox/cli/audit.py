@@ -1,5 +1,10 @@
-"""CLI commands: ``sandbox audit …`` (verify, prove, export, show, checkpoint) and
-``sandbox report`` (supervision report and alerts).
+"""CLI commands: ``sandbox audit …`` (verify, prove, export, show, checkpoint); it
+also registers ``sandbox report`` (sandbox/cli/report.py).
+
+``report``, ``audit show`` and ``audit verify`` (of the log, not of an export file)
+go through the server's API when one is configured (``--url`` / ``SANDBOX_URL``, with a
+supervisor's or admin's token) and read the local home otherwise; the other commands
+work on the local home (the bureau's machine). Each says on stderr which it used.
 
 ``sandbox audit verify`` exits 0 when every entry is covered by a signed checkpoint
 that verifies, 1 when the log does not verify (``AUDIT_INVALID``; with
@@ -18,7 +23,15 @@ from typing import Any
 
 import typer
 
-from sandbox.cli.common import JsonOption, console, handle_errors, print_json, settings
+from sandbox.cli.common import (
+    JsonOption,
+    console,
+    handle_errors,
+    local_settings,
+    print_json,
+    server_client,
+    settings,
+)
 from sandbox.errors import BadInput
 from sandbox.settings import Settings
 
@@ -38,6 +51,8 @@ PublicKeyOption = typer.Option(
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
     app.add_typer(audit_app, name="audit")
+    from sandbox.cli.report import report_command
+
     app.command("report", help="Supervision report per operator and scenario, with alerts.")(
         report_command
     )
@@ -121,7 +136,12 @@ def verify_command(
     from sandbox import audit
     from sandbox.audit import read_checkpoints
 
-    s = settings(ctx)
+    if export_file is None and public_key is None and not trusted:
+        api = server_client(ctx)
+        if api is not None:
+            _show_verify(api.get("/v1/audit/verify"), as_json)
+            return
+    s = local_settings(ctx) if export_file is None else settings(ctx)
     if s.audit_witness_file is not None and s.audit_witness_file.is_file():
         trusted = [*trusted, s.audit_witness_file]
     held = [c for p in trusted for c in read_checkpoints(p)]
@@ -151,18 +171,35 @@ def verify_command(
             "held off the host.",
             details={"problem": report.problem.to_dict(), "report": report.to_dict()},
         )
-    if as_json:
-        print_json(report.to_dict())
-    else:
-        verdict = "[green]ok[/]" if not report.unsigned_entries else "[yellow]unverified tail[/]"
-        console.print(
-            f"{verdict} {report.entries} entries ({report.first_seq}..{report.last_seq}), "
-            f"{report.checkpoints} checkpoints, {report.roots_checked} roots recomputed, "
-            f"signed up to {report.signed_size}, key {report.key_id}"
+    _show_verify(report.to_dict(), as_json)
+
+
+def _show_verify(report: dict[str, Any], as_json: bool) -> None:
+    """Print a verification report (local or the server's); exit as the module says."""
+    if not report.get("ok", True):
+        from sandbox import audit
+
+        problem = report.get("problem") or {}
+        raise audit.AuditInvalid(
+            f"The audit log does not verify: {problem.get('message', 'see the report')}",
+            hint="Keep the database and its exports as evidence; compare with an export "
+            "held off the host.",
+            details={"problem": problem, "report": report},
         )
-        for w in report.warnings:
+    if as_json:
+        print_json(report)
+    else:
+        unsigned = report.get("unsigned_entries")
+        verdict = "[green]ok[/]" if not unsigned else "[yellow]unverified tail[/]"
+        console.print(
+            f"{verdict} {report['entries']} entries ({report['first_seq']}.."
+            f"{report['last_seq']}), {report['checkpoints']} checkpoints, "
+            f"{report['roots_checked']} roots recomputed, signed up to "
+            f"{report['signed_size']}, key {report['key_id']}"
+        )
+        for w in report.get("warnings") or []:
             console.print(f"[yellow]warning[/] {w}")
-    if report.unsigned_entries:
+    if report.get("unsigned_entries"):
         raise typer.Exit(UNVERIFIED_EXIT)
 
 
@@ -173,7 +210,7 @@ def checkpoint_command(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     from sandbox import audit
     from sandbox.audit import check_witness, push_checkpoint
 
-    s = settings(ctx)
+    s = local_settings(ctx)
     check_witness(s.audit_witness_file, s.audit_witness_url, s.home)
     conn = _conn(s)
     try:
@@ -201,7 +238,7 @@ def prove_command(
     """Print an inclusion proof (JSON) of one entry against a signed checkpoint."""
     from sandbox import audit
 
-    conn = _conn(settings(ctx))
+    conn = _conn(local_settings(ctx))
     try:
         proof = audit.prove(conn, seq, tree_size)
     finally:
@@ -221,7 +258,7 @@ def verify_proof_command(
     from sandbox import audit
 
     proof = _read_json(proof_file)
-    key = _public_key(settings(ctx), public_key)
+    key = _public_key(settings(ctx) if public_key is not None else local_settings(ctx), public_key)
     kind = proof.get("format") if isinstance(proof, dict) else None
     if kind == audit.CONSISTENCY_FORMAT:
         ok = audit.verify_consistency(proof, key)
@@ -249,7 +286,7 @@ def consistency_command(
     """Print a consistency proof (JSON): the older signed tree is a prefix of the newer."""
     from sandbox import audit
 
-    conn = _conn(settings(ctx))
+    conn = _conn(local_settings(ctx))
     try:
         print_json(audit.prove_consistency(conn, old_size, new_size))
     finally:
@@ -268,7 +305,7 @@ def export_command(
     """Export events, every signed checkpoint and the public key, to keep off the host."""
     from sandbox import audit, signing, store
 
-    s = settings(ctx)
+    s = local_settings(ctx)
     conn = _conn(s)
     try:
         key = _audit_key(s, conn)
@@ -319,113 +356,61 @@ def show_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Show audit entries (newest N, oldest first), or the signed checkpoints."""
-    from rich.table import Table
+    from rich.text import Text
 
     from sandbox import audit
+    from sandbox.cli.common import print_table
 
-    conn = _conn(settings(ctx))
-    try:
-        if show_checkpoints:
-            cps = audit.checkpoints(conn)
-            if as_json:
-                print_json(cps)
-                return
-            table = Table("tree_size", "time", "root_hash", "key_id")
-            for c in cps:
-                table.add_row(str(c["tree_size"]), c["time"], c["root_hash"], c["key_id"])
-            console.print(table)
-            return
-        found = audit.events(
-            conn,
-            action=action,
-            actor=actor,
-            scenario=scenario,
-            limit=max(1, limit),
-            newest_first=True,
-        )
-    finally:
-        conn.close()
-    found.reverse()
-    if as_json:
-        print_json([{k: v for k, v in e.to_dict().items() if k != "chain_hash"} for e in found])
-        return
-    table = Table("seq", "time", "actor", "role", "action", "subject", "scenario", "details")
-    for e in found:
-        table.add_row(
-            str(e.seq), e.time, e.actor, e.role, e.action, e.subject, e.scenario or "", e.details
-        )
-    console.print(table)
-
-
-@handle_errors
-def report_command(
-    ctx: typer.Context,
-    operator: str = typer.Option(None, "--operator", help="Only this operator."),
-    scenario: str = typer.Option(None, "--scenario", help="Only this scenario."),
-    as_json: bool = JsonOption,
-) -> None:
-    """Supervision report per operator and scenario, with alerts."""
-    from sandbox import reports
-    from sandbox.catalog import load_catalog
-    from sandbox.errors import SandboxError
-    from sandbox.grants import load_grants
-
-    s = settings(ctx)
-    grants = None
-    try:
-        grants = load_grants(s.policies, load_catalog(s.policies))
-    except (SandboxError, OSError):
-        grants = None  # the report still shows what the audit log holds
-    conn = _conn(s)
-    try:
-        rep = reports.build_report(conn, operator=operator, scenario=scenario, grants=grants)
-    finally:
-        conn.close()
-    if as_json:
-        print_json(rep)
-        return
-    _print_report(rep)
-
-
-def _print_report(rep: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    console.print(
-        f"[bold]Supervision report[/] {rep['generated_at']} ({rep['entries']} audit entries)"
-    )
-    for g in rep["groups"]:
-        console.print(f"\n[bold]{g['operator']}[/] · scenario {g['scenario'] or '-'}")
-        jobs = ", ".join(f"{k} {v}" for k, v in g["jobs"].items())
-        console.print(f"  jobs: {jobs}")
-        if g["refusals_by_code"]:
-            codes = ", ".join(f"{k} {v}" for k, v in g["refusals_by_code"].items())
-            console.print(f"  refusals: {codes}")
-        if g["failures_by_category"]:
-            cats = ", ".join(f"{k} {v}" for k, v in g["failures_by_category"].items())
-            console.print(f"  failures: {cats}")
-        console.print(
-            f"  datasets: {', '.join(g['datasets']) or '-'}; products released: "
-            f"{len(g['products_released'])}; downloads: {g['downloads']}"
-        )
-        if g["budget"]:
-            table = Table("dataset", "unit", "spent", "total", "left", "used")
-            for b in g["budget"]:
-                frac = b.get("fraction_spent")
-                table.add_row(
-                    b["dataset"],
-                    b["unit"],
-                    f"{b['spent']:g}",
-                    _fmt(b.get("total")),
-                    _fmt(b.get("left")),
-                    f"{frac:.0%}" if frac is not None else "-",
+    api = None if show_checkpoints else server_client(ctx)
+    if api is not None:
+        params: dict[str, Any] = {"limit": max(1, min(limit, 1000))}
+        params.update({k: v for k, v in (("action", action), ("actor", actor)) if v})
+        rows = api.get("/v1/audit", params=params)
+        shown = [r for r in rows if scenario is None or r.get("scenario") == scenario]
+    else:
+        conn = _conn(local_settings(ctx))
+        try:
+            if show_checkpoints:
+                cps = audit.checkpoints(conn)
+                if as_json:
+                    print_json(cps)
+                    return
+                print_table(
+                    ("tree_size", "time", "root_hash", "key_id"),
+                    [(str(c["tree_size"]), c["time"], c["root_hash"], c["key_id"]) for c in cps],
+                    keep=("tree_size", "time", "key_id"),
                 )
-            console.print(table)
-    console.print(f"\n[bold]Alerts[/] ({len(rep['alerts'])})")
-    for a in rep["alerts"]:
-        console.print(
-            f"  [yellow]{a['kind']}[/] {a['operator']} · {a['scenario'] or '-'}: {a['message']}"
-        )
+                return
+            found = audit.events(
+                conn,
+                action=action,
+                actor=actor,
+                scenario=scenario,
+                limit=max(1, limit),
+                newest_first=True,
+            )
+        finally:
+            conn.close()
+        shown = [e.to_dict() for e in found]
+    shown.reverse()
+    if as_json:
+        print_json([{k: v for k, v in e.items() if k != "chain_hash"} for e in shown])
+        return
+    for e in shown:  # one entry: a line of facts, then its details (fits 80 columns)
+        facts = [
+            str(e["seq"]),
+            str(e["time"]).replace("T", " ")[:19],
+            f"{e['actor']} ({e['role']})",
+            e["action"],
+            e["subject"],
+            e.get("scenario") or "",
+        ]
+        line = Text("  ".join(f for f in facts if f), style="bold", overflow="fold")
+        console.print(line, highlight=False)
+        console.print(Text("    " + _details_text(e.get("details")), overflow="fold"))
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:g}"
+def _details_text(details: Any) -> str:
+    if isinstance(details, str):
+        return details
+    return json.dumps(details, ensure_ascii=False, sort_keys=True, separators=(",", ":"))

@@ -1,8 +1,9 @@
 """CLI client of the REST API: submit, status, jobs, cancel, result, budget, review.
 
 The commands talk to the server through ``apiclient.ApiClient`` (where the URL and
-token come from, error answers, retries). Errors keep the server's one shape and the
-exit codes: 0 ok, 2 refused, 1 the system failed. ``submit`` sends an idempotency key
+token come from, error answers, retries) and say on stderr which server they used.
+Errors keep the server's one shape and the exit codes: 0 ok, 2 refused, 1 the system
+failed. ``submit`` sends an idempotency key
 and retries with it when the connection fails (docs/api.md, idempotent submissions).
 """
 
@@ -15,9 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from sandbox.cli.apiclient import ApiClient
-from sandbox.cli.common import JsonOption, console, err_console, handle_errors, print_json
+from sandbox.cli.common import (
+    JsonOption,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    print_table,
+)
+from sandbox.display import fmt_amount, fmt_delta, review_sentence
 from sandbox.errors import BadInput, SystemFailure
 
 review_app = typer.Typer(help="The review queue (supervisors).", no_args_is_help=True)
@@ -26,11 +36,19 @@ WAITING = {"submitted", "compiled", "budget_reserved", "running", "noised"}
 
 
 def _client(ctx: typer.Context) -> ApiClient:
-    """The command's client, closed when the command ends."""
-    from sandbox.cli.common import settings
+    """The command's client, closed when the command ends; says which server it is."""
+    from sandbox.cli.common import configured_url, say_source, settings
 
-    api = ApiClient.from_settings(settings(ctx))
+    s = settings(ctx)
+    url = configured_url(ctx)
+    api = ApiClient.from_settings(s, url=url)
     ctx.call_on_close(api.close)
+    if url is not None:
+        say_source(f"via {api.url}")
+    elif (s.home / "client.json").is_file():
+        say_source(f"via {api.url} (from {s.home / 'client.json'})")
+    else:
+        say_source(f"via {api.url} (the default; set SANDBOX_URL or --url)")
     return api
 
 
@@ -56,9 +74,13 @@ def _show_job(job: dict[str, Any]) -> None:
         "cancelled": "yellow",
         "in_review": "cyan",
     }.get(state, "white")
+    rho = (job.get("cost") or {}).get("rho")
+    loss = f"ε={fmt_amount(job['epsilon'])} δ={fmt_delta(job['delta'])}"
+    loss += f" ρ={fmt_amount(rho)}" if rho is not None else ""
     console.print(
         f"[bold]{job['id']}[/] [{colour}]{state}[/]  {job['scenario']}  "
-        f"ε={job['epsilon']} δ={job['delta']}  dataset={job.get('dataset') or '-'}"
+        f"{loss}  dataset={job.get('dataset') or '-'}",
+        soft_wrap=True,
     )
     if job.get("error"):
         e = job["error"]
@@ -75,11 +97,9 @@ def _show_job(job: dict[str, Any]) -> None:
             console.print(f"  [dim]hint: {e['hint']}[/]")
     for f in job.get("flags") or []:
         console.print(f"  [yellow]flag[/] {f['code']}: {f['message']}")
-    if state == "in_review":
-        console.print(
-            f"  waiting for review: {job.get('approvals', 0)} of "
-            f"{job.get('required_approvals')} supervisor approvals"
-        )
+    waiting = review_sentence(job)
+    if waiting:
+        console.print(f"  {escape(waiting)}", soft_wrap=False)
     for d in job.get("decisions") or []:
         console.print(f"  {d['decision']} by {d['reviewer']}: {d['reason']}")
     if state == "released":
@@ -285,18 +305,21 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(found)
             return
-        table = _table("job", "state", "operator", "scenario", "dataset", "ε", "created")
-        for j in found:
-            table.add_row(
-                j["id"],
-                j["state"],
-                j["operator"],
-                j["scenario"],
-                j["dataset"] or "-",
-                str(j["epsilon"]),
-                j["created_at"][:16],
-            )
-        console.print(table)
+        print_table(
+            ("job", "state", "operator", "scenario / dataset", "ε", "created"),
+            [
+                (
+                    j["id"],
+                    j["state"],
+                    j["operator"],
+                    f"{j['scenario']}\n  {j['dataset'] or '-'}",
+                    fmt_amount(j["epsilon"]),
+                    j["created_at"][:16].replace("T", "\n"),
+                )
+                for j in found
+            ],
+            keep=("job", "state", "operator", "scenario / dataset", "created"),
+        )
 
     @app.command("cancel")
     @handle_errors
@@ -340,7 +363,8 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(
                 f"wrote {path} ({len(data)} bytes) and {manifest_path.name}; "
-                f"check it with `sandbox product verify {path}`"
+                f"check it with `{_verify_command(ctx, api, path)}`",
+                soft_wrap=True,
             )
 
     @app.command("budget")
@@ -350,20 +374,18 @@ def register(app: typer.Typer) -> None:
         operator: str = typer.Option(None, "--operator", help="Supervisors: one operator."),
         as_json: bool = JsonOption,
     ) -> None:
-        """What is left of the privacy budget, per grant and dataset."""
-        from rich.table import Table
+        """What is left of the privacy budget, per grant and dataset: in the account's
+        unit (ε, or ρ for zCDP datasets with its ε-equivalent) and in queries left at a
+        typical cost."""
+        from sandbox.cli.budgetview import budget_table, footnote
 
         params = {"operator": operator} if operator else {}
         rows = _client(ctx).get("/v1/budget", params=params)
         if as_json:
             print_json(rows)
             return
-        table = Table("scenario", "dataset", "unit", "total", "spent", "reserved", "left", "δ left")
-        for r in rows:
-            amounts = (_fmt(_pick(r, k)) for k in ("total", "spent", "reserved", "left"))
-            unit = {"epsilon": "ε", "rho": "ρ (zCDP)"}.get(str(r.get("unit")), str(r.get("unit")))
-            table.add_row(r["scenario"], r["dataset"], unit, *amounts, _fmt(r.get("delta_left")))
-        console.print(table)
+        console.print(budget_table(rows))
+        console.print(f"[dim]{escape(footnote())}[/]")
 
     @review_app.command("list")
     @handle_errors
@@ -374,18 +396,20 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(queue)
             return
-        table = _table("job", "operator", "scenario", "dataset", "grade", "approvals", "flags")
-        for j in queue:
-            table.add_row(
-                j["id"],
-                j["operator"],
-                j["scenario"],
-                j["dataset"],
-                j["grade"],
-                f"{j['approvals']}/{j['required_approvals']}",
-                ", ".join(f["code"] for f in j["flags"]) or "-",
-            )
-        console.print(table)
+        print_table(
+            ("job / operator", "scenario / dataset", "grade", "approvals", "flags"),
+            [
+                (
+                    f"{j['id']}\n  {j['operator']}",
+                    f"{j['scenario']}\n  {j['dataset']}",
+                    j["grade"],
+                    f"{j['approvals']} of {j['required_approvals']}",
+                    ", ".join(f["code"] for f in j["flags"]) or "-",
+                )
+                for j in queue
+            ],
+            keep=("job / operator", "scenario / dataset", "grade", "approvals"),
+        )
 
     def _decide(ctx: typer.Context, job_id: str, decision: str, reason: str, as_json: bool) -> None:
         out = _client(ctx).post(f"/v1/review/{job_id}", {"decision": decision, "reason": reason})
@@ -420,13 +444,14 @@ def register(app: typer.Typer) -> None:
     app.add_typer(review_app, name="review")
 
 
-def _pick(row: dict[str, Any], key: str) -> Any:
-    value = row.get(key)
-    if isinstance(value, dict):
-        return value.get("epsilon")
-    if value is None:
-        value = row.get(f"{key}_epsilon", row.get(f"epsilon_{key}"))
-    return value
+def _verify_command(ctx: typer.Context, api: ApiClient, path: Path) -> str:
+    """The `product verify` that checks a product just downloaded from ``api``: with
+    the server named when verify would not find it (nor a local key) by itself."""
+    from sandbox.cli.common import configured_url, settings
+
+    if configured_url(ctx) is None and not (settings(ctx).keys_dir / "products.pub").is_file():
+        return f"sandbox --url {api.url} product verify {path}"
+    return f"sandbox product verify {path}"
 
 
 def _fmt(value: Any) -> str:
@@ -435,14 +460,3 @@ def _fmt(value: Any) -> str:
         if isinstance(value, int | float)
         else str(value if value is not None else "-")
     )
-
-
-def _table(first: str, *headers: str) -> Any:
-    """A rich table whose first column (an id) is never cut."""
-    from rich.table import Table
-
-    table = Table()
-    table.add_column(first, no_wrap=True, min_width=14)
-    for h in headers:
-        table.add_column(h)
-    return table

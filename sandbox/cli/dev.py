@@ -209,17 +209,19 @@ def _print_run(result: dict[str, Any]) -> None:
 
 
 def _cell_text(value: Any, cell: dict[str, Any] | None) -> str:
+    """A cell as text: a noisy value rounded to the precision its ± supports
+    (sandbox/display.py), with the ±."""
+    from sandbox.display import fmt_estimate, fmt_half_width
+
     if value is None:
         return "NULL"
     if isinstance(value, bool):  # the `suppressed` column
         return "yes" if value else ""
-    text = f"{value:,.2f}" if isinstance(value, float) else str(value)
-    if cell is None:
-        return text
-    hw = cell.get("accuracy_95")
-    if isinstance(hw, int | float):
-        return f"{text} ± {hw:,.2f}" if isinstance(hw, float) else f"{text} ± {hw}"
-    return text
+    hw = cell.get("accuracy_95") if cell is not None else None
+    if isinstance(hw, int | float) and not isinstance(hw, bool) and hw > 0:
+        whole = isinstance(value, int)
+        return f"{fmt_estimate(value, hw)} ± {fmt_half_width(hw, integer=whole)}"
+    return f"{value:,.2f}" if isinstance(value, float) else str(value)
 
 
 @handle_errors

@@ -263,11 +263,12 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def token_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         """Every token's record (never the secret)."""
-        from rich.table import Table
-
         from sandbox import store, tokens
+        from sandbox.cli.common import configured_url, print_table, say_local
 
-        conn = store.connect(_settings(ctx).db_path)
+        s = _settings(ctx)
+        say_local(s, ignored_url=configured_url(ctx))
+        conn = store.connect(s.db_path)
         try:
             records = tokens.list_tokens(conn)
         finally:
@@ -275,11 +276,20 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(records)
             return
-        table = Table("id", "role", "for", "created", "expires", "revoked")
-        for r in records:
-            expires = (r["expires_at"] or "never")[:19]
-            revoked = (r["revoked_at"] or "")[:19]
-            table.add_row(r["id"], r["role"], r["subject"], r["created_at"][:19], expires, revoked)
-        console.print(table)
+        print_table(
+            ("id", "role", "for", "created", "expires", "revoked"),
+            [
+                (
+                    r["id"],
+                    r["role"],
+                    r["subject"],
+                    r["created_at"][:16].replace("T", "\n"),
+                    (r["expires_at"] or "never")[:16].replace("T", "\n"),
+                    (r["revoked_at"] or "")[:16].replace("T", "\n"),
+                )
+                for r in records
+            ],
+            keep=("id", "role", "for", "created", "expires"),
+        )
 
     app.add_typer(token_app, name="token")

@@ -217,7 +217,9 @@ class Service(Submissions):
         return auth.own_job(self.conn(), p, job_id)
 
     def _job_view(self, p: Principal, job: Job, *, detail: bool = False) -> dict[str, Any]:
-        return views.job_view(self.conn(), self.settings.products_dir, p, job, detail=detail)
+        return views.job_view(
+            self.conn(), self.settings.products_dir, p, job, detail=detail, rules=self.rules
+        )
 
     def list_jobs(
         self,
@@ -375,7 +377,11 @@ class Service(Submissions):
         from sandbox import reports
 
         report: dict[str, Any] = reports.build_report(
-            self.conn(), operator=operator, scenario=scenario, grants=self._grants
+            self.conn(),
+            operator=operator,
+            scenario=scenario,
+            grants=self._grants,
+            catalog=self.catalog,
         )
         return views.plain(report)
 

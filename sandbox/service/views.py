@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sandbox import jobs, ledger, products, review
+from sandbox import display, jobs, ledger, products, review
 from sandbox.catalog import Catalog, Dataset
 from sandbox.errors import BadInput
 from sandbox.grants import Grant, Grants
@@ -96,8 +96,11 @@ def job_view(
     job: Job,
     *,
     detail: bool = False,
+    rules: review.ReviewRules | None = None,
 ) -> dict[str, Any]:
-    """A job as ``p`` may see it; ``detail`` adds transitions (and a supervisor's preview)."""
+    """A job as ``p`` may see it; ``detail`` adds transitions (and a supervisor's preview).
+    With the review ``rules``, a job that needs approval says why (``review_reasons``:
+    its grade, a near-duplicate; facts of the query, never of the data)."""
     view = job.public(
         operator_view=p.role == Role.OPERATOR,
         transitions=jobs.transitions(conn, job.id) if detail else None,
@@ -107,6 +110,12 @@ def job_view(
         coarsen_times(view)
     view["decisions"] = review.decisions(conn, job.id)
     view["approvals"] = sum(1 for d in view["decisions"] if d["decision"] == "approve")
+    if rules is not None and (view.get("required_approvals") or 0) > 0:
+        view["review_reasons"] = display.review_reasons(
+            grade=job["grade"],
+            grade_approvals=rules.for_grade(job["grade"] or "").approvals,
+            flags=view.get("flags") or [],
+        )
     if p.role == Role.OPERATOR and job.state != State.RELEASED:
         # an operator learns nothing of the result before it is released (a rejected
         # job releases nothing, not even how many cells were small)
@@ -138,24 +147,31 @@ def job_view(
 def budget_rows(
     conn: sqlite3.Connection, catalog: Catalog, grants: Iterable[Grant]
 ) -> list[dict[str, Any]]:
-    """What is left of each grant's budget, per private dataset."""
+    """What is left of each grant's budget, per private dataset, and what that means in
+    queries (``outlook``: a typical cost, the queries left at it, for ρ the ε-equivalent;
+    sandbox/display.py)."""
     out = []
     for g in grants:
         for ds in g.datasets:
             d = catalog.dataset(ds)
             if d is None or d.is_public:
                 continue
-            out.append(
-                {
-                    "grant": g.id,
-                    "operator": g.operator,
-                    "scenario": g.scenario.id,
-                    "dataset": ds,
-                    "valid_until": g.valid_until.isoformat(),
-                    "max_epsilon_per_query": g.budget.max_epsilon_per_query,
-                    **plain(ledger.balance(conn, g, ds, definition=d.privacy.definition)),
-                }
+            row = {
+                "grant": g.id,
+                "operator": g.operator,
+                "scenario": g.scenario.id,
+                "dataset": ds,
+                "valid_until": g.valid_until.isoformat(),
+                "max_epsilon_per_query": g.budget.max_epsilon_per_query,
+                **plain(ledger.balance(conn, g, ds, definition=d.privacy.definition)),
+            }
+            row["outlook"] = display.budget_outlook(
+                row,
+                ledger.recent_losses(conn, g.id, ds, display.RECENT_JOBS),
+                ceiling_epsilon=g.budget.max_epsilon_per_query,
+                grant_delta=g.budget.delta,
             )
+            out.append(row)
     return out
 
 

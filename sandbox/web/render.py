@@ -16,14 +16,19 @@ from typing import Any
 
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 
+from sandbox import display
+
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 __all__ = [
     "ENV",
     "budget_bar",
     "event_text",
+    "fmt_estimate",
+    "fmt_halfwidth",
     "fmt_loss",
     "fmt_num",
+    "fmt_pct",
     "fmt_short",
     "fmt_when",
     "fmt_when_short",
@@ -42,6 +47,10 @@ def _env() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(num=fmt_num, loss=fmt_loss, when=fmt_when, short=fmt_short)
+    # noisy values to the precision their ± supports, shares of a job's budget, percents
+    env.filters.update(estimate=fmt_estimate, halfwidth=fmt_halfwidth, pct=fmt_pct)
+    env.filters["share_of"] = display.loss_share
+    env.filters["job_loss"] = display.job_loss
     env.filters["whenshort"] = fmt_when_short
     env.filters["sql_excerpt"] = sql_excerpt
     return env
@@ -69,15 +78,37 @@ def fmt_num(value: Any, digits: int | None = None) -> str:
 
 
 def fmt_loss(value: Any) -> str:
-    """ε, δ or ρ: short, exact enough, scientific when small."""
-    if value is None:
+    """ε, δ or ρ: the decimal the ledger holds to four significant digits, δ-sized
+    amounts in short scientific notation (sandbox/display.py)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return "—"
-    v = float(value)
-    if v == 0:
-        return "0"
-    if abs(v) < 1e-3:
-        return f"{v:.1e}"
-    return f"{v:.4g}"
+    if value != 0 and abs(value) < 1e-3:
+        return display.fmt_delta(value)
+    return display.fmt_amount(value, digits=4)
+
+
+def fmt_estimate(value: Any, half_width: Any = None) -> str:
+    """A noisy value rounded to the precision its ± supports; without one, ``num``."""
+    pair = (value, half_width)
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+    return display.fmt_estimate(value, half_width) if numbers and half_width else fmt_num(value)
+
+
+def fmt_halfwidth(half_width: Any, value: Any = None) -> str:
+    """A ± to the step of the value it goes with (whole for a count)."""
+    if not isinstance(half_width, int | float) or isinstance(half_width, bool):
+        return fmt_num(half_width)
+    return display.fmt_half_width(half_width, integer=isinstance(value, int))
+
+
+def fmt_pct(fraction: Any) -> str:
+    """A fraction as a percent, with the decimals a small one needs."""
+    if not isinstance(fraction, int | float) or isinstance(fraction, bool):
+        return "—"
+    pct = 100 * fraction
+    if pct == 0 or abs(pct) >= 10:
+        return f"{pct:.0f}%"
+    return f"{pct:.1f}%" if abs(pct) >= 1 else f"{pct:.2g}%"
 
 
 def fmt_when(value: Any) -> str:

@@ -214,6 +214,16 @@ def _states() -> list[Any]:
     return list(State)
 
 
+def _account(ctx: Ctx, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The budget row (grant × dataset) a job is charged to, as the caller may see it."""
+    p = ctx.principal
+    operator = job["operator"] if p.role.value == "supervisor" else None
+    for row in ctx.svc.budget(p, operator=operator):
+        if row["grant"] == job.get("grant") and row["dataset"] == job.get("dataset"):
+            return row
+    return None
+
+
 def _job_page(ctx: Ctx, job_id: str, *, status: int = 200, error: str | None = None) -> Response:
     p = ctx.principal
     job = ctx.svc.get_job(p, job_id)
@@ -229,6 +239,7 @@ def _job_page(ctx: Ctx, job_id: str, *, status: int = 200, error: str | None = N
     return ctx.render(
         "job.html",
         status=status,
+        account=_account(ctx, job),
         active_nav="/console/review" if job["state"] == "in_review" else "/console/jobs",
         job=job,
         released=released_table(job),
@@ -379,7 +390,9 @@ def my_view(request: Request) -> Response:
 def my_job(request: Request, job_id: str) -> Response:
     def build(ctx: Ctx) -> Response:
         job = ctx.svc.get_job(ctx.principal, job_id)
-        return ctx.render("my_job.html", job=job, formats=["csv", "json", "parquet"])
+        return ctx.render(
+            "my_job.html", job=job, formats=["csv", "json", "parquet"], account=_account(ctx, job)
+        )
 
     return page(request, OPERATOR, build)
 

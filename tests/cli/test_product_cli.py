@@ -36,7 +36,7 @@ def _verify(tmp: Path, result: Path, pub: Path) -> tuple[int, dict]:
         app,
         ["--home", str(tmp / "home"), "product", "verify", str(result), "-k", str(pub), "--json"],
     )
-    return out.exit_code, json.loads(out.output)
+    return out.exit_code, json.loads(out.stdout)
 
 
 @pytest.mark.parametrize("hostile", ["duplicate-key", "key-id", "deep"])

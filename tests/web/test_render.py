@@ -58,8 +58,20 @@ def test_numbers_and_losses() -> None:
     assert render.fmt_num(3.37561) == "3.38"
     assert render.fmt_num(float("nan")) == "—"
     assert render.fmt_num(0.5, 0) == "0"
-    assert render.fmt_loss(0) == "0" and render.fmt_loss(1e-5) == "1.0e-05"
+    assert render.fmt_loss(0) == "0" and render.fmt_loss(1e-5) == "1e-5"
     assert render.fmt_loss(0.004444) == "0.004444" and render.fmt_loss(1.0) == "1"
+    assert render.fmt_loss(14.700000001) == "14.7"  # the ledger's decimal, no float noise
+    assert render.fmt_loss(0.0044438412) == "0.004444"
+
+
+def test_noisy_values_round_to_their_interval() -> None:
+    assert render.fmt_estimate(4934.305542578124, 120.0) == "4,930"
+    assert render.fmt_estimate(4934.305542578124, 0.3) == "4,934.3"
+    assert render.fmt_estimate(4934.305542578124) == "4,934"  # no ±: as fmt_num
+    assert render.fmt_estimate(120, 2.5) == "120"  # a count keeps no fraction
+    assert render.fmt_halfwidth(123.4) == "120" and render.fmt_halfwidth(2.5, 120) == "2"
+    assert render.fmt_pct(0.5) == "50%" and render.fmt_pct(0.034) == "3.4%"
+    assert render.fmt_pct(0.003) == "0.3%" and render.fmt_pct(None) == "—"
 
 
 def test_times_and_text() -> None:
