@@ -278,14 +278,19 @@ def wide_cells(accuracy: dict[str, Any], table: pa.Table) -> dict[str, int]:
         if column not in table.column_names or not isinstance(cells, list):
             continue
         for value, cell in zip(table.column(column).to_pylist(), cells, strict=False):
-            if not isinstance(cell, dict) or cell.get("pm95_unit") != "value":
-                continue
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                continue
-            pm = cell.get("pm95")
-            if cell.get("unbounded") or (isinstance(pm, int | float) and pm > abs(value)):
+            if is_wide(value, cell):
                 wide[column] = wide.get(column, 0) + 1
     return wide
+
+
+def is_wide(value: Any, cell: Any) -> bool:
+    """A released value whose ± (in value units) is larger than |value|, or unbounded."""
+    if not isinstance(cell, dict) or cell.get("pm95_unit") != "value":
+        return False
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    pm = cell.get("pm95")
+    return bool(cell.get("unbounded")) or (isinstance(pm, int | float) and pm > abs(value))
 
 
 def _plain(v: Any) -> Any:

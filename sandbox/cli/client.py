@@ -75,6 +75,7 @@ def _show_job(job: dict[str, Any]) -> None:
             console.print(f"  [dim]hint: {e['hint']}[/]")
     for f in job.get("flags") or []:
         console.print(f"  [yellow]flag[/] {f['code']}: {f['message']}")
+    _show_rows(job)
     if state == "in_review":
         console.print(
             f"  waiting for review: {job.get('approvals', 0)} of "
@@ -84,6 +85,45 @@ def _show_job(job: dict[str, Any]) -> None:
         console.print(f"  {d['decision']} by {d['reviewer']}: {d['reason']}")
     if state == "released":
         console.print(f"  product ready: [bold]sandbox result {job['id']}[/]")
+
+
+def _show_rows(job: dict[str, Any]) -> None:
+    """The released (or, for a supervisor, reviewed) rows, each number with its ±."""
+    from rich.markup import escape
+
+    from sandbox.cli.dev import pm_text
+
+    preview = job.get("preview")
+    if not preview or not preview.get("rows"):
+        return
+    accuracy = job.get("accuracy") or {}
+    columns = [c for c in preview["columns"] if c != "suppressed"]
+    table = _table(columns[0], *columns[1:]) if columns else None
+    if table is None:
+        return
+    for i, row in enumerate(preview["rows"]):
+        cells = []
+        for c in columns:
+            value, acc = row.get(c), accuracy.get(c)
+            cell = acc[i] if isinstance(acc, list) and i < len(acc) else None
+            text = (
+                "-"
+                if value is None
+                else f"{value:,.6g}"
+                if isinstance(value, float)
+                else str(value)
+            )
+            if row.get("suppressed") and c in accuracy:
+                text = "suppressed"
+            cells.append(escape(f"{text} {pm_text(cell)}".strip()))
+        table.add_row(*cells)
+    console.print(table)
+    shown, total = len(preview["rows"]), preview.get("total_rows", len(preview["rows"]))
+    console.print(
+        f"  {shown} of {total} rows; value ± its 95% half-width (rounding included; a "
+        "quantile's ± is in rank, rows)",
+        highlight=False,
+    )
 
 
 def wait_for(api: ApiClient, job_id: str, *, show: bool, poll_s: float = 0.5) -> dict[str, Any]:
@@ -248,8 +288,11 @@ def register(app: typer.Typer) -> None:
         )
         table = Table("output", "kind", "mechanism", "noise scale", "±95%")
         for o in result["outputs"]:
-            cells = ("name", "kind", "mechanism", "scale", "accuracy_95")
-            table.add_row(*(_fmt(o.get(k)) for k in cells))
+            cells = ("name", "kind", "mechanism", "scale")
+            # a derived output's ± is per cell: the rule that propagates its components
+            pm = o.get("accuracy_95")
+            pm_cell = _fmt(pm) if pm is not None else str(o.get("pm95_rule") or "-")
+            table.add_row(*(_fmt(o.get(k)) for k in cells), pm_cell)
         console.print(table)
 
     @app.command("status")

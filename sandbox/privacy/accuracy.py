@@ -111,7 +111,7 @@ def _output_entry(plan: Plan, cost: Cost, out: Any) -> dict[str, Any]:
         components=parts,
         pm95_rule=_rule(out, by_name, parts, split),
         statement="± computed per cell by interval arithmetic over the noisy measures' "
-        f"{100 * (1 - split):g}% intervals (docs/privacy.md, 'Accuracy statements')",
+        f"{100 * (1 - split):.4g}% intervals (docs/privacy.md, 'Accuracy statements')",
     )
     return entry
 
@@ -122,7 +122,7 @@ def _is_direct(out: Any) -> bool:
 
 def _rule(out: Any, by_name: dict[str, Measure], parts: list[dict[str, Any]], split: float) -> str:
     """How a derived output's ± follows from its components, in one line (no data)."""
-    level = f"{100 * (1 - split):g}%"
+    level = f"{100 * (1 - split):.4g}%"
     if out.kind == "mean" and len(parts) == 2:
         s = next((p for p in parts if p["kind"] == "sum"), None)
         c = next((p for p in parts if p["kind"] in ("count", "count_units")), None)
