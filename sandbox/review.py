@@ -256,7 +256,7 @@ def released_accuracy(accuracy: Any, checked: Checked) -> dict[str, Any]:
                 if not str(k).startswith("interval") and k != "integer"
             }
             if cell.get("method") == "rank":
-                shown["pm95"] = published_half_width(cell.get("rank_error_95"), integer=True)
+                shown["pm95"] = published_half_width(cell.get("rank_error_95"))
                 shown["pm95_unit"] = "rank"
             else:
                 shown["pm95"] = published_half_width(
