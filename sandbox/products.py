@@ -139,7 +139,9 @@ def with_accuracy(table: pa.Table, accuracy: dict[str, Any] | None) -> pa.Table:
             c.get("pm95") if isinstance(c, dict) else None
             for c in (cells[i] if i < len(cells) else None for i in range(table.num_rows))
         ]
-        whole = all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in pms)
+        # one type per kind of output, never per run: a derived ± is always a float
+        derived = any(isinstance(c, dict) and c.get("method") == "propagated" for c in cells)
+        whole = not derived and all(v is None or type(v) is int for v in pms)
         arrays.append(pa.array(pms, type=pa.int64() if whole else pa.float64()))
         names.append(pm_names[name])
     return pa.Table.from_arrays(arrays, names=names)

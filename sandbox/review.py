@@ -255,16 +255,18 @@ def released_accuracy(accuracy: Any, checked: Checked) -> dict[str, Any]:
                 for k, v in cell.items()
                 if not str(k).startswith("interval") and k != "integer"
             }
-            if cell.get("method") == "rank":
-                shown["pm95"] = published_half_width(cell.get("rank_error_95"))
+            if cell.get("method") == "rank":  # whole rows of rank, rounded up
+                rank = published_half_width(cell.get("rank_error_95"))
+                shown["pm95"] = None if rank is None else int(math.ceil(rank))
                 shown["pm95_unit"] = "rank"
             else:
                 shown["pm95"] = published_half_width(
                     cell.get("accuracy_95"), base=base, integer=bool(cell.get("integer"))
                 )
                 shown["pm95_unit"] = "value"
-            if cell.get("derived"):
+            if cell.get("derived"):  # a float, whatever its digits: one type per column
                 shown.pop("accuracy_95", None)
+                shown["pm95"] = None if shown["pm95"] is None else float(shown["pm95"])
             published.append(shown)
         out[str(column)] = published
     return out
