@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
 from sandbox import review
-from sandbox.plan import Output
+from sandbox.plan import KeySpec, Measure, Output
+from sandbox.privacy import release
+from tests.privacy.factories import cost_of
+from tests.privacy.factories import make_plan as privacy_plan
 from tests.test_review import make_plan, noisy_table
 
 
@@ -87,3 +91,34 @@ def test_a_quantile_pm_is_in_rank(rules):
         checked.accuracy["n"][0]["pm95"] == 40 and checked.accuracy["n"][0]["pm95_unit"] == "rank"
     )
     assert "wide_interval" not in {f["code"] for f in checked.flags}  # rows, not value units
+
+
+def test_the_published_pm_of_rounded_counts_and_means_covers_the_truth(rules):
+    """Through the real release and review: a count rounded to 5 and a mean, each
+    within its published ± of the exact value in (far) more than 95% of cells."""
+    keys = tuple(f"c{i:02d}" for i in range(60))
+    plan = privacy_plan(
+        keys=(KeySpec("county", "persons.county", keys),),
+        measures=(Measure("n", "count"), Measure("s", "sum", "persons.age", 0, 100, True)),
+        outputs=(
+            Output("county", "key", (), "county"),
+            Output("n", "count", ("n",), "n"),
+            Output("mean_age", "mean", ("s", "n"), "…"),
+        ),
+        post_sql="SELECT county, n, TRY(CASE WHEN n > 0 THEN LEAST(GREATEST(s / n, 0.0), 100.0)"
+        " END) AS mean_age FROM noisy ORDER BY county",
+    )
+    exact = pa.table({"county": list(keys), "n": [40 + i for i in range(60)],
+                      "s": [(40 + i) * 37 for i in range(60)]})  # fmt: skip
+    truth = {r["county"]: r for r in exact.to_pylist()}
+    noisy = release(plan, exact, cost_of(plan, epsilon=1.0))
+    checked = review.check_output(
+        noisy.table, plan, grade="general-3", rules=rules, accuracy=noisy.accuracy
+    )
+    hits = {"n": 0, "mean_age": 0}
+    for i, row in enumerate(checked.table.to_pylist()):
+        t = truth[row["county"]]
+        assert row["n"] % 5 == 0 and checked.accuracy["n"][i]["pm95"] % 5 == 0
+        hits["n"] += abs(row["n"] - t["n"]) <= checked.accuracy["n"][i]["pm95"]
+        hits["mean_age"] += abs(row["mean_age"] - 37) <= checked.accuracy["mean_age"][i]["pm95"]
+    assert hits["n"] >= 54 and hits["mean_age"] >= 54, hits  # 95% of 60 is 57

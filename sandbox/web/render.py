@@ -1,7 +1,8 @@
 """How the console shows things: the Jinja2 environment, number and time formats, and
 the shapes the templates draw (the released table with its accuracy, budget bars).
 
-Pure presentation: no Service calls, no rules. Templates escape everything
+Pure presentation: no Service calls, no rules of its own (a value is marked wide by
+``review.is_wide``, the wide_interval flag's rule). Templates escape everything
 (autoescape); a field a record lacks renders as nothing (ChainableUndefined) rather
 than failing the page.
 """
