@@ -10,6 +10,11 @@ The downloadable format is two files side by side::
     result.csv                  the result, exactly the bytes that were signed for
     result.csv.manifest.json    {"manifest": {...}, "signature": {...}}
 
+Beside each released value column ``x`` the result carries ``x_pm95``, its 95%
+half-width (``x_rank_pm95`` for a quantile: the rank error in rows), and the manifest's
+``accuracy`` names, per output, its ± column, method, typical and largest ±; both
+are covered by the signature.
+
 ``manifest.result.sha256`` is the SHA-256 of the result file; ``signature.value`` is
 the base64 Ed25519 signature of the manifest's canonical JSON (UTF-8, keys sorted, no
 spaces). Anyone can check a product with only the public key (``sandbox product
@@ -94,6 +99,89 @@ def preview(products_dir: Path, job_id: str, *, limit: int = 200) -> dict[str, A
     }
 
 
+PM_SUFFIX = "_pm95"  # beside a value column x: x_pm95, its 95% half-width
+RANK_PM_SUFFIX = "_rank_pm95"  # beside a quantile: the rank error, in rows
+
+
+def accuracy_columns(names: list[str], accuracy: dict[str, Any] | None) -> dict[str, str]:
+    """Each column with released accuracy → the name of its ± column: ``x_pm95``
+    (``x_rank_pm95`` for a quantile), with ``_2``, ``_3`` … if an output already has
+    that name."""
+    taken = set(names)
+    out: dict[str, str] = {}
+    for name in names:
+        cells = (accuracy or {}).get(name)
+        if not isinstance(cells, list):
+            continue
+        rank = any(isinstance(c, dict) and c.get("pm95_unit") == "rank" for c in cells)
+        base = name + (RANK_PM_SUFFIX if rank else PM_SUFFIX)
+        pm, n = base, 2
+        while pm in taken:
+            pm, n = f"{base}_{n}", n + 1
+        taken.add(pm)
+        out[name] = pm
+    return out
+
+
+def with_accuracy(table: pa.Table, accuracy: dict[str, Any] | None) -> pa.Table:
+    """The released table with each value column's ± column right after it (null
+    where a cell has none: suppressed, NULL or unbounded)."""
+    pm_names = accuracy_columns(table.column_names, accuracy)
+    arrays: list[pa.Array | pa.ChunkedArray] = []
+    names: list[str] = []
+    for name in table.column_names:
+        arrays.append(table.column(name))
+        names.append(name)
+        if name not in pm_names:
+            continue
+        cells = (accuracy or {})[name]
+        pms = [
+            c.get("pm95") if isinstance(c, dict) else None
+            for c in (cells[i] if i < len(cells) else None for i in range(table.num_rows))
+        ]
+        # one type per kind of output, never per run: a derived ± is always a float
+        derived = any(isinstance(c, dict) and c.get("method") == "propagated" for c in cells)
+        whole = not derived and all(v is None or type(v) is int for v in pms)
+        arrays.append(pa.array(pms, type=pa.int64() if whole else pa.float64()))
+        names.append(pm_names[name])
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def accuracy_summary(table: pa.Table, accuracy: dict[str, Any] | None) -> dict[str, Any]:
+    """What the manifest says of the ± columns: per output its ± column, unit, method,
+    typical (median) and largest ±, and how many cells are unbounded or wider than
+    their value."""
+    from sandbox.review import wide_cells
+
+    pm_names = accuracy_columns(table.column_names, accuracy)
+    wide = wide_cells(dict(accuracy or {}), table)
+    outputs: dict[str, Any] = {}
+    for name, pm_name in pm_names.items():
+        cells = [c for c in (accuracy or {})[name] if isinstance(c, dict)]
+        pms = sorted(c["pm95"] for c in cells if isinstance(c.get("pm95"), int | float))
+        methods = sorted({str(c.get("method") or "direct") for c in cells})
+        rank = any(c.get("pm95_unit") == "rank" for c in cells)
+        outputs[name] = {
+            "column": pm_name,
+            "unit": "rank (rows)" if rank else "value",
+            "method": methods[0] if len(methods) == 1 else methods,
+            "cells": len(cells),
+            "typical_pm95": pms[(len(pms) - 1) // 2] if pms else None,
+            "max_pm95": pms[-1] if pms else None,
+            "unbounded_cells": sum(1 for c in cells if c.get("unbounded")),
+            "wide_cells": wide.get(name, 0),
+        }
+    return {
+        "confidence": 0.95,
+        "statement": "Beside each released value x, x_pm95 is its 95% half-width: the true "
+        "value lies within x ± x_pm95 with probability at least 95%. Direct counts and "
+        "sums: from the noise scale; derived outputs: propagated from the noisy measures; "
+        "quantiles: x_rank_pm95, the rank error in rows. Rounded outward; a rounded count "
+        "includes its rounding (docs/privacy.md, 'Accuracy statements').",
+        "outputs": outputs,
+    }
+
+
 def render(table: pa.Table, fmt: str) -> bytes:
     """The table as the bytes of one download format (deterministic)."""
     if fmt == "parquet":
@@ -166,8 +254,10 @@ def build_manifest(
     reviewers: list[dict[str, Any]],
     released_at: str,
     sdc: dict[str, Any],
+    accuracy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The certificate of one product file. ``job`` is the job record (jobs.Job.record)."""
+    """The certificate of one product file. ``job`` is the job record (jobs.Job.record);
+    ``accuracy`` the summary of its ± columns (``accuracy_summary``)."""
     plan = json.loads(job["plan_json"])
     cost = json.loads(job["cost_json"]) if job.get("cost_json") else {}
     return {
@@ -190,6 +280,7 @@ def build_manifest(
         },
         "mechanisms": json.loads(job["mechanisms"] or "[]"),
         "disclosure_control": sdc,
+        "accuracy": accuracy or {},
         "reviewers": [
             {"reviewer": r["reviewer"], "decision": r["decision"], "decided_at": r["decided_at"]}
             for r in reviewers
@@ -216,12 +307,21 @@ def release_product(
 ) -> dict[str, str]:
     """Render every format, sign a manifest for each, write them; {format: sha256}."""
     folder = product_dir(products_dir, job["id"])
-    table = read_result(products_dir, job["id"])
+    stored = read_result(products_dir, job["id"])
+    accuracy = json.loads(job["accuracy"]) if job.get("accuracy") else {}
+    table = with_accuracy(stored, accuracy)
+    summary = accuracy_summary(stored, accuracy)
     files: dict[str, str] = {}
     for fmt in FORMATS:
         data = render(table, fmt)
         manifest = build_manifest(
-            job=job, fmt=fmt, data=data, reviewers=reviewers, released_at=released_at, sdc=sdc
+            job=job,
+            fmt=fmt,
+            data=data,
+            reviewers=reviewers,
+            released_at=released_at,
+            sdc=sdc,
+            accuracy=summary,
         )
         signed = sign_manifest(manifest, key)
         _write(folder / f"result.{fmt}.manifest.json", canonical(signed) + b"\n")

@@ -5,6 +5,8 @@ Rules live in ``policies/review.yaml``. On every noisy result, before release:
 - **minimum count**: a row whose noisy count (any COUNT output) is below the grade's
   ``min_count`` has its measures released as null and its ``suppressed`` column set;
 - **rounding**: count outputs are rounded to the grade's ``round_base``;
+- **accuracy**: every released cell carries its 95% ± (``released_accuracy``), and
+  a ``wide_interval`` flag names the columns where a ± is larger than the value;
 - **near-duplicates**: an earlier job of the same operator (inside the window) with
   the same Plan digest, or SQL differing only in constants, is flagged: the two
   results could be differenced.
@@ -115,6 +117,8 @@ class Checked:
     suppressed_rows: int = 0
     round_base: int | None = None
     min_count: int = 0
+    rounded: list[str] = field(default_factory=list)  # the count columns rounded to the base
+    accuracy: dict[str, Any] = field(default_factory=dict)  # review.released_accuracy
 
 
 def check_output(
@@ -124,8 +128,13 @@ def check_output(
     grade: str,
     rules: ReviewRules,
     duplicates: list[dict[str, Any]] | None = None,
+    accuracy: dict[str, Any] | None = None,
 ) -> Checked:
-    """Apply suppression and rounding to a noisy table; flag risks; count approvals."""
+    """Apply suppression and rounding to a noisy table; flag risks; count approvals.
+
+    With the privacy layer's per-cell ``accuracy``, ``Checked.accuracy`` is the ± each
+    released cell carries (``released_accuracy``) and a ``wide_interval`` flag names
+    the columns where a ± is larger than the value it goes with."""
     rule = rules.for_grade(grade)
     min_count = rules.min_count_for(grade)
     key_names = {k.name for k in plan.keys} | {o.name for o in plan.outputs if o.kind == "key"}
@@ -189,35 +198,101 @@ def check_output(
     required = rule.approvals
     if duplicates and required == 0:
         required = rules.flagged_approvals
-    return Checked(
+    checked = Checked(
         table=out,
         flags=flags,
         required_approvals=required,
         suppressed_rows=n_suppressed,
         round_base=rule.round_base,
         min_count=min_count,
+        rounded=count_cols if rule.round_base else [],
     )
+    if accuracy is not None:
+        checked.accuracy = released_accuracy(accuracy, checked)
+        wide = wide_cells(checked.accuracy, checked.table)
+        if wide:
+            cells = sum(wide.values())
+            flags.append(
+                {
+                    "code": "wide_interval",
+                    "message": f"{cells} released value(s) in {', '.join(sorted(wide))} have a "
+                    "95% interval wider than the value itself (± larger than |value|): "
+                    "they are mostly noise.",
+                    "rows": cells,
+                    "columns": sorted(wide),
+                }
+            )
+    return checked
 
 
 def released_accuracy(accuracy: Any, checked: Checked) -> dict[str, Any]:
-    """Per-cell accuracy as it is shown with a reviewed result: noise scale and 95%
-    half-width (or a quantile's statement); a suppressed row's cells are null. The
-    intervals are dropped: they are centred on the unrounded noisy value, and would
-    undo rounding and suppression. (``sandbox dev run`` shows exactly this; the job
-    pipeline keeps the same rule.)"""
+    """Per-cell accuracy as it is released with a reviewed result: ``pm95``, the 95%
+    half-width rounded outward (``privacy.accuracy.published_half_width``: a count
+    rounded to the grade's base also carries the rounding), ``pm95_unit`` (``value``, or
+    ``rank`` for a quantile), the ``method`` (direct, propagated, rank) and the noise
+    scale. A suppressed row's cells, and a NULL value, have none (null). No interval:
+    one centred on the unrounded noisy value would undo rounding and suppression, and
+    a derived output's unrounded half-width is not shown either (it is computed from
+    unrounded noisy measures). ``sandbox dev run`` shows exactly this."""
+    from sandbox.privacy.accuracy import published_half_width
+
     names = checked.table.column_names
     mask = checked.table.column(SUPPRESSED_COLUMN).to_pylist() if SUPPRESSED_COLUMN in names else []
     out: dict[str, Any] = {}
     for column, cells in dict(accuracy or {}).items():
         if not isinstance(cells, list | tuple):
             continue
-        out[str(column)] = [
-            None
-            if (i < len(mask) and mask[i]) or not isinstance(cell, dict)
-            else {k: _plain(v) for k, v in cell.items() if not str(k).startswith("interval")}
-            for i, cell in enumerate(cells)
-        ]
+        values = checked.table.column(column).to_pylist() if column in names else []
+        base = checked.round_base if column in checked.rounded else None
+        published: list[dict[str, Any] | None] = []
+        for i, cell in enumerate(cells):
+            value = values[i] if i < len(values) else None
+            if (i < len(mask) and mask[i]) or not isinstance(cell, dict) or value is None:
+                published.append(None)
+                continue
+            shown = {
+                str(k): _plain(v)
+                for k, v in cell.items()
+                if not str(k).startswith("interval") and k != "integer"
+            }
+            if cell.get("method") == "rank":  # whole rows of rank, rounded up
+                rank = published_half_width(cell.get("rank_error_95"))
+                shown["pm95"] = None if rank is None else int(math.ceil(rank))
+                shown["pm95_unit"] = "rank"
+            else:
+                shown["pm95"] = published_half_width(
+                    cell.get("accuracy_95"), base=base, integer=bool(cell.get("integer"))
+                )
+                shown["pm95_unit"] = "value"
+            if cell.get("derived"):  # a float, whatever its digits: one type per column
+                shown.pop("accuracy_95", None)
+                shown["pm95"] = None if shown["pm95"] is None else float(shown["pm95"])
+            published.append(shown)
+        out[str(column)] = published
     return out
+
+
+def wide_cells(accuracy: dict[str, Any], table: pa.Table) -> dict[str, int]:
+    """Per column, how many released values have a ± larger than |value| (or an
+    unbounded one): noisy values and published half-widths only."""
+    wide: dict[str, int] = {}
+    for column, cells in accuracy.items():
+        if column not in table.column_names or not isinstance(cells, list):
+            continue
+        for value, cell in zip(table.column(column).to_pylist(), cells, strict=False):
+            if is_wide(value, cell):
+                wide[column] = wide.get(column, 0) + 1
+    return wide
+
+
+def is_wide(value: Any, cell: Any) -> bool:
+    """A released value whose ± (in value units) is larger than |value|, or unbounded."""
+    if not isinstance(cell, dict) or cell.get("pm95_unit") != "value":
+        return False
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    pm = cell.get("pm95")
+    return bool(cell.get("unbounded")) or (isinstance(pm, int | float) and pm > abs(value))
 
 
 def _plain(v: Any) -> Any:

@@ -150,10 +150,14 @@ class Cost(View):
 
 
 class AccuracyPart(View):
+    """One noisy measure a derived output is computed from: its 95% half-width and its
+    half-width at the output's Bonferroni level (``confidence_split``)."""
+
     measure: str
     kind: str
     scale: Number
     accuracy_95: Number | None
+    accuracy_split: Number | None = None
 
 
 class OutputAccuracy(View):
@@ -172,14 +176,23 @@ class OutputAccuracy(View):
     rank_error_95: Number | None = None
     components: list[AccuracyPart] | None = None
     statement: str | None = None
+    method: str | None = None  # direct, propagated (derived outputs) or rank (quantiles)
+    confidence_split: Number | None = None  # derived: each component's level
+    pm95_rule: str | None = None  # derived: how the per-cell ± follows from the components
 
 
 class CellAccuracy(View):
-    """The accuracy of one released cell."""
+    """The accuracy of one released cell: ``pm95`` is the ± it is released with (the
+    95% half-width rounded outward, rounding included); ``pm95_unit`` is ``value`` or,
+    for a quantile, ``rank`` (rows). ``accuracy_95`` (direct outputs only) is the
+    half-width of the noise before rounding; ``unbounded``: no finite ± exists."""
 
     scale: Number | None
-    accuracy_95: Number | None
-    interval_95: list[Number | None] | None = None
+    accuracy_95: Number | None = None
+    pm95: Number | None = None
+    pm95_unit: str | None = None
+    method: str | None = None
+    unbounded: bool | None = None
     derived: bool | None = None
     candidate_spacing: Number | None = None
     rank_error_95: Number | None = None
@@ -264,6 +277,7 @@ class Flag(View):
     message: str
     rows: int | None = None
     jobs: list[str] | None = None
+    columns: list[str] | None = None  # wide_interval: the columns with a ± above |value|
 
 
 class ReviewReason(View):
@@ -368,6 +382,7 @@ class Manifest(View):
     dataset: str
     dataset_versions: dict[str, Any]
     disclosure_control: dict[str, Any]
+    accuracy: dict[str, Any] | None = None  # the ± columns: per output its method, typical ±
     grade: str
     grant: str
     job: str

@@ -97,6 +97,7 @@ def _show_job(job: dict[str, Any]) -> None:
             console.print(f"  [dim]hint: {e['hint']}[/]")
     for f in job.get("flags") or []:
         console.print(f"  [yellow]flag[/] {f['code']}: {f['message']}")
+    _show_rows(job)
     waiting = review_sentence(job)
     if waiting:
         console.print(f"  {escape(waiting)}", soft_wrap=False)
@@ -104,6 +105,49 @@ def _show_job(job: dict[str, Any]) -> None:
         console.print(f"  {d['decision']} by {d['reviewer']}: {d['reason']}")
     if state == "released":
         console.print(f"  product ready: [bold]sandbox result {job['id']}[/]")
+
+
+def _show_rows(job: dict[str, Any]) -> None:
+    """The released (or, for a supervisor, reviewed) rows, each number with its ±,
+    rounded to the precision the ± supports (sandbox/display.py)."""
+    from sandbox.cli.dev import pm_text
+    from sandbox.display import fmt_estimate
+
+    preview = job.get("preview")
+    if not preview or not preview.get("rows"):
+        return
+    accuracy = job.get("accuracy") or {}
+    columns = [c for c in preview["columns"] if c != "suppressed"]
+    if not columns:
+        return
+    rows = []
+    for i, row in enumerate(preview["rows"]):
+        cells = []
+        for c in columns:
+            value, acc = row.get(c), accuracy.get(c)
+            cell = acc[i] if isinstance(acc, list) and i < len(acc) else None
+            pm = cell.get("pm95") if isinstance(cell, dict) else None
+            if value is None:
+                text = "-"
+            elif (
+                isinstance(pm, int | float)
+                and isinstance(cell, dict)
+                and cell.get("pm95_unit") != "rank"
+            ):
+                text = fmt_estimate(value, pm)
+            else:
+                text = f"{value:,.6g}" if isinstance(value, float) else str(value)
+            if row.get("suppressed") and c in accuracy:
+                text = "suppressed"
+            cells.append(f"{text} {pm_text(cell)}".strip())
+        rows.append(cells)
+    print_table(columns, rows, keep=columns[:1], right=[c for c in columns if c in accuracy])
+    shown, total = len(preview["rows"]), preview.get("total_rows", len(preview["rows"]))
+    console.print(
+        f"  {shown} of {total} rows; value ± its 95% half-width (rounding included; a "
+        "quantile's ± is in rank, rows)",
+        highlight=False,
+    )
 
 
 def wait_for(api: ApiClient, job_id: str, *, show: bool, poll_s: float = 0.5) -> dict[str, Any]:
@@ -268,8 +312,11 @@ def register(app: typer.Typer) -> None:
         )
         table = Table("output", "kind", "mechanism", "noise scale", "±95%")
         for o in result["outputs"]:
-            cells = ("name", "kind", "mechanism", "scale", "accuracy_95")
-            table.add_row(*(_fmt(o.get(k)) for k in cells))
+            cells = ("name", "kind", "mechanism", "scale")
+            # a derived output's ± is per cell: the rule that propagates its components
+            pm = o.get("accuracy_95")
+            pm_cell = _fmt(pm) if pm is not None else str(o.get("pm95_rule") or "-")
+            table.add_row(*(_fmt(o.get(k)) for k in cells), pm_cell)
         console.print(table)
 
     @app.command("status")

@@ -165,20 +165,23 @@ def _print_run(result: dict[str, Any]) -> None:
     )
     console.print("[yellow]SYNTHETIC DATA: the values below are not real.[/]")
     table = Table(show_lines=False)
-    for col in result["columns"]:
+    hidden = set(result.get("accuracy_columns", {}).values())  # shown as "value ± pm"
+    columns = [c for c in result["columns"] if c not in hidden]
+    for col in columns:
         table.add_column(col, justify="right")
     accuracy = result["accuracy"]
     for i, row in enumerate(result["rows"]):
         cells = []
-        for col in result["columns"]:
+        for col in columns:
             value = row[col]
             acc = accuracy.get(col)
             cell = acc[i] if acc is not None and i < len(acc) else None
             cells.append(escape(_cell_text(value, cell)))
         table.add_row(*cells)
     console.print(table)
-    console.print(f"{len(result['rows'])} rows. Each noisy cell shows value ±95% half-width "
-                  "(of the noise, before rounding).", soft_wrap=True)  # fmt: skip
+    console.print(f"{len(result['rows'])} rows. Each noisy cell shows value ± its 95% "
+                  "half-width, as the product's _pm95 columns carry it (rounding included; "
+                  "a quantile's ± is in rank, rows).", soft_wrap=True)  # fmt: skip
     sdc = result["disclosure_control"]
     rounding = f"counts rounded to {sdc['round_base']}" if sdc["round_base"] else "no rounding"
     console.print(
@@ -211,17 +214,34 @@ def _print_run(result: dict[str, Any]) -> None:
 def _cell_text(value: Any, cell: dict[str, Any] | None) -> str:
     """A cell as text: a noisy value rounded to the precision its ± supports
     (sandbox/display.py), with the ±."""
-    from sandbox.display import fmt_estimate, fmt_half_width
+    from sandbox.display import fmt_estimate
 
     if value is None:
         return "NULL"
     if isinstance(value, bool):  # the `suppressed` column
         return "yes" if value else ""
-    hw = cell.get("accuracy_95") if cell is not None else None
-    if isinstance(hw, int | float) and not isinstance(hw, bool) and hw > 0:
-        whole = isinstance(value, int)
-        return f"{fmt_estimate(value, hw)} ± {fmt_half_width(hw, integer=whole)}"
-    return f"{value:,.2f}" if isinstance(value, float) else str(value)
+    text = f"{value:,.2f}" if isinstance(value, float) else str(value)
+    if cell is None:
+        return text
+    pm = cell.get("pm95")
+    numeric = isinstance(pm, int | float) and not isinstance(pm, bool) and pm > 0
+    if numeric and cell.get("pm95_unit") != "rank":  # to the precision its ± supports
+        text = fmt_estimate(value, pm)
+    return f"{text} {pm_text(cell)}".strip()
+
+
+def pm_text(cell: dict[str, Any] | None) -> str:
+    """A released cell's ± as the product carries it: '± 20', '± 13 rows (rank)',
+    '± unbounded'; '' without one."""
+    if not isinstance(cell, dict):
+        return ""
+    pm = cell.get("pm95")
+    if cell.get("unbounded"):
+        return "± unbounded"
+    if not isinstance(pm, int | float):
+        return ""
+    text = f"{pm:,}" if isinstance(pm, int) else f"{pm:,.6g}"
+    return f"± {text} rows (rank)" if cell.get("pm95_unit") == "rank" else f"± {text}"
 
 
 @handle_errors

@@ -288,9 +288,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         a = acc.get(o["name"], {})
         scale = a.get("scale")
         hw = a.get("accuracy_95")
+        pm = f"{hw:.4g}" if hw is not None else str(a.get("pm95_rule") or "")  # derived: per cell
         ot.add_row(o["name"], o["kind"], ", ".join(o["measures"]),
-                   "" if scale is None else f"{scale:.4g}",
-                   "" if hw is None else f"{hw:.4g}")  # fmt: skip
+                   "" if scale is None else f"{scale:.4g}", pm)  # fmt: skip
     console.print(ot)
     for n in s["notes"]:
         console.print(f"[dim]- {n}[/]")

@@ -4,7 +4,8 @@ the DP layer and output review, spending no budget.
 The local result is shaped as the server's product would be: the same δ rule
 (``privacy.choose_delta``), the same disclosure control (``review.check_output`` with
 the local ``review.yaml``: rounding, minimum counts, suppression, the ``suppressed``
-column), the same flags and the same per-cell accuracy (``review.released_accuracy``).
+column), the same flags (``wide_interval`` included), the same per-cell accuracy
+(``review.released_accuracy``) and the product's ``_pm95`` columns.
 Only near-duplicate detection is missing: there is no job history on your machine."""
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ def run_query(
     del exact  # the exact aggregates of synthetic data; still, never kept
     rules = review.load_rules(ctx.policies)
     grade = dataset.grade.value
-    checked = review.check_output(noisy.table, plan, grade=grade, rules=rules)
-    released = json.loads(products.render(checked.table, "json"))  # as the JSON product
+    checked = review.check_output(
+        noisy.table, plan, grade=grade, rules=rules, accuracy=noisy.accuracy
+    )
+    product = products.with_accuracy(checked.table, checked.accuracy)  # ± columns beside
+    released = json.loads(products.render(product, "json"))  # as the JSON product
     return {
         "synthetic": True,
         "operator": op,
@@ -79,9 +83,10 @@ def run_query(
         "plan_digest": plan.digest(),
         "grade": grade,
         "columns": released["columns"],
-        "schema": [{"name": f.name, "type": str(f.type)} for f in checked.table.schema],
+        "schema": [{"name": f.name, "type": str(f.type)} for f in product.schema],
         "rows": released["rows"],
-        "accuracy": review.released_accuracy(noisy.accuracy, checked),
+        "accuracy": checked.accuracy,
+        "accuracy_columns": products.accuracy_columns(checked.table.column_names, checked.accuracy),
         "flags": [*checked.flags, *noisy.warnings],
         "disclosure_control": {
             "min_count": checked.min_count,

@@ -241,8 +241,15 @@ class JobPipeline:
             sql_sha256=job["sql_sha256"],
             since=datetime.fromisoformat(job["created_at"]) - self.rules.duplicate_window,
         )
+        # the ± of every released cell, and the wide_interval flag, come with the checks
+        # (review.released_accuracy: the same in `sandbox dev run`)
         checked = review.check_output(
-            noisy.table, plan, grade=job["grade"] or "", rules=self.rules, duplicates=dupes
+            noisy.table,
+            plan,
+            grade=job["grade"] or "",
+            rules=self.rules,
+            duplicates=dupes,
+            accuracy=getattr(noisy, "accuracy", {}),
         )
         # the privacy layer's notes are functions of noisy values only (issue 20)
         flags = [*checked.flags, *getattr(noisy, "warnings", [])]
@@ -267,7 +274,7 @@ class JobPipeline:
                 updates={
                     "flags": json.dumps(flags),
                     "sdc": json.dumps(sdc),
-                    "accuracy": json.dumps(_accuracy(getattr(noisy, "accuracy", {}), checked)),
+                    "accuracy": json.dumps(_jsonable(checked.accuracy)),
                     "mechanisms": json.dumps(list(getattr(noisy, "mechanisms", []))),
                     "rows": checked.table.num_rows,
                     "required_approvals": checked.required_approvals,
@@ -446,29 +453,6 @@ def release_budget(conn: sqlite3.Connection, job: Job) -> None:
         subject=job.id,
         scenario=job.scenario,
     )
-
-
-def _accuracy(accuracy: Any, checked: review.Checked) -> dict[str, Any]:
-    """Per-cell noise scale and 95% half-width. The intervals are dropped: they are
-    centred on the unrounded noisy value, and would undo rounding and suppression."""
-    names = checked.table.column_names
-    mask = (
-        checked.table.column(review.SUPPRESSED_COLUMN).to_pylist()
-        if review.SUPPRESSED_COLUMN in names
-        else []
-    )
-    out: dict[str, Any] = {}
-    for column, cells in dict(accuracy or {}).items():
-        if not isinstance(cells, list | tuple):
-            continue
-        out[str(column)] = [
-            None
-            if (i < len(mask) and mask[i]) or not isinstance(cell, dict)
-            else {k: v for k, v in cell.items() if not str(k).startswith("interval")}
-            for i, cell in enumerate(cells)
-        ]
-    result: dict[str, Any] = _jsonable(out)
-    return result
 
 
 def _jsonable(obj: Any) -> Any:

@@ -43,7 +43,10 @@ Modules (imports only go down this list, no cycles):
   ρ → (ε, δ) conversion, and OpenDP's quantile scores from a histogram;
 - ``accounting``: ε/δ validation against grant and policy, the budget split over
   measures, sensitivities and fitted scales (``plan_cost``, ``Cost``);
-- ``accuracy``: 95% half-widths, quantile statements, ``explain``, per-cell intervals;
+- ``propagation``: a derived output's half-width, by interval arithmetic over its noisy
+  measures' boxes at a Bonferroni-split level (no data read, no random draw);
+- ``accuracy``: 95% half-widths, quantile statements, ``explain``, per-cell
+  half-widths, the published ± rounded outward;
 - ``release``: noise, partition selection, the noisy cut to ``max_groups``, ``post_sql``;
 - ``defaults``: the δ a query gets when none is asked (``choose_delta``,
   ``default_delta``), one rule for every path (dev run, explain, submit).

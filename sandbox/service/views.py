@@ -2,7 +2,8 @@
 (and ``since_seq``, where an audit search starts).
 
 Operators see only their own grants' datasets (valid now), job times to the whole
-second, nothing of a result before it is released; supervisors also see previews."""
+second, nothing of a result before it is released (then its rows, as the product);
+supervisors also see previews."""
 
 from __future__ import annotations
 
@@ -120,15 +121,12 @@ def job_view(
         # an operator learns nothing of the result before it is released (a rejected
         # job releases nothing, not even how many cells were small)
         view.update(accuracy=None, flags=[], disclosure_control={}, rows=None)
-    if (
-        detail
-        and p.role == Role.SUPERVISOR
-        and job.state
-        in (
-            State.NOISED,
-            State.IN_REVIEW,
-            State.RELEASED,
-        )
+    # a supervisor previews what would be released; once it is, its operator sees the
+    # released rows too (each value with its ± in ``accuracy``: `sandbox status`)
+    reviewable = (State.NOISED, State.IN_REVIEW, State.RELEASED)
+    if detail and (
+        (p.role == Role.SUPERVISOR and job.state in reviewable)
+        or (p.role == Role.OPERATOR and job.state == State.RELEASED)
     ):
         try:
             view["preview"] = products.preview(products_dir, job.id)

@@ -1,7 +1,8 @@
 """How the console shows things: the Jinja2 environment, number and time formats, and
 the shapes the templates draw (the released table with its accuracy, budget bars).
 
-Pure presentation: no Service calls, no rules. Templates escape everything
+Pure presentation: no Service calls, no rules of its own (a value is marked wide by
+``review.is_wide``, the wide_interval flag's rule). Templates escape everything
 (autoescape); a field a record lacks renders as nothing (ChainableUndefined) rather
 than failing the page.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 
 from sandbox import display
+from sandbox.review import is_wide
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -174,7 +176,10 @@ def event_text(e: dict[str, Any]) -> str:
 
 
 def released_table(job: dict[str, Any]) -> dict[str, Any] | None:
-    """What would be released, row by row: each cell with its 95% accuracy half-width."""
+    """What would be (or was) released, row by row: each number with the ± it is
+    released with (``pm95``: its 95% half-width rounded outward, rounding included; a
+    quantile's in rank). Never an interval: one centred on the unrounded noisy value
+    would undo rounding."""
     preview = job.get("preview")
     if not preview:
         return None
@@ -187,21 +192,18 @@ def released_table(job: dict[str, Any]) -> dict[str, Any] | None:
             value = r.get(c)
             acc = accuracy.get(c)
             cell_acc = acc[i] if isinstance(acc, list) and i < len(acc) else None
-            hw = cell_acc.get("accuracy_95") if isinstance(cell_acc, dict) else None
-            interval = None
-            if isinstance(hw, int | float) and isinstance(value, int | float) and hw:
-                interval = (value - hw, value + hw)
+            info = cell_acc if isinstance(cell_acc, dict) else {}
+            pm = info.get("pm95")
             cells.append(
                 {
                     "column": c,
                     "value": value,
                     "measure": acc is not None,
-                    "hw": hw,
-                    "interval": interval,
-                    "derived": bool(isinstance(cell_acc, dict) and cell_acc.get("derived")),
-                    "rank_error": cell_acc.get("rank_error_95")
-                    if isinstance(cell_acc, dict)
-                    else None,
+                    "pm": pm if isinstance(pm, int | float) else None,
+                    "rank": info.get("pm95_unit") == "rank",
+                    "unbounded": bool(info.get("unbounded")),
+                    "derived": bool(info.get("derived")),
+                    "wide": is_wide(value, info),
                 }
             )
         rows.append({"cells": cells, "suppressed": bool(r.get("suppressed"))})

@@ -391,7 +391,11 @@ def my_job(request: Request, job_id: str) -> Response:
     def build(ctx: Ctx) -> Response:
         job = ctx.svc.get_job(ctx.principal, job_id)
         return ctx.render(
-            "my_job.html", job=job, formats=["csv", "json", "parquet"], account=_account(ctx, job)
+            "my_job.html",
+            job=job,
+            formats=["csv", "json", "parquet"],
+            account=_account(ctx, job),
+            released=released_table(job),  # released jobs only (views.job_view)
         )
 
     return page(request, OPERATOR, build)

@@ -189,8 +189,16 @@ def test_general_2_is_released_automatically_with_a_verifiable_product(api):
         assert manifest["operator"] == "op-huaxin" and manifest["result"]["format"] == fmt
         assert manifest["privacy_loss"]["epsilon"] == 1.0
     csv = api.get(f"/v1/jobs/{done['id']}/product", "op-huaxin").text
-    assert csv.splitlines()[0] == "industry,n,suppressed"
+    assert csv.splitlines()[0] == "industry,n,n_pm95,suppressed"  # each value's ± beside it
     assert len(csv.splitlines()) == 21  # header + 20 public industry keys
+    # the operator's view of the released job: its rows, each value with the same ±
+    released = api.get(f"/v1/jobs/{done['id']}", "op-huaxin").json()
+    rows = released["preview"]["rows"]
+    pms = [c["pm95"] if c else None for c in released["accuracy"]["n"]]
+    lines = [line.split(",") for line in csv.splitlines()[1:]]
+    assert [(r["n"], pm) for r, pm in zip(rows, pms, strict=True)] == [
+        (int(n) if n else None, int(pm) if pm else None) for _, n, pm, _ in lines
+    ]
     budget = {b["dataset"]: b for b in api.get("/v1/budget", "op-huaxin").json()}
     assert budget["enterprises"]["spent"] == pytest.approx(1.0)
 

@@ -126,7 +126,15 @@ def test_run_releases_cells_reviewed_as_the_server(project: Path, settings: Sett
     result = run_query(COUNT_BY_COUNTY, ctx, settings, epsilon=1.5)
     rows = result["rows"]
     assert len(rows) == 117  # every public key is released
-    assert result["columns"] == ["county_code", "n", "mean_income", "suppressed"]
+    assert result["columns"] == [
+        "county_code",
+        "n",
+        "n_pm95",
+        "mean_income",
+        "mean_income_pm95",
+        "suppressed",
+    ]
+    assert result["accuracy_columns"] == {"n": "n_pm95", "mean_income": "mean_income_pm95"}
     assert [f["name"] for f in result["schema"]] == result["columns"]
     assert result["schema"][-1]["type"] == "bool"
     assert result["disclosure_control"] == {
@@ -142,12 +150,19 @@ def test_run_releases_cells_reviewed_as_the_server(project: Path, settings: Sett
         n_cell = result["accuracy"]["n"][i]
         if r["suppressed"]:
             assert r["n"] is None and r["mean_income"] is None and n_cell is None
+            assert r["n_pm95"] is None and r["mean_income_pm95"] is None
             continue
         assert r["n"] % 5 == 0 and r["n"] >= 10
-        # as the server shows them: half-widths, no interval around the unrounded value
+        # as the server shows them: half-widths, no interval around the unrounded value;
+        # the ± of a count rounded to 5 includes the rounding and is a multiple of 5
         assert n_cell["accuracy_95"] > 0 and "interval_95" not in n_cell
+        assert n_cell["pm95"] == r["n_pm95"] and r["n_pm95"] % 5 == 0
+        assert r["n_pm95"] >= n_cell["accuracy_95"] + 2
         assert 0 <= r["mean_income"] <= 50_000
-        assert result["accuracy"]["mean_income"][i]["derived"] is True
+        mean_cell = result["accuracy"]["mean_income"][i]
+        assert mean_cell["derived"] is True and mean_cell["method"] == "propagated"
+        assert "accuracy_95" not in mean_cell  # only the rounded ± of a derived value
+        assert r["mean_income_pm95"] == mean_cell["pm95"] > 0
     if result["disclosure_control"]["suppressed_rows"]:
         assert "cells_suppressed" in {f["code"] for f in result["flags"]}
     assert result["would_cost"]["epsilon"] == pytest.approx(1.5)

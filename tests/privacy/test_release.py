@@ -45,7 +45,7 @@ def test_public_keys_release_every_key_and_drop_others() -> None:
     cells = noisy.accuracy["n"]
     hw = dp.discrete_laplacian_scale_to_accuracy(scale=0.5, alpha=0.05)
     assert cells[0]["accuracy_95"] == pytest.approx(hw)
-    assert cells[0]["interval_95"] == pytest.approx([rows[0]["n"] - hw, rows[0]["n"] + hw])
+    assert cells[0]["method"] == "direct" and "interval_95" not in cells[0]  # half-widths only
     assert noisy.mechanisms == ["discrete Laplace"]
 
 
@@ -69,7 +69,7 @@ def test_no_keys_and_empty_exact() -> None:
     assert len(rows) == 1 and isinstance(rows[0]["n"], int)
 
 
-def test_exact_from_duckdb_with_sums_and_mean_interval() -> None:
+def test_exact_from_duckdb_with_sums_and_mean_half_width() -> None:
     plan = sum_count_plan()
     persons = persons_table()
     exact = exact_of(plan.sql, persons)
@@ -81,9 +81,9 @@ def test_exact_from_duckdb_with_sums_and_mean_interval() -> None:
         for row, cell in zip(noisy.to_json_rows(), noisy.accuracy["mean_income"], strict=True):
             t = truth[row["sex"]]
             assert abs(row["n"] - t["n"]) < 50
-            lo, hi = cell["interval_95"]
-            assert cell["derived"] and -10 <= lo <= hi <= 50_000
-            covered.append(lo <= t["inc"] / t["n"] <= hi)
+            hw = cell["accuracy_95"]
+            assert cell["derived"] and cell["method"] == "propagated" and 0 < hw <= 50_010
+            covered.append(abs(row["mean_income"] - t["inc"] / t["n"]) <= hw)
         assert "Laplace (OpenDP, float-safe)" in noisy.mechanisms
     # a 95% interval misses ~2 of 40 cells; more than 8 misses has probability < 10⁻³
     assert sum(covered) >= 32, f"{sum(covered)} of {len(covered)} cells covered"

@@ -40,6 +40,13 @@ POPULATION_SQL = "SELECT sex, COUNT(*) AS n FROM persons GROUP BY sex"
 AGE_BAND_SQL = (ROOT / "queries" / "02_income_by_age_band.sql").read_text(encoding="utf-8")
 EMPLOYMENT_SQL = (ROOT / "queries" / "06_employment_rate_by_decade.sql").read_text(encoding="utf-8")
 ENTERPRISE_SQL = "SELECT industry, COUNT(*) AS n FROM enterprises GROUP BY industry"
+# counts, a mean, a rate and a median: each kind of ± (direct, propagated, rank)
+FIRMS_SQL = (
+    "SELECT industry, COUNT(*) AS firms, AVG(employees) AS mean_employees, "
+    "100.0 * COUNT(*) FILTER (WHERE employees < 10) / COUNT(*) AS micro_pct, "
+    "MEDIAN(registered_year) AS median_year "
+    "FROM enterprises GROUP BY industry ORDER BY industry"
+)
 
 
 def make_synthetic(root: Path, *, units: int = 3000) -> Path:
@@ -158,11 +165,12 @@ def seed_demo(live: LiveConsole) -> dict[str, str]:
         "sex": live.submit("op-jinshu", POPULATION_SQL, "employment-income", 1.0),
         "rates": live.submit("op-jinshu", EMPLOYMENT_SQL, "employment-income", 1.0),
         "firms": live.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit", 1.0),
+        "firm_sizes": live.submit("op-huaxin", FIRMS_SQL, "sme-credit", 1.0),  # released
     }
     live.submit("op-jinshu", "SELECT name, age FROM persons", "employment-income", 1.0)
     live.submit("op-jinshu", "SELECT COUNT(*) FROM persons", "employment-income", 5.0)
     live.submit("op-huaxin", "SELECT registered_capital FROM enterprises", "sme-credit", 1.0)
-    for key in ("sex", "rates", "firms"):
+    for key in ("sex", "rates", "firms", "firm_sizes"):
         live.wait(ids[key], "supervisor-li")
     li = "supervisor-li"
     live.api(

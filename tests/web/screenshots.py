@@ -2,7 +2,8 @@
 
 Starts a real server on synthetic data in a temporary SANDBOX_HOME, seeds a morning of
 work (released, rejected, refused and waiting jobs), and drives the system Chromium
-through the pages a supervisor and an operator see. Writes PNGs to docs/screenshots/
+through the pages a supervisor and an operator see (the review page and a released
+job in Chinese too). Writes PNGs to docs/screenshots/
 (or the directory given as the first argument).
 """
 
@@ -60,6 +61,13 @@ def capture(out_dir: Path) -> list[Path]:
                 sign_in(page, live.url, live.token("op-jinshu"))
                 page.goto(live.url + "/console/my")
                 written.append(_shot(page, out_dir / "operator.png"))
+                ctx.close()
+                # a released job in Chinese: every number with its ± (issue 16)
+                ctx = browser.new_context(viewport={"width": 1360, "height": 900}, locale="zh-CN")
+                page = ctx.new_page()
+                sign_in(page, live.url, live.token("op-huaxin"))
+                page.goto(live.url + f"/console/my/jobs/{ids['firm_sizes']}")
+                written.append(_shot(page, out_dir / "released-job-zh.png"))
                 ctx.close()
             finally:
                 browser.close()

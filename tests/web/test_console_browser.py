@@ -103,7 +103,7 @@ def test_supervisor_approves_and_rejects_operator_downloads(
     saved = tmp_path / "product.csv"
     download.value.save_as(saved)
     lines = saved.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "sex,n,suppressed" and len(lines) == 3
+    assert lines[0] == "sex,n,n_pm95,suppressed" and len(lines) == 3
     assert all(int(line.split(",")[1]) % 5 == 0 for line in lines[1:])  # general-3 rounds
     op.goto(f"{live.url}/console/my/jobs/{rejected}")
     assert "rejected" in op.inner_text("h1")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sandbox.web import render
 
 
-def test_released_table_pairs_values_with_accuracy_and_marks_suppression() -> None:
+def test_released_table_pairs_values_with_their_pm_and_marks_suppression() -> None:
     job = {
         "preview": {
             "columns": ["county", "n", "mean_income", "p50", "suppressed"],
@@ -30,9 +30,12 @@ def test_released_table_pairs_values_with_accuracy_and_marks_suppression() -> No
             "total_rows": 2,
         },
         "accuracy": {
-            "n": [{"scale": 4.0, "accuracy_95": 12.5}, None],
-            "mean_income": [{"scale": None, "accuracy_95": None, "derived": True}, None],
-            "p50": [{"scale": 8.0, "accuracy_95": None, "rank_error_95": 37}, None],
+            "n": [{"scale": 4.0, "accuracy_95": 12.5, "pm95": 15, "pm95_unit": "value"}, None],
+            "mean_income": [
+                {"scale": None, "pm95": 5000.0, "pm95_unit": "value", "derived": True},
+                None,
+            ],
+            "p50": [{"scale": 8.0, "rank_error_95": 37, "pm95": 37, "pm95_unit": "rank"}, None],
         },
     }
     table = render.released_table(job)
@@ -41,12 +44,13 @@ def test_released_table_pairs_values_with_accuracy_and_marks_suppression() -> No
     assert table["measures"] == ["n", "mean_income", "p50"]
     first, second = table["rows"]
     county, n, mean, p50 = first["cells"]
-    assert p50["rank_error"] == 37 and p50["interval"] is None
+    assert p50["pm"] == 37 and p50["rank"] is True and p50["wide"] is False  # rank units
     assert county["measure"] is False and county["value"] == "140105"
-    assert n["hw"] == 12.5 and n["interval"] == (107.5, 132.5)
-    assert mean["derived"] is True and mean["interval"] is None
+    assert n["pm"] == 15 and n["rank"] is False and not n["wide"]
+    assert "interval" not in n  # never lo/hi around the unrounded value
+    assert mean["derived"] is True and mean["pm"] == 5000.0 and mean["wide"] is True  # ± > value
     assert first["suppressed"] is False and second["suppressed"] is True
-    assert second["cells"][1]["value"] is None and second["cells"][1]["interval"] is None
+    assert second["cells"][1]["value"] is None and second["cells"][1]["pm"] is None
     assert render.released_table({"preview": None}) is None
 
 

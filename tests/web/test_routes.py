@@ -198,10 +198,14 @@ def test_approval_releases_and_operator_downloads(console: Console) -> None:
     op.sign_in("op-jinshu")
     resp = op.client.get(f"/console/my/jobs/{job}/product.csv")
     assert resp.status_code == 200
-    assert resp.text.splitlines()[0] == "sex,n,suppressed"
+    assert resp.text.splitlines()[0] == "sex,n,n_pm95,suppressed"  # each value's ± beside it
     assert "attachment" in resp.headers["content-disposition"]
     manifest = op.client.get(f"/console/my/jobs/{job}/manifest.json").json()
     assert manifest["manifest"]["reviewers"][0]["reviewer"] == "supervisor-li"
+    assert manifest["manifest"]["accuracy"]["outputs"]["n"]["column"] == "n_pm95"
+    # once released, the operator's page shows the result, each value with its ±
+    page = op.client.get(f"/console/my/jobs/{job}").text
+    assert 'id="result"' in page and page.count('<span class="acc') >= 2
     downloads = console.service.audit_search(_supervisor(console), action="product.downloaded")
     assert [d["subject"] for d in downloads] == [job]
 
