@@ -176,7 +176,8 @@ def test_operator_to_verified_product(server, tmp_path: Path) -> None:
     assert got.returncode == 0, got.stdout + got.stderr
     product = work / "product.csv"
     rows = product.read_text().splitlines()
-    assert rows[0] == "household_type,people,mean_age,suppressed"
+    # each released number with its 95% ± beside it (issue 16)
+    assert rows[0] == "household_type,people,people_pm95,mean_age,mean_age_pm95,suppressed"
     assert len(rows) == 6  # five public household types
 
     # anyone holding only the public key can check it
