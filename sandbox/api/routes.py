@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.api import models as m
+from sandbox.api import models_oversight as mo
 from sandbox.api.deps import get_principal, get_service
 from sandbox.api.limits import StrictJSONRoute
 from sandbox.service import Service, idempotency
@@ -199,7 +200,7 @@ PRODUCT_FILE: dict[int | str, dict[str, Any]] = {
         "content": {
             "text/csv": {"schema": {"type": "string"}},
             "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
-            "application/json": {"schema": m.ProductTable.model_json_schema()},
+            "application/json": {"schema": mo.ProductTable.model_json_schema()},
         },
     }
 }
@@ -221,7 +222,7 @@ def get_product(
     )
 
 
-@router.get("/products/{product_id}/manifest", tags=["products"], **returns(m.SignedManifest))
+@router.get("/products/{product_id}/manifest", tags=["products"], **returns(mo.SignedManifest))
 def get_manifest(
     product_id: str,
     format: Format = Query(default="csv"),
@@ -256,7 +257,7 @@ def decide(
     return svc.decide(p, job_id, decision=body.decision, reason=body.reason)
 
 
-@router.get("/audit", tags=["audit"], **returns(list[m.AuditEventView]))
+@router.get("/audit", tags=["audit"], **returns(list[mo.AuditEventView]))
 def audit_search(
     action: str | None = Query(default=None, max_length=100),
     actor: str | None = Query(default=None, max_length=200),
@@ -269,13 +270,13 @@ def audit_search(
     return svc.audit_search(p, action=action, actor=actor, since=since, limit=limit)
 
 
-@router.get("/audit/verify", tags=["audit"], **returns(m.VerifyReport))
+@router.get("/audit/verify", tags=["audit"], **returns(mo.VerifyReport))
 def audit_verify(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Recompute the audit log's hashes and check every signed checkpoint."""
     return svc.audit_verify(p)
 
 
-@router.get("/reports", tags=["audit"], **returns(m.Report))
+@router.get("/reports", tags=["audit"], **returns(mo.Report))
 def reports(
     operator: str | None = Query(default=None, max_length=200),
     scenario: str | None = Query(default=None, max_length=200),
@@ -286,25 +287,25 @@ def reports(
     return svc.reports(p, operator=operator, scenario=scenario)
 
 
-@router.post("/admin/grants/reload", tags=["admin"], **returns(m.ReloadResult))
+@router.post("/admin/grants/reload", tags=["admin"], **returns(mo.ReloadResult))
 def reload_grants(p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Re-read grants.yaml (admins)."""
     return svc.reload_grants(p)
 
 
-@router.get("/admin/tokens", tags=["admin"], **returns(list[m.TokenRecord]))
+@router.get("/admin/tokens", tags=["admin"], **returns(list[mo.TokenRecord]))
 def list_tokens(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, Any]]:
     """Every token's record, never the secret (admins)."""
     return svc.list_tokens(p)
 
 
-@router.post("/admin/tokens", tags=["admin"], status_code=201, **returns(m.IssuedToken))
+@router.post("/admin/tokens", tags=["admin"], status_code=201, **returns(mo.IssuedToken))
 def create_token(body: TokenRequest, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Issue a token; the secret is in this response only (admins)."""
     return svc.create_token(p, role=body.role, subject=body.subject, expires_in=body.expires_in)
 
 
-@router.post("/admin/tokens/{token_id}/revoke", tags=["admin"], **returns(m.TokenRecord))
+@router.post("/admin/tokens/{token_id}/revoke", tags=["admin"], **returns(mo.TokenRecord))
 def revoke_token(token_id: str, p: Principal = Caller, svc: Service = Svc) -> dict[str, Any]:
     """Revoke a token (admins)."""
     return svc.revoke_token(p, token_id)
