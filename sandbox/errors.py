@@ -115,6 +115,8 @@ CATEGORIES: dict[str, str] = {
     "output_invalid": "the result file was missing, a symlink, or unreadable",
     "resource_limit": "the query hit a process, file-size or scratch limit",
     "data_missing": "a dataset file named by the Plan is missing",
+    "script_error": "an analysis script raised or exited non-zero (its message and output "
+    "are withheld)",
     "cancelled": "the job was cancelled",
     "release_timeout": "noising the result on the host ran past its time limit",
     "data_invalid": "a table breaks its catalogue declaration (a unit with several rows "
