@@ -34,6 +34,9 @@ from typing import Any, ClassVar
 
 # Every stable error code and what it means. Keep in sync with the raises.
 CODES: dict[str, str] = {
+    # analysis jobs (sandbox.jobs.analysis)
+    "ANALYSIS_NOT_GRANTED": "The grant does not allow analysis jobs (operators' scripts).",
+    "SCRIPT_INVALID": "The analysis script is empty, too large, or has a file name refused.",
     # compiler
     "EMPTY_QUERY": "The SQL text is empty.",
     "QUERY_TOO_LARGE": "The SQL text is longer than the limit.",
