@@ -32,7 +32,7 @@ from typing import Any
 
 from sandbox import store
 from sandbox.catalog import Catalog
-from sandbox.errors import ExecutionFailed, Refused, SystemFailure
+from sandbox.errors import Conflict, Refused, SystemFailure
 from sandbox.grants import Grant, Grants, find_grant
 from sandbox.jobs.records import Job, create_job, get_job, join_transaction, transition
 from sandbox.jobs.states import S
@@ -211,6 +211,30 @@ def submit(
         )
 
 
+def check_still_granted(grant: Grant) -> None:
+    """At run time the grant must still allow analysis jobs (grants can be reloaded)."""
+    if not grant.analysis_jobs:
+        raise Refused(
+            f"The grant {grant.id!r} no longer allows analysis jobs.",
+            code="ANALYSIS_NOT_GRANTED",
+            http_status=403,
+        )
+
+
+def docker_executor(executor: Any) -> Any:
+    """The Docker executor: analysis jobs run only in the runner container (the host
+    has no ACRO or pandas, and the local executor runs SQL on synthetic data only)."""
+    from sandbox.errors import DockerUnavailable
+    from sandbox.executors.docker import DockerExecutor
+
+    if not isinstance(executor, DockerExecutor):
+        raise DockerUnavailable(
+            "Analysis jobs run only with the Docker executor.",
+            hint="Run the server with SANDBOX_EXECUTOR=docker.",
+        )
+    return executor
+
+
 def script_of(conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM analysis_scripts WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
@@ -246,13 +270,13 @@ def execute(
 
     job = get_job(conn, job_id)
     script = script_of(conn, job_id)
-    job = transition(conn, job, S.RUNNING, actor=actor, role=role, details={"kind": KIND})
+    try:
+        job = transition(conn, job, S.RUNNING, actor=actor, role=role, details={"kind": KIND})
+    except Conflict:
+        return get_job(conn, job_id)  # cancelled meanwhile
     files = {name: text.encode("utf-8") for name, text in script["files"].items()}
     spec = analysis_spec(entry=script["entry"], tables=script["tables"], acro=script["acro"])
-    try:
-        out = run_analysis(executor, spec, files, data_root=data_root, job_id=job_id)
-    except ExecutionFailed:
-        raise
+    out = run_analysis(executor, spec, files, data_root=data_root, job_id=job_id)
     summary = [
         {
             "uid": o["uid"],
@@ -297,3 +321,65 @@ def execute(
             },
             updates={"rows": len(out.manifest["outputs"])},
         )
+
+
+def release(
+    conn: sqlite3.Connection,
+    job: Job,
+    *,
+    products_dir: Path,
+    key: Any,
+    reviewers: list[dict[str, Any]],
+    actor: str,
+    role: str,
+    effects: Any = None,
+) -> Job:
+    """in_review → released: the approved ACRO outputs signed into a product
+    (``products.release_analysis_product``), registered and audited with the move.
+    The caller (``JobWorker``) holds the release lock and has checked the state."""
+    from sandbox import audit, products
+    from sandbox.jobs.records import now_iso
+
+    released_at = now_iso()
+    script = script_of(conn, job.id)
+    files = products.release_analysis_product(
+        products_dir,
+        job=job.record,
+        key=key,
+        reviewers=reviewers,
+        released_at=released_at,
+        script=script,
+        outputs=outputs_of(conn, job.id),
+    )
+
+    def register(c: sqlite3.Connection, j: Job) -> None:
+        if effects is not None:
+            effects(c, j)
+        audit.append(
+            c,
+            actor=actor,
+            role=role,
+            action="product.released",
+            subject=j.id,
+            scenario=j.scenario,
+            details={
+                "job": j.id,
+                "kind": KIND,
+                "dataset": j["dataset"],
+                "files": files,
+                "script_sha256": script["script_sha256"],
+            },
+        )
+        products.record_product(
+            c, job_id=j.id, operator=j.operator, released_at=released_at, key=key, files=files
+        )
+
+    return transition(
+        conn,
+        job,
+        S.RELEASED,
+        actor=actor,
+        role=role,
+        details={"kind": KIND, "files": files, "reviewers": [r["reviewer"] for r in reviewers]},
+        effects=register,
+    )
