@@ -133,3 +133,61 @@ def test_execute_runs_in_the_container_and_waits_for_two_supervisors(
     hashes = {h for o in details["outputs"] for h in o["files"].values()}
     assert hashes == {f["sha256"] for o in manifest["outputs"] for f in o["files"]}
     assert {o["status"] for o in details["outputs"]} <= {"pass", "fail", "review"}
+
+
+@pytest.mark.container
+def test_the_worker_runs_it_and_reject_or_recovered_approvals_end_it_by_kind(
+    tmp_path: Path, docker_client: Any, runner_image: str, demo_data_root: Path
+):
+    """JobWorker.execute dispatches by kind; one rejection rejects (nothing kept); two
+    approvals recorded before a crash are released at recovery as an analysis product
+    (result.zip, never the SQL release)."""
+    from datetime import UTC, datetime
+
+    from sandbox import products, review
+    from sandbox.executors.docker import DockerExecutor
+    from sandbox.service import Service
+    from sandbox.service.decisions import record_review
+    from sandbox.settings import Settings
+    from sandbox.tokens import Principal, Role
+
+    settings = Settings(
+        home=tmp_path / "home",
+        policies=POLICIES,
+        data_root=demo_data_root,
+        memory_mb=1024,
+        pids=64,
+        warm_runners=0,
+    )
+    svc = Service(
+        settings, executor=DockerExecutor(settings, client=docker_client, image=runner_image)
+    )
+    conn = svc.conn()
+    try:
+        ids = []
+        for _ in range(2):
+            job = _submit(conn, svc.catalog, svc.grants, "pension-contributions")
+            svc.worker.execute(conn, job.id)
+            assert analysis.get_job(conn, job.id).state == S.IN_REVIEW
+            ids.append(job.id)
+        li = Principal(name="supervisor-li", role=Role.SUPERVISOR, token_id="t-li")
+        outcome = record_review(
+            conn, svc.worker, settings.products_dir, li, ids[0], decision="reject", reason="no"
+        )
+        assert outcome == "rejected" and analysis.get_job(conn, ids[0]).state == S.REJECTED
+        assert not products.product_dir(settings.products_dir, ids[0]).exists()
+        for who in ("supervisor-li", "supervisor-wang"):  # recorded, then the server died
+            with store.transaction(conn):
+                review.record_decision(
+                    conn, job_id=ids[1], submitter="op-jinshu", required=2, reviewer=who,
+                    decision="approve", reason="ok", now=datetime.now(UTC),
+                )  # fmt: skip
+        assert svc.worker.recover()["routed"] == 1
+        job = analysis.get_job(conn, ids[1])
+        assert job.state == S.RELEASED
+        folder = products.product_dir(settings.products_dir, job.id)
+        manifest = products.verify_files(folder / "result.zip", svc.product_key.public_key())
+        assert manifest["kind"] == "analysis"
+        assert not (folder / "result.csv").exists()
+    finally:
+        svc.stop()
