@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox_runner import contract
 
-from sandbox.errors import ExecutionFailed
+from sandbox.errors import ExecutionFailed, Refused
 from sandbox.executors.docker import containers
 from sandbox.executors.output import _read_regular, read_status, status_category
 
@@ -59,8 +59,14 @@ def analysis_spec(*, entry: str, tables: dict[str, str], acro: dict[str, Any]) -
     }
 
 
-def table_mounts(tables: dict[str, str], data_root: Path) -> dict[str, Path]:
-    """``dataset/file`` -> host file, for each table (path rules as for a Plan)."""
+def table_mounts(
+    tables: dict[str, str], data_root: Path, *, allow_synthetic: bool = False
+) -> dict[str, Path]:
+    """``dataset/file`` -> host file, for each table (path rules as for a Plan). Data
+    marked synthetic is refused (as for SQL jobs) unless ``allow_synthetic`` (only
+    ``sandbox dev run script.py``: the operator's own synthetic data)."""
+    from sandbox.synthetic import is_synthetic
+
     root = data_root.resolve()
     mounts: dict[str, Path] = {}
     for rel in tables.values():
@@ -72,6 +78,12 @@ def table_mounts(tables: dict[str, str], data_root: Path) -> dict[str, Path]:
             raise ExecutionFailed("plan_mismatch")
         if not path.is_file():
             raise ExecutionFailed("data_missing")
+        if not allow_synthetic and is_synthetic(path):
+            raise Refused(
+                "The sandbox refuses data marked synthetic.",
+                code="SYNTHETIC_DATA_REFUSED",
+                hint="Synthetic data is for `sandbox dev run`; install the real data.",
+            )
         mounts[rel] = path
     return mounts
 
@@ -83,9 +95,10 @@ def run_analysis(
     *,
     data_root: Path,
     job_id: str,
+    allow_synthetic: bool = False,
 ) -> AnalysisOutput:
     """Run one analysis spec in a fresh container; raise ExecutionFailed(category)."""
-    mounts = table_mounts(spec["tables"], Path(data_root))
+    mounts = table_mounts(spec["tables"], Path(data_root), allow_synthetic=allow_synthetic)
     executor.start()
     settings = executor.settings
     with executor._slots.slot():  # noqa: SLF001 - the executor's own fair slots
