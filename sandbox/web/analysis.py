@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from sandbox.errors import NotFound
-from sandbox.web.context import SECURITY_HEADERS, SUPERVISOR, Ctx, page
+from sandbox.web.context import OPERATOR, SECURITY_HEADERS, SUPERVISOR, Ctx, page
 
 router = APIRouter(include_in_schema=False)
 
@@ -91,3 +91,30 @@ def output_file(request: Request, job_id: str, name: str) -> Response:
         )
 
     return page(request, SUPERVISOR, build)
+
+
+@router.get("/console/my/jobs/{job_id}/analysis.zip")
+def my_analysis_product(request: Request, job_id: str) -> Response:
+    """An operator's released analysis product (downloads are audited)."""
+
+    def build(ctx: Ctx) -> Response:
+        path, media_type, name = ctx.svc.analysis_product_file(ctx.principal, job_id)
+        return FileResponse(path, media_type=media_type, filename=name)
+
+    return page(request, OPERATOR, build)
+
+
+@router.get("/console/my/jobs/{job_id}/analysis.manifest.json")
+def my_analysis_manifest(request: Request, job_id: str) -> Response:
+    """Its signed manifest {manifest, signature} (`sandbox product verify` checks it)."""
+    import json
+
+    def build(ctx: Ctx) -> Response:
+        manifest = ctx.svc.analysis_manifest(ctx.principal, job_id)
+        body = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
+        disposition = f'attachment; filename="{job_id}.zip.manifest.json"'
+        return Response(
+            body, media_type="application/json", headers={"Content-Disposition": disposition}
+        )
+
+    return page(request, OPERATOR, build)

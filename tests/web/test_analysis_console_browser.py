@@ -90,7 +90,7 @@ def _sign_in(browser: Any, server: Server, who: str) -> Any:
 
 
 def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
-    browser: Any, server: Server
+    browser: Any, server: Server, tmp_path: Path
 ) -> None:
     job = server.api(
         "POST", "/v1/analysis-jobs", "op-jinshu",
@@ -152,3 +152,22 @@ def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
     assert released["state"] == "released"
     assert [o["status"] for o in released["analysis"]["outputs"]] == ["fail", "pass"]
     assert released["product"]["formats"] == ["zip"]
+
+    # the operator downloads the product and its manifest from its own page; they verify
+    from sandbox import products
+
+    op = _sign_in(browser, server, "op-jinshu")
+    row = op.locator(f'#products tr[data-product="{job["id"]}"]')
+    saved = {}
+    for suffix in ("analysis.zip", "analysis.manifest.json"):
+        with op.expect_download() as download:
+            row.locator(f"a[href$='{suffix}']").click()
+        saved[suffix] = tmp_path / suffix
+        download.value.save_as(saved[suffix])
+    op.context.close()
+    manifest = products.verify_product(
+        saved["analysis.zip"].read_bytes(),
+        saved["analysis.manifest.json"].read_bytes(),
+        server.service.product_key.public_key(),
+    )
+    assert manifest["kind"] == "analysis" and len(manifest["outputs"]) == 2
