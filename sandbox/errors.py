@@ -37,6 +37,7 @@ CODES: dict[str, str] = {
     # analysis jobs (sandbox.jobs.analysis)
     "ANALYSIS_NOT_GRANTED": "The grant does not allow analysis jobs (operators' scripts).",
     "SCRIPT_INVALID": "The analysis script is empty, too large, or has a file name refused.",
+    "ANALYSIS_UNAVAILABLE": "This server runs no analysis jobs (they need the Docker executor).",
     # compiler
     "EMPTY_QUERY": "The SQL text is empty.",
     "QUERY_TOO_LARGE": "The SQL text is longer than the limit.",

@@ -22,7 +22,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.errors import NotFound
+from sandbox.errors import NotFound, Refused
 from sandbox.jobs import State, analysis
 from sandbox.service import auth
 from sandbox.service.auth import OPERATOR, SUPERVISOR, require
@@ -70,8 +70,16 @@ class AnalysisJobs:
         entry: str = DEFAULT_ENTRY,
     ) -> dict[str, Any]:
         """Record an analysis job (no budget: no DP) and queue it; its job view."""
+        from sandbox.executors.docker import DockerExecutor
+
         require(p, OPERATOR)
-        analysis.docker_executor(self.worker.executor)
+        if not isinstance(self.worker.executor, DockerExecutor):
+            raise Refused(
+                "This server runs no analysis jobs: they need the Docker executor.",
+                code="ANALYSIS_UNAVAILABLE",
+                hint="Ask the bureau; a server with SANDBOX_EXECUTOR=docker runs them.",
+                http_status=409,
+            )
         conn = self.conn()
         check_active_jobs(conn, p.name)
         job = analysis.submit(

@@ -187,7 +187,7 @@ def test_malformed_requests_are_refused(api: Any, body: dict[str, Any]):
 
 def test_the_local_executor_refuses_analysis_jobs_before_recording_any(api: Any):
     resp = api.post("/v1/analysis-jobs", "op-jinshu", json={"scenario": SCENARIO, "script": "x"})
-    assert resp.status_code == 503 and resp.json()["error"]["code"] == "DOCKER_UNAVAILABLE"
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "ANALYSIS_UNAVAILABLE"
     assert api.service.conn().execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
 
 
