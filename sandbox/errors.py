@@ -34,6 +34,10 @@ from typing import Any, ClassVar
 
 # Every stable error code and what it means. Keep in sync with the raises.
 CODES: dict[str, str] = {
+    # analysis jobs (sandbox.jobs.analysis)
+    "ANALYSIS_NOT_GRANTED": "The grant does not allow analysis jobs (operators' scripts).",
+    "SCRIPT_INVALID": "The analysis script is empty, too large, or has a file name refused.",
+    "ANALYSIS_UNAVAILABLE": "This server runs no analysis jobs (they need the Docker executor).",
     # compiler
     "EMPTY_QUERY": "The SQL text is empty.",
     "QUERY_TOO_LARGE": "The SQL text is longer than the limit.",
@@ -115,6 +119,8 @@ CATEGORIES: dict[str, str] = {
     "output_invalid": "the result file was missing, a symlink, or unreadable",
     "resource_limit": "the query hit a process, file-size or scratch limit",
     "data_missing": "a dataset file named by the Plan is missing",
+    "script_error": "an analysis script raised or exited non-zero (its message and output "
+    "are withheld)",
     "cancelled": "the job was cancelled",
     "release_timeout": "noising the result on the host ran past its time limit",
     "data_invalid": "a table breaks its catalogue declaration (a unit with several rows "

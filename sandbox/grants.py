@@ -63,6 +63,9 @@ class Grant(_Model):
     # "dataset.table.column" -> allowed uses (intersected with the catalogue's)
     columns: dict[str, frozenset[Use]] = {}
     budget: Budget
+    # analysis jobs (operators' Python scripts, outputs through ACRO, always reviewed;
+    # docs/analysis-jobs.md): off unless the bureau grants them
+    analysis_jobs: bool = False
     valid_from: datetime
     valid_until: datetime
 
@@ -149,6 +152,11 @@ def check_grants(grants: Grants, catalog: Catalog) -> None:
                 raise PolicyInvalid(
                     f"grant {g.id}: dataset {ds_id!r} allows no delta", code="DELTA_NOT_ALLOWED"
                 )
+        if g.analysis_jobs and g.columns:
+            raise PolicyInvalid(
+                f"grant {g.id}: analysis_jobs cannot be granted with column narrowing",
+                hint="A script reads whole tables; remove `columns` or `analysis_jobs`.",
+            )
         for key in g.columns:
             parts = key.split(".")
             found = catalog.find_table(parts[1]) if len(parts) == 3 else None

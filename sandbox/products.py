@@ -333,6 +333,14 @@ def release_product(
     return files
 
 
+def release_analysis_product(products_dir: Path, **kw: Any) -> dict[str, str]:
+    """An approved analysis job's product: ``result.zip`` (ACRO's approved output files)
+    and its signed manifest (``sandbox.products_analysis``). {"zip": sha256}"""
+    from sandbox.products_analysis import release_analysis_product as release
+
+    return release(products_dir, **kw)
+
+
 def record_product(
     conn: sqlite3.Connection,
     *,
@@ -434,6 +442,10 @@ def verify_product(
         raise _invalid("The manifest names no result hash.")
     if hashlib.sha256(data).hexdigest() != result["sha256"] or len(data) != result.get("bytes"):
         raise _invalid("The result file does not match its manifest: it was changed.")
+    if manifest.get("kind") == "analysis":
+        from sandbox.products_analysis import check_members
+
+        check_members(data, manifest)
     return manifest
 
 

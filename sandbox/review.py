@@ -69,6 +69,8 @@ class ReviewRules(_Model):
     duplicate_window_hours: float = Field(default=168, gt=0)
     flagged_approvals: int = Field(default=1, ge=0, le=5)
     grades: dict[str, GradeRule]
+    # ACRO's thresholds for analysis jobs: "default" and per grade (sandbox.jobs.analysis)
+    acro: dict[str, dict[str, float | int | bool]] = {}
 
     def for_grade(self, grade: str) -> GradeRule:
         rule = self.grades.get(grade)

@@ -47,13 +47,31 @@ def runner_image_packages() -> set[str]:
     return found
 
 
-def imported_modules(root: Path) -> dict[str, list[str]]:
+def analysis_image_packages() -> set[str]:
+    """The analysis libraries runner/build/analysis-requirements.txt bakes into the image."""
+    text = (ROOT / "runner" / "build" / "analysis-requirements.txt").read_text(encoding="utf-8")
+    lines = [line.split("#")[0].strip() for line in text.splitlines()]
+    pins = [line for line in lines if line]
+    assert all("==" in pin for pin in pins), "every analysis library is pinned"
+    return {_name(pin) for pin in pins}
+
+
+# What the analysis child (and only it) imports of those, by module name.
+ANALYSIS_MODULES = {"acro", "matplotlib"}
+ANALYSIS_FILES = {"analysis_child.py"}
+
+
+def imported_modules(
+    root: Path, *, skip: frozenset[str] | set[str] = frozenset()
+) -> dict[str, list[str]]:
     """Top-level third-party module names imported anywhere under root -> where (file:line)."""
     found: dict[str, list[str]] = {}
     # Helper modules beside the code (tests' api_helpers.py, say) are not distributions.
     local = {p.stem for p in root.rglob("*.py")} | {p.name for p in root.rglob("*") if p.is_dir()}
     local.add(root.name)
     for path in sorted(root.rglob("*.py")):
+        if path.name in skip:
+            continue
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -73,9 +91,15 @@ def imported_modules(root: Path) -> dict[str, list[str]]:
 
 def undeclared(root: Path, declared: set[str]) -> list[str]:
     """'module (dists) at file:line' for each import no declared distribution provides."""
+    return undeclared_in(root, declared)
+
+
+def undeclared_in(
+    root: Path, declared: set[str], *, skip: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
     providers = packages_distributions()
     problems = []
-    for module, where in sorted(imported_modules(root).items()):
+    for module, where in sorted(imported_modules(root, skip=skip).items()):
         dists = {_name(d) for d in providers.get(module, [])}
         if not dists:
             problems.append(f"{module}: no installed distribution provides it (at {where[0]})")
@@ -102,7 +126,19 @@ def test_sandbox_imports_only_declared_runtime_dependencies() -> None:
 
 def test_runner_imports_only_what_its_image_installs() -> None:
     assert runner_image_packages() == {"duckdb", "pyarrow"}
-    assert undeclared(ROOT / "runner" / "sandbox_runner", runner_image_packages()) == []
+    runner = ROOT / "runner" / "sandbox_runner"
+    assert undeclared_in(runner, runner_image_packages(), skip=ANALYSIS_FILES) == []
+    # The analysis child imports the analysis libraries, which the host need not
+    # have: they are in the image, pinned in runner/build/analysis-requirements.txt.
+    child = {
+        module
+        for module, where in imported_modules(runner).items()
+        if any("analysis_child" in w for w in where)
+    }
+    assert child <= ANALYSIS_MODULES | {"pyarrow"}
+    assert {"acro", "pandas", "statsmodels", "numpy"} | ANALYSIS_MODULES <= (
+        analysis_image_packages()
+    )
 
 
 def test_runner_image_packages_are_runtime_dependencies() -> None:

@@ -31,6 +31,8 @@ REMOVE_GLOBS = (
     "pyarrow/_dataset_orc.*.so",
     "pyarrow/_pyarrow_cpp_tests.*.so",
 )
+# The analysis libraries' own test suites (never imported by them; pandas' alone is large).
+REMOVE_TEST_DIRS_IN = ("pandas", "numpy", "scipy", "statsmodels", "matplotlib", "patsy")
 REMOVE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".h", ".hpp", ".cc", ".cpp", ".pyi", ".pyc")
 
 
@@ -39,6 +41,10 @@ def strip(lib: Path) -> int:
     before = _size(lib)
     for rel in REMOVE_DIRS:
         shutil.rmtree(lib / rel, ignore_errors=True)
+    for pkg in REMOVE_TEST_DIRS_IN:
+        for tests in sorted(lib.glob(f"{pkg}/**/tests"), reverse=True):
+            if tests.is_dir() and not tests.is_symlink():
+                shutil.rmtree(tests, ignore_errors=True)
     for pattern in REMOVE_GLOBS:
         for path in lib.glob(pattern):
             path.unlink()

@@ -55,6 +55,20 @@ def main() -> int:
         with open(spec_path, "rb") as fh:
             spec = json.loads(fh.read(c.SPEC_MAX_BYTES))
         max_out = env.get(c.ENV_OUTPUT_MAX_BYTES)
+        if isinstance(spec, dict) and spec.get("kind") == c.ANALYSIS_KIND:
+            from sandbox_runner.analysis import execute_analysis
+
+            execute_analysis(
+                spec,
+                plan_dir=plan_dir,
+                data_dir=data_dir,
+                out_dir=out_dir,
+                scratch=scratch,
+                output_max_bytes=int(max_out) if max_out else 8 * 1024 * 1024,
+            )
+            with open(out_dir / c.STATUS_FILE, "rb") as fh:
+                status = json.loads(fh.read(c.STATUS_MAX_BYTES))
+            return c.EXIT_OK if status.get("status") == c.STATUS_OK else c.EXIT_FAILED
         execute(
             spec,
             data_dir,

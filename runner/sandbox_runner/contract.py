@@ -44,7 +44,16 @@ CATEGORIES: Final = (
     "output_too_large",
     "resource_limit",
     "data_missing",
+    "script_error",
+    "output_invalid",
 )
+
+# Analysis jobs (issue 18; sandbox_runner.analysis): a spec with "kind": ANALYSIS_KIND.
+ANALYSIS_KIND: Final = "analysis"
+ANALYSIS_SCRIPT_DIR: Final = "script"  # in PLAN_DIR: the script's files (read-only)
+ANALYSIS_MANIFEST: Final = "manifest.json"  # in OUT_DIR: the checked outputs, by the runner
+ANALYSIS_FILES_DIR: Final = "files"  # in OUT_DIR: the output files the manifest names
+ANALYSIS_MAX_OUTPUTS: Final = 50  # ACRO outputs one job may return
 
 # Exit codes of ``python3 -m sandbox_runner``.
 EXIT_OK: Final = 0  # OUT_DIR/RESULT_FILE is there

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from sandbox.api.analysis_routes import router as analysis_router
 from sandbox.api.errors import install_error_handlers
 from sandbox.api.limits import BodySizeLimit
 from sandbox.api.routes import router
@@ -61,6 +62,7 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(analysis_router)  # /v1/analysis-jobs (issue 18)
     # --- extra faces: the browser console mounts here ---------------------------
     for extra in extra_routers:
         app.include_router(extra)

@@ -355,6 +355,7 @@ class JobView(View):
     updated_at: str
     finished_at: str | None
     idempotency_key: str | None  # the Idempotency-Key it was submitted with
+    kind: str  # "sql", or "analysis" (an operator's script, docs/analysis-jobs.md)
     error: JobError | None
     transitions: list[Transition] | None = None
     decisions: list[ReviewDecision]

@@ -39,6 +39,7 @@ def _main(
 
 def _register() -> None:
     from sandbox.cli import (
+        analysis,
         audit,
         client,
         dev,
@@ -51,6 +52,7 @@ def _register() -> None:
 
     for module in (policy, runner, server, client, product, audit, dev, reference):
         module.register(app)
+    analysis.register(app)  # submit-script, script-result (issue 18)
 
 
 _register()

@@ -125,7 +125,7 @@ def dev_init(
 @handle_errors
 def dev_run(
     ctx: typer.Context,
-    query: Path = typer.Argument(..., help="The .sql file."),
+    query: Path = typer.Argument(..., help="The .sql file, or a .py analysis script."),
     scenario: str = typer.Option(None, "--scenario", help="Scenario (default: the query header)."),
     operator: str = typer.Option(None, "--operator", help="Operator (default: header/project)."),
     epsilon: float = typer.Option(None, "--epsilon", help="ε (default: the per-query ceiling)."),
@@ -134,13 +134,24 @@ def dev_run(
     ),
     project: Path = typer.Option(None, "--project", help="Project folder (default: found)."),
     units: int = typer.Option(5_000, "--units", min=1, help="Units if data is made on the fly."),
+    out: Path = typer.Option(
+        None, "--out", help="A script's run: write ACRO's output files (of synthetic data) here."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Compile as the server would, run on synthetic data, add DP noise and review the
-    output as the server would (rounding, suppression); spends no budget."""
+    output as the server would (rounding, suppression); spends no budget. A .py file
+    (or a folder of them) is an analysis script: it runs in the runner image on
+    synthetic data with the same ACRO checks (Docker needed; see --out)."""
     from sandbox.dev import load_context, read_query, run_query
 
     s = settings(ctx)
+    if query.suffix == ".py" or query.is_dir():  # an analysis script (issue 18)
+        from sandbox.cli.dev_analysis import run_script_command
+
+        run_script_command(s, query, operator=operator, scenario=scenario, project=project,
+                           units=units, out=out, as_json=as_json)  # fmt: skip
+        return
     sql = read_query(query)
     dctx = load_context(s, project=project, near=query)
     result = run_query(

@@ -83,7 +83,12 @@ CREATE TABLE IF NOT EXISTS job_incidents (
 );
 """
 # columns added since the first jobs table: a database made before them gets them
-ADDED_COLUMNS = {"idempotency_key": "TEXT", "request_sha256": "TEXT"}
+ADDED_COLUMNS = {
+    "idempotency_key": "TEXT",
+    "request_sha256": "TEXT",
+    # 'sql' or 'analysis' (an operator's script: sandbox.jobs.analysis)
+    "kind": "TEXT NOT NULL DEFAULT 'sql'",
+}
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:

@@ -29,7 +29,8 @@ ALLOWED: dict[State | None, frozenset[State]] = {
     S.SUBMITTED: frozenset({S.COMPILED, S.REFUSED, S.FAILED, S.CANCELLED}),
     S.COMPILED: frozenset({S.BUDGET_RESERVED, S.REFUSED, S.FAILED, S.CANCELLED}),
     S.BUDGET_RESERVED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
-    S.RUNNING: frozenset({S.NOISED, S.FAILED, S.CANCELLED}),
+    # an analysis job (sandbox.jobs.analysis) has no noise: running → in_review
+    S.RUNNING: frozenset({S.NOISED, S.IN_REVIEW, S.FAILED, S.CANCELLED}),
     S.NOISED: frozenset({S.IN_REVIEW, S.RELEASED, S.FAILED, S.CANCELLED}),
     S.IN_REVIEW: frozenset({S.RELEASED, S.REJECTED, S.FAILED, S.CANCELLED}),
     S.RELEASED: frozenset(),

@@ -2,6 +2,8 @@
 
 At start it recovers what a previous server left (``recovery.recover``); ``enqueue``
 hands a reserved job to the pool; a worker records any failure on the job itself.
+``execute`` and the release dispatch by the job's ``kind``: an analysis job
+(sandbox/jobs/analysis.py) runs its script and is released as an analysis product.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from sandbox import review
 from sandbox.catalog import Catalog
 from sandbox.executors import Executor
 from sandbox.grants import Grants
+from sandbox.jobs import analysis
 from sandbox.jobs.incidents import StageMark
 from sandbox.jobs.pipeline import JobPipeline
+from sandbox.jobs.records import Job, get_job
 from sandbox.jobs.recovery import recover
+from sandbox.jobs.states import S
 from sandbox.settings import Settings
 
 log = logging.getLogger("sandbox.jobs")
@@ -99,6 +104,51 @@ class JobWorker(JobPipeline):
             except Exception as exc:  # noqa: BLE001 - a checkpoint is retried after the next job
                 fields = {"event": "audit.checkpoint_failed", "job": job_id, **describe(exc)}
                 log.error("audit.checkpoint_failed", extra={"fields": fields})
+
+    # job kinds
+    def execute(
+        self, conn: sqlite3.Connection, job_id: str, *, at: StageMark | None = None
+    ) -> None:
+        """Run a job: a SQL job through ``JobPipeline.execute``, an analysis job's
+        script in the runner container (then in_review, always)."""
+        job = get_job(conn, job_id)
+        if job["kind"] != analysis.KIND:
+            super().execute(conn, job_id, at=at)
+            return
+        at = at if at is not None else StageMark()
+        at.name = "start"
+        if job.state != S.BUDGET_RESERVED or self.stopping.is_set():
+            return
+        analysis.check_still_granted(self.grant_for(job.operator, job.scenario))
+        at.name = "execute"
+        analysis.execute(
+            conn,
+            job_id,
+            executor=analysis.docker_executor(self.executor),
+            data_root=self.settings.data_dir,
+        )
+
+    def _release(
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        reviewers: list[dict[str, Any]],
+        actor: str,
+        role: str,
+        effects: Callable[[sqlite3.Connection, Job], None] | None,
+    ) -> Job:
+        if job["kind"] != analysis.KIND:
+            return super()._release(conn, job, reviewers, actor, role, effects)
+        return analysis.release(
+            conn,
+            job,
+            products_dir=self.settings.products_dir,
+            key=self.product_key,
+            reviewers=reviewers,
+            actor=actor,
+            role=role,
+            effects=effects,
+        )
 
     # restart
     def recover(self) -> dict[str, int]:

@@ -26,6 +26,15 @@ from sandbox.errors import DockerUnavailable
 
 Progress = Callable[[str], None]
 
+KEEP_CACHES = 3  # cached rootfs/library directories kept per kind (the newest)
+ANALYSIS_REQUIREMENTS = "build/analysis-requirements.txt"
+
+
+def analysis_requirements(runner_dir: Path) -> Path:
+    """The pinned analysis libraries (acro, pandas, statsmodels, …) baked into the image."""
+    return runner_dir / ANALYSIS_REQUIREMENTS
+
+
 # The offline recipe. Every value here goes into the content hash.
 RECIPE: dict[str, Any] = {
     "version": 2,
@@ -133,9 +142,13 @@ def build_offline(
         shutil.rmtree(work, ignore_errors=True)
         tarball.unlink(missing_ok=True)
     for current in (base, pylib):  # drop caches of older recipes (we hold the build lock)
-        for stale in current.parent.iterdir():
-            if stale != current:
-                shutil.rmtree(stale, ignore_errors=True)
+        others = sorted(
+            (p for p in current.parent.iterdir() if p != current),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for stale in others[KEEP_CACHES - 1 :]:  # other worktrees may still build these
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _base_rootfs(cache: Path, *, refresh: bool, log: Path, say: Progress) -> Path:
@@ -214,13 +227,15 @@ def _python_libs(
 ) -> Path:
     """duckdb + pyarrow wheels for the image's Python, stripped and precompiled."""
     strip_script = runner_dir / "build" / "strip_pylib.py"
+    analysis = analysis_requirements(runner_dir)
     key = hashlib.sha256(
         json.dumps([versions, RECIPE["python"], RECIPE["platforms"], base.name]).encode()
         + strip_script.read_bytes()
+        + analysis.read_bytes()
     ).hexdigest()[:12]
     final = cache / "pylib" / f"cp{RECIPE['python'].replace('.', '')}-{key}"
     if final.is_dir() and not refresh:
-        say("reusing the cached duckdb/pyarrow libraries")
+        say("reusing the cached duckdb/pyarrow/analysis libraries")
         return final
     work = cache / "work" / f"pylib-{key}"
     _reset(work)
@@ -229,7 +244,7 @@ def _python_libs(
         lib = work / RECIPE["lib"].lstrip("/")
         lib.parent.mkdir(parents=True, exist_ok=True)
         pins = [f"{name}=={version}" for name, version in sorted(versions.items())]
-        say("pip: " + " ".join(pins) + f" for Python {RECIPE['python']}")
+        say("pip: " + " ".join(pins) + f" + {analysis.name} for Python {RECIPE['python']}")
         platforms = [arg for p in RECIPE["platforms"] for arg in ("--platform", p)]
         _run(
             [
@@ -251,6 +266,8 @@ def _python_libs(
                 "cp" + RECIPE["python"].replace(".", ""),
                 *platforms,
                 *pins,
+                "-r",
+                str(analysis),
             ],
             log,
             say,

@@ -49,6 +49,9 @@ KEEP_IMAGES = 4  # older jinyu-runner images are removed after a build
 SMOKE_TEST = (
     "import os, duckdb, pyarrow, pyarrow.parquet, pyarrow.compute, pyarrow.dataset, "
     "pyarrow.ipc, sandbox_runner; "
+    "os.environ['MPLCONFIGDIR'] = '/tmp'; "
+    "import pandas, numpy, scipy.stats, statsmodels.api, matplotlib, acro, "
+    "sandbox_runner.analysis; "
     "assert os.getuid() != 0, 'runs as root'; "
     "assert duckdb.connect().execute('select 41 + 1').fetchall() == [(42,)]; "
     "print('ok', os.getuid(), duckdb.__version__, pyarrow.__version__)"

@@ -19,6 +19,7 @@ from sandbox.executors import Executor
 from sandbox.grants import Grants, load_grants
 from sandbox.jobs import Job, JobWorker, State
 from sandbox.service import auth, views
+from sandbox.service.analysis import AnalysisJobs
 from sandbox.service.auth import ADMIN, STAFF, SUPERVISOR, require
 from sandbox.service.decisions import record_review
 from sandbox.service.ratelimit import RateLimiter, TimeBudget
@@ -32,9 +33,9 @@ log = logging.getLogger("sandbox.service")
 FINAL_ACTIONS = frozenset(f"job.{s.value}" for s in jobs.TERMINAL)
 
 
-class Service(Submissions):
+class Service(Submissions, AnalysisJobs):
     """The control plane's state and operations, shared by every face (explain and
-    submit are in ``submission.Submissions``)."""
+    submit are in ``submission.Submissions``, analysis jobs in ``analysis.AnalysisJobs``)."""
 
     def __init__(self, settings: Settings, *, executor: Executor | None = None) -> None:
         from sandbox import signing

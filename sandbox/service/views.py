@@ -132,7 +132,15 @@ def job_view(
             view["preview"] = products.preview(products_dir, job.id)
         except FileNotFoundError:
             view["preview"] = None
-    if job.state == State.RELEASED:
+    view["kind"] = job.record.get("kind") or "sql"
+    if job.state == State.RELEASED and view["kind"] == "analysis":
+        view["product"] = {  # sandbox/products_analysis.py
+            "id": job.id,
+            "formats": ["zip"],
+            "href": f"/v1/analysis-jobs/{job.id}/product",
+            "manifest": f"/v1/analysis-jobs/{job.id}/manifest",
+        }
+    elif job.state == State.RELEASED:
         view["product"] = {
             "id": job.id,
             "formats": sorted(products.FORMATS),

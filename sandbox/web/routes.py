@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from sandbox.errors import AuthError, BadInput, NotFound, SandboxError
 from sandbox.service import Service
-from sandbox.web import charts, i18n, session
+from sandbox.web import analysis, charts, i18n, session
 from sandbox.web.context import (
     CONSOLE_ROLES,
     OPERATOR,
@@ -66,6 +66,7 @@ AUDIT_ACTIONS = (
 )
 
 router = APIRouter(include_in_schema=False)
+router.include_router(analysis.router)  # an analysis job's figures (issue 18)
 
 __all__ = ["create_router", "router"]
 
@@ -227,6 +228,8 @@ def _account(ctx: Ctx, job: dict[str, Any]) -> dict[str, Any] | None:
 def _job_page(ctx: Ctx, job_id: str, *, status: int = 200, error: str | None = None) -> Response:
     p = ctx.principal
     job = ctx.svc.get_job(p, job_id)
+    if job.get("kind") == "analysis":  # its own page: ACRO's outputs (sandbox/web/analysis.py)
+        return analysis.analysis_page(ctx, job_id, status=status, error=error)
     history = [
         j
         for j in ctx.svc.list_jobs(p, operator=job["operator"], limit=300)

@@ -100,14 +100,20 @@ def launch(
     job_label: str,
     spec: dict[str, Any] | None,
     entrypoint: list[str] | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> Runner:
-    """Create and start one runner container: with its spec (cold) or waiting (warm)."""
+    """Create and start one runner container: with its spec (cold) or waiting (warm).
+
+    ``files`` (an analysis job's script: relative name -> bytes) go, read-only, into
+    ``/plan/<contract.ANALYSIS_SCRIPT_DIR>/`` before the spec."""
     import docker.errors
     import requests.exceptions
 
     out_cap = 2 * settings.output_max_bytes + (1 << 20)
     runner = Runner(run=hostfs.new_run(runs_dir, backing, out_cap), datasets=dict(datasets))
     try:
+        if files:
+            write_plan_files(runner.plan_dir, files)
         if spec is not None:
             runner.feed(spec)
         args = container_args(
@@ -133,6 +139,19 @@ def launch(
         discard(runner)
         raise
     return runner
+
+
+def write_plan_files(plan_dir: Path, files: dict[str, bytes]) -> None:
+    """An analysis job's script files under /plan/script (names checked by the caller)."""
+    folder = plan_dir / contract.ANALYSIS_SCRIPT_DIR
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    for name, data in files.items():
+        target = folder / name
+        if target.parent != folder:
+            raise ValueError("a script file name must be a plain name")
+        target.write_bytes(data)
+        target.chmod(0o644)
 
 
 def wait(container: Any, *, timeout_s: float, started: float) -> tuple[int | None, bool]:

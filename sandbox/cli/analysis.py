@@ -1,0 +1,98 @@
+"""CLI commands for analysis jobs (issue 18): ``submit-script`` and ``script-result``.
+
+``sandbox submit-script FILE --scenario S`` sends one ``.py`` file (or a folder of
+them, ``--entry`` naming the one to run, default main.py) to POST /v1/analysis-jobs;
+with ``--wait`` (the default) it shows the job until it waits for review or ends.
+``sandbox script-result JOB`` downloads a released analysis product (result.zip and
+its signed manifest; check them with ``sandbox product verify``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sandbox.cli.common import JsonOption, console, handle_errors, print_json
+from sandbox.errors import BadInput
+
+
+def read_script(path: Path, entry: str | None) -> dict[str, Any]:
+    """The request body's script part: ``script`` for a file, ``files``+``entry`` for a
+    folder (its top-level ``.py`` files only)."""
+    if path.is_file():
+        if entry is not None:
+            raise BadInput("--entry goes with a folder, not a file.")
+        return {"script": path.read_text(encoding="utf-8")}
+    if path.is_dir():
+        files = {p.name: p.read_text(encoding="utf-8") for p in sorted(path.glob("*.py"))}
+        if not files:
+            raise BadInput(f"The folder {str(path)!r} holds no .py file.")
+        return {"files": files, "entry": entry or "main.py"}
+    raise BadInput(f"No file {str(path)!r}.", hint="Pass a .py file or a folder of them.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
+
+    @app.command("submit-script")
+    @handle_errors
+    def submit_script(
+        ctx: typer.Context,
+        path: Path = typer.Argument(..., help="A .py file, or a folder of .py files."),
+        scenario: str = typer.Option(..., "--scenario", "-s", help="The scenario (应用场景)."),
+        entry: str = typer.Option(None, "--entry", help="With a folder: the file to run."),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait while the job runs."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Submit an analysis job (a Python script; outputs only through ACRO, always
+        reviewed, no privacy budget charged). See docs/analysis-jobs.md."""
+        from sandbox.cli.client import _client, _exit_for, _show_job, wait_for
+
+        api = _client(ctx)
+        body = {"scenario": scenario, **read_script(path, entry)}
+        job = api.post("/v1/analysis-jobs", body)
+        if wait:
+            job = wait_for(api, job["id"], show=not as_json)
+        if as_json:
+            print_json(job)
+            return
+        _show_job(job)
+        if job["state"] == "in_review":
+            console.print("  [dim]no budget charged: analysis jobs have no DP guarantee[/]")
+        _exit_for(job)
+
+    @app.command("script-result")
+    @handle_errors
+    def script_result(
+        ctx: typer.Context,
+        job_id: str = typer.Argument(..., help="The analysis job id (j-…)."),
+        output: Path = typer.Option(None, "--output", "-o", help="File (default: JOB.zip)."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Download a released analysis product: FILE.zip and FILE.zip.manifest.json."""
+        from sandbox.cli.client import _client
+
+        api = _client(ctx)
+        path = output or Path(f"{job_id}.zip")
+        data = api.request("GET", f"/v1/analysis-jobs/{job_id}/product").content
+        manifest = api.get(f"/v1/analysis-jobs/{job_id}/manifest")
+        path.write_bytes(data)
+        manifest_path = path.with_name(path.name + ".manifest.json")
+        manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+        summary = {
+            "file": str(path),
+            "manifest": str(manifest_path),
+            "bytes": len(data),
+            "sha256": manifest["manifest"]["result"]["sha256"],
+            "outputs": len(manifest["manifest"]["outputs"]),
+        }
+        if as_json:
+            print_json(summary)
+        else:
+            console.print(
+                f"wrote {path} ({len(data)} bytes, {summary['outputs']} outputs) and "
+                f"{manifest_path.name}; check it with `sandbox product verify {path}`"
+            )

@@ -1,0 +1,385 @@
+"""Analysis jobs (issue 18): an operator's Python script under a scenario, ACRO outputs.
+
+The second job kind (``jobs.kind = 'analysis'``), through the same state machine and
+the same ``transition`` (so the same audit trail):
+
+``submitted`` → ``compiled`` (the script checked: size, names, UTF-8; the grant allows
+analysis jobs; the tables it may read fixed) → ``budget_reserved`` (nothing is
+reserved: an analysis job has no differential-privacy guarantee, so the ledger is
+neither charged nor consulted; the event says so) → ``running`` (the runner container,
+``executors.docker.analysis``) → ``in_review`` (always: at least one approval, the
+grade's ``approvals`` if more, so two supervisors for ``important`` data) → released or
+rejected as any job.
+
+Stored: the script (``analysis_scripts``) and ACRO's checked outputs
+(``analysis_outputs``): these are disclosure-checked outputs waiting for review,
+not raw rows and not exact DP aggregates. Audited: the script's SHA-256, every
+output file's SHA-256, ACRO's verdicts per output, refused custom outputs.
+
+Tables: a script is Python, so it can read every column of a table it is given.
+Only tables whose every column has a declared use are given; a table with a
+column no use allows (a name, an ID number) is never mounted for an analysis job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sandbox import store
+from sandbox.catalog import Catalog
+from sandbox.errors import Conflict, Refused, SystemFailure
+from sandbox.grants import Grant, Grants, find_grant
+from sandbox.jobs.records import Job, create_job, get_job, join_transaction, transition
+from sandbox.jobs.states import S
+from sandbox.review import ReviewRules
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS analysis_scripts (
+    job_id        TEXT PRIMARY KEY,
+    entry         TEXT NOT NULL,
+    files_json    TEXT NOT NULL,
+    script_sha256 TEXT NOT NULL,
+    tables_json   TEXT NOT NULL,
+    acro_json     TEXT NOT NULL,
+    manifest_json TEXT
+);
+CREATE TABLE IF NOT EXISTS analysis_outputs (
+    job_id   TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    format   TEXT NOT NULL,
+    sha256   TEXT NOT NULL,
+    bytes    INTEGER NOT NULL,
+    content  BLOB NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+"""
+store.register_schema("sandbox.jobs.analysis", SCHEMA)
+
+KIND = "analysis"
+MAX_FILES = 20
+MAX_SCRIPT_BYTES = 256 * 1024
+FILE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\.py$")
+ACRO_DEFAULTS: dict[str, float | int | bool] = {
+    "safe_threshold": 10,
+    "safe_dof_threshold": 10,
+    "safe_nk_n": 2,
+    "safe_nk_k": 0.9,
+    "safe_pratio_p": 0.1,
+    "check_missing_values": False,
+    "zeros_are_disclosive": True,
+}
+
+
+def check_script(files: dict[str, str], entry: str) -> dict[str, bytes]:
+    """The script's files as bytes; refused if too many, too large or badly named."""
+    if not files or len(files) > MAX_FILES:
+        raise Refused(
+            f"An analysis job has 1 to {MAX_FILES} files.",
+            code="SCRIPT_INVALID",
+            hint="Submit one .py file, or a small folder of them.",
+        )
+    out: dict[str, bytes] = {}
+    for name, text in files.items():
+        if not isinstance(name, str) or not FILE_NAME.match(name) or not isinstance(text, str):
+            raise Refused(
+                "Script file names are plain Python module names ending in .py.",
+                code="SCRIPT_INVALID",
+            )
+        out[name] = text.encode("utf-8")
+    if sum(len(b) for b in out.values()) > MAX_SCRIPT_BYTES:
+        raise Refused(
+            f"The script is larger than {MAX_SCRIPT_BYTES // 1024} KiB.",
+            code="SCRIPT_INVALID",
+        )
+    if entry not in out:
+        raise Refused("The entry file is not among the script's files.", code="SCRIPT_INVALID")
+    return out
+
+
+def script_sha256(files: dict[str, bytes]) -> str:
+    """One digest over the file names and contents (a single file: its own digest)."""
+    if len(files) == 1:
+        return hashlib.sha256(next(iter(files.values()))).hexdigest()
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
+
+
+def analysis_tables(catalog: Catalog, grant: Grant) -> tuple[dict[str, str], list[str]]:
+    """(table -> file, the grades) of the grant's tables a script may read."""
+    tables: dict[str, str] = {}
+    grades: list[str] = []
+    for ds_id in grant.datasets:
+        ds = catalog.dataset(ds_id)
+        if ds is None:
+            continue
+        given = [t for t in ds.tables if all(c.uses for c in t.columns)]
+        for table in given:
+            tables[table.name] = table.file
+        if given:
+            grades.append(ds.grade.value)
+    return tables, grades
+
+
+def acro_thresholds(rules: ReviewRules, grades: list[str]) -> tuple[dict[str, Any], int]:
+    """ACRO's thresholds and the approvals needed, from the strictest grade."""
+    strictest = max(grades, key=lambda g: rules.for_grade(g).approvals) if grades else ""
+    values: dict[str, Any] = {**ACRO_DEFAULTS, **rules.acro.get("default", {})}
+    values.update(rules.acro.get(strictest, {}))
+    approvals = max([1] + [rules.for_grade(g).approvals for g in grades])
+    return values, approvals
+
+
+def submit(
+    conn: sqlite3.Connection,
+    *,
+    catalog: Catalog,
+    grants: Grants,
+    rules: ReviewRules,
+    operator: str,
+    scenario: str,
+    files: dict[str, str],
+    entry: str,
+    actor: str,
+    role: str,
+) -> Job:
+    """Check and record an analysis job; it waits in ``budget_reserved`` for a worker."""
+    grant = find_grant(grants, operator, scenario)
+    if not grant.analysis_jobs:
+        raise Refused(
+            f"The grant {grant.id!r} does not allow analysis jobs.",
+            code="ANALYSIS_NOT_GRANTED",
+            hint="Ask the bureau for a grant with analysis_jobs, or submit SQL.",
+            http_status=403,
+        )
+    data = check_script(files, entry)
+    tables, grades = analysis_tables(catalog, grant)
+    if not tables:
+        raise Refused(
+            f"The grant {grant.id!r} has no table an analysis job may read.",
+            code="ANALYSIS_NOT_GRANTED",
+            http_status=403,
+        )
+    acro, approvals = acro_thresholds(rules, grades)
+    digest = script_sha256(data)
+    grade = max(grades, key=lambda g: rules.for_grade(g).approvals)
+    with join_transaction(conn):
+        job = create_job(
+            conn,
+            operator=operator,
+            scenario=scenario,
+            sql=files[entry],
+            epsilon=0.0,
+            delta=0.0,
+            weights=None,
+            actor=actor,
+            role=role,
+        )
+        conn.execute("UPDATE jobs SET kind = ? WHERE id = ?", (KIND, job.id))
+        conn.execute(
+            "INSERT INTO analysis_scripts (job_id, entry, files_json, script_sha256,"
+            " tables_json, acro_json) VALUES (?, ?, ?, ?, ?, ?)",
+            (job.id, entry, json.dumps(files), digest, json.dumps(tables), json.dumps(acro)),
+        )
+        job = transition(
+            conn,
+            job,
+            S.COMPILED,
+            actor=actor,
+            role=role,
+            details={"kind": KIND, "script_sha256": digest, "tables": sorted(tables)},
+            updates={
+                "grant_id": grant.id,
+                "grade": grade,
+                "dataset": ",".join(grant.datasets),
+                "required_approvals": approvals,
+            },
+        )
+        return transition(
+            conn,
+            job,
+            S.BUDGET_RESERVED,
+            actor=actor,
+            role=role,
+            details={"kind": KIND, "epsilon": 0.0, "charged": False, "reason": "no DP"},
+        )
+
+
+def check_still_granted(grant: Grant) -> None:
+    """At run time the grant must still allow analysis jobs (grants can be reloaded)."""
+    if not grant.analysis_jobs:
+        raise Refused(
+            f"The grant {grant.id!r} no longer allows analysis jobs.",
+            code="ANALYSIS_NOT_GRANTED",
+            http_status=403,
+        )
+
+
+def docker_executor(executor: Any) -> Any:
+    """The Docker executor: analysis jobs run only in the runner container (the host
+    has no ACRO or pandas, and the local executor runs SQL on synthetic data only)."""
+    from sandbox.errors import DockerUnavailable
+    from sandbox.executors.docker import DockerExecutor
+
+    if not isinstance(executor, DockerExecutor):
+        raise DockerUnavailable(
+            "Analysis jobs run only with the Docker executor.",
+            hint="Run the server with SANDBOX_EXECUTOR=docker.",
+        )
+    return executor
+
+
+def script_of(conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM analysis_scripts WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise SystemFailure("An analysis job has no script.", code="INTERNAL")
+    return {
+        "entry": row["entry"],
+        "files": json.loads(row["files_json"]),
+        "script_sha256": row["script_sha256"],
+        "tables": json.loads(row["tables_json"]),
+        "acro": json.loads(row["acro_json"]),
+        "manifest": json.loads(row["manifest_json"]) if row["manifest_json"] else None,
+    }
+
+
+def outputs_of(conn: sqlite3.Connection, job_id: str) -> dict[str, bytes]:
+    rows = conn.execute(
+        "SELECT name, content FROM analysis_outputs WHERE job_id = ? ORDER BY name", (job_id,)
+    ).fetchall()
+    return {row["name"]: bytes(row["content"]) for row in rows}
+
+
+def execute(
+    conn: sqlite3.Connection,
+    job_id: str,
+    *,
+    executor: Any,
+    data_root: Path,
+    actor: str = "system",
+    role: str = "system",
+) -> Job:
+    """budget_reserved → running → (the container) → in_review; ExecutionFailed on failure."""
+    from sandbox.executors.docker.analysis import analysis_spec, run_analysis
+
+    job = get_job(conn, job_id)
+    script = script_of(conn, job_id)
+    try:
+        job = transition(conn, job, S.RUNNING, actor=actor, role=role, details={"kind": KIND})
+    except Conflict:
+        return get_job(conn, job_id)  # cancelled meanwhile
+    files = {name: text.encode("utf-8") for name, text in script["files"].items()}
+    spec = analysis_spec(entry=script["entry"], tables=script["tables"], acro=script["acro"])
+    out = run_analysis(executor, spec, files, data_root=data_root, job_id=job_id)
+    summary = [
+        {
+            "uid": o["uid"],
+            "type": o["type"],
+            "status": o["status"],
+            "checks": o["checks"],
+            "exception_requested": bool(o["exception"]),
+            "files": {f["name"]: f["sha256"] for f in o["files"]},
+        }
+        for o in out.manifest["outputs"]
+    ]
+    with join_transaction(conn):
+        conn.execute(
+            "UPDATE analysis_scripts SET manifest_json = ? WHERE job_id = ?",
+            (json.dumps(out.manifest), job_id),
+        )
+        for output in out.manifest["outputs"]:
+            for item in output["files"]:
+                conn.execute(
+                    "INSERT INTO analysis_outputs (job_id, name, format, sha256, bytes, content)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        item["name"],
+                        item["format"],
+                        item["sha256"],
+                        item["bytes"],
+                        out.files[item["name"]],
+                    ),
+                )
+        return transition(
+            conn,
+            job,
+            S.IN_REVIEW,
+            actor=actor,
+            role=role,
+            details={
+                "kind": KIND,
+                "required_approvals": job["required_approvals"],
+                "outputs": summary,
+                "refused": len(out.manifest["refused"]),
+            },
+            updates={"rows": len(out.manifest["outputs"])},
+        )
+
+
+def release(
+    conn: sqlite3.Connection,
+    job: Job,
+    *,
+    products_dir: Path,
+    key: Any,
+    reviewers: list[dict[str, Any]],
+    actor: str,
+    role: str,
+    effects: Any = None,
+) -> Job:
+    """in_review → released: the approved ACRO outputs signed into a product
+    (``products.release_analysis_product``), registered and audited with the move.
+    The caller (``JobWorker``) holds the release lock and has checked the state."""
+    from sandbox import audit, products
+    from sandbox.jobs.records import now_iso
+
+    released_at = now_iso()
+    script = script_of(conn, job.id)
+    files = products.release_analysis_product(
+        products_dir,
+        job=job.record,
+        key=key,
+        reviewers=reviewers,
+        released_at=released_at,
+        script=script,
+        outputs=outputs_of(conn, job.id),
+    )
+
+    def register(c: sqlite3.Connection, j: Job) -> None:
+        if effects is not None:
+            effects(c, j)
+        audit.append(
+            c,
+            actor=actor,
+            role=role,
+            action="product.released",
+            subject=j.id,
+            scenario=j.scenario,
+            details={
+                "job": j.id,
+                "kind": KIND,
+                "dataset": j["dataset"],
+                "files": files,
+                "script_sha256": script["script_sha256"],
+            },
+        )
+        products.record_product(
+            c, job_id=j.id, operator=j.operator, released_at=released_at, key=key, files=files
+        )
+
+    return transition(
+        conn,
+        job,
+        S.RELEASED,
+        actor=actor,
+        role=role,
+        details={"kind": KIND, "files": files, "reviewers": [r["reviewer"] for r in reviewers]},
+        effects=register,
+    )

@@ -1,0 +1,203 @@
+"""Analysis jobs end to end (issue 18): `sandbox submit-script` to a real server,
+POST /v1/analysis-jobs, the worker runs the script in the real runner container, the
+job waits for two supervisors (important data), their approvals release a signed
+product of ACRO's outputs, `sandbox script-result` downloads it and `sandbox product
+verify` verifies it; no budget is charged. Plus the request model and refusals."""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from sandbox.api.app import create_app
+from sandbox.cli import app as cli
+from sandbox.service import Service, issue_token
+from sandbox.settings import Settings
+from tests.api.api_helpers import serve
+
+SCRIPT = """
+import jinyu
+df = jinyu.read_table("insured")
+df["band"] = (df["age"] // 10).astype(str)
+df.loc[df.index[:3], "band"] = "rare"
+jinyu.acro.crosstab(df["band"], df["sex"])
+X = df[["age"]].assign(const=1.0)
+y = df["age"] * 2.0 + (df["sex"] == "F").astype(float)
+jinyu.acro.ols(y, X)
+jinyu.acro.add_exception("output_0", "the rare band is a published fact")
+print(df.head(50).to_string())  # goes nowhere
+"""
+SCENARIO = "pension-contributions"  # g-jinshu-pension: analysis_jobs: true
+
+
+class Live:
+    def __init__(self, service: Service, url: str) -> None:
+        self.service, self.url = service, url
+        self.tokens = {
+            who: issue_token(service, role=role, subject=who)["token"]
+            for who, role in (
+                ("op-jinshu", "operator"),
+                ("supervisor-li", "supervisor"),
+                ("supervisor-wang", "supervisor"),
+            )
+        }
+
+    def call(self, method: str, path: str, who: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
+
+    def cli(self, who: str, *args: str, home: Path) -> Any:
+        env = {"SANDBOX_URL": self.url, "SANDBOX_TOKEN": self.tokens[who]}
+        return CliRunner().invoke(cli, ["--home", str(home), *args], env=env)
+
+
+@pytest.fixture()
+def live(
+    tmp_path: Path, policies_dir: Path, docker_client: Any, runner_image: str, demo_data_root: Path
+) -> Iterator[Live]:
+    from sandbox.executors.docker import DockerExecutor
+
+    settings = Settings(
+        home=tmp_path / "server",
+        policies=policies_dir,
+        data_root=demo_data_root,
+        executor="docker",
+        memory_mb=1024,
+        pids=64,
+        warm_runners=0,
+        rate_per_minute=10_000,
+    )
+    executor = DockerExecutor(settings, client=docker_client, image=runner_image)
+    service = Service(settings, executor=executor)
+    with serve(create_app(settings, service=service, include_console=False)) as url:
+        yield Live(service, url)
+    service.stop()
+
+
+@pytest.mark.container
+def test_a_script_goes_from_the_cli_through_review_to_a_verified_product(
+    live: Live, tmp_path: Path
+):
+    script = tmp_path / "analysis.py"
+    script.write_text(SCRIPT, encoding="utf-8")
+    out = live.cli(
+        "op-jinshu", "submit-script", str(script), "-s", SCENARIO, "--json", home=tmp_path / "c"
+    )
+    assert out.exit_code == 0, out.stdout + out.stderr
+    job = json.loads(out.stdout)
+    assert job["kind"] == "analysis" and job["state"] == "in_review", job
+    assert job["required_approvals"] == 2 and job["epsilon"] == 0
+    assert "head()" not in out.stdout and "insured" not in json.dumps(job.get("error"))
+
+    # the operator sees its script, not the outputs, before release
+    mine = live.call("GET", f"/v1/analysis-jobs/{job['id']}", "op-jinshu").json()
+    assert mine["analysis"]["files"] == {"main.py": SCRIPT}
+    assert mine["analysis"]["outputs"] is None
+    # a supervisor sees each output with ACRO's verdict and checks
+    seen = live.call("GET", f"/v1/analysis-jobs/{job['id']}", "supervisor-li").json()
+    outputs = seen["analysis"]["outputs"]
+    assert [o["type"] for o in outputs] == ["table", "regression"]
+    assert outputs[0]["status"] == "fail"  # the crosstab's small cells
+    assert outputs[0]["checks"].get("MinimumThresholdCheck") == "fail"
+    assert outputs[1]["status"] == "pass"
+    assert outputs[0]["exception"] == "the rare band is a published fact"
+
+    first = live.call(
+        "POST", f"/v1/review/{job['id']}", "supervisor-li",
+        json={"decision": "approve", "reason": "cells checked"},
+    )  # fmt: skip
+    assert first.status_code == 200 and first.json()["job"]["state"] == "in_review"
+    second = live.call(
+        "POST", f"/v1/review/{job['id']}", "supervisor-wang",
+        json={"decision": "approve", "reason": "model fine"},
+    )  # fmt: skip
+    released = second.json()["job"]
+    assert released["state"] == "released"
+    assert released["product"]["href"] == f"/v1/analysis-jobs/{job['id']}/product"
+
+    got = live.cli(
+        "op-jinshu", "script-result", job["id"], "-o", str(tmp_path / "p.zip"), "--json",
+        home=tmp_path / "c",
+    )  # fmt: skip
+    assert got.exit_code == 0, got.stdout + got.stderr
+    names = {f["name"] for o in outputs for f in o["files"]}
+    with zipfile.ZipFile(tmp_path / "p.zip") as archive:
+        assert set(archive.namelist()) == names  # only ACRO's outputs
+    pem = tmp_path / "products.pub"
+    pem.write_text(live.call("GET", "/v1/keys/products", "op-jinshu").text)
+    verified = live.cli(
+        "op-jinshu", "product", "verify", str(tmp_path / "p.zip"), "-k", str(pem), "--json",
+        home=tmp_path / "c",
+    )  # fmt: skip
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["reviewers"] == ["supervisor-li", "supervisor-wang"]
+    manifest = json.loads((tmp_path / "p.zip.manifest.json").read_text())["manifest"]
+    assert manifest["kind"] == "analysis" and manifest["privacy_loss"]["epsilon"] == 0
+    assert [o["acro_status"] for o in manifest["outputs"]] == ["fail", "pass"]
+
+    conn = live.service.conn()
+    assert conn.execute("SELECT COUNT(*) FROM ledger_entries").fetchone()[0] == 0
+    actions = [
+        r[0]
+        for r in conn.execute(
+            "SELECT action FROM audit_events WHERE subject = ? ORDER BY seq", (job["id"],)
+        )
+    ]
+    assert actions.count("review.approved") == 2 and "product.released" in actions
+
+
+@pytest.mark.container
+def test_a_grant_without_analysis_jobs_is_refused_and_nothing_is_recorded(live: Live):
+    resp = live.call(
+        "POST", "/v1/analysis-jobs", "op-jinshu",
+        json={"scenario": "employment-income", "script": SCRIPT},
+    )  # fmt: skip
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "ANALYSIS_NOT_GRANTED"
+    assert live.service.conn().execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+    # supervisors cannot submit
+    resp = live.call(
+        "POST", "/v1/analysis-jobs", "supervisor-li", json={"scenario": SCENARIO, "script": "x"}
+    )
+    assert resp.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"scenario": SCENARIO},  # neither script nor files
+        {"scenario": SCENARIO, "script": "x", "files": {"main.py": "x"}},  # both
+        {"scenario": SCENARIO, "script": "x", "entry": "main.py"},
+        {"scenario": SCENARIO, "script": "x", "epsilon": 1.0},  # unknown field
+        {"scenario": SCENARIO, "script": 5},  # strict: not a string
+        {"scenario": SCENARIO, "files": {f"m{i}.py": "x" for i in range(21)}},
+    ],
+)
+def test_malformed_requests_are_refused(api: Any, body: dict[str, Any]):
+    resp = api.post("/v1/analysis-jobs", "op-jinshu", json=body)
+    assert resp.status_code == 422, resp.text
+
+
+def test_the_local_executor_refuses_analysis_jobs_before_recording_any(api: Any):
+    resp = api.post("/v1/analysis-jobs", "op-jinshu", json={"scenario": SCENARIO, "script": "x"})
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "ANALYSIS_UNAVAILABLE"
+    assert api.service.conn().execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+
+
+def test_a_sql_job_is_not_an_analysis_job(api: Any):
+    from api_helpers import ENTERPRISE_SQL
+
+    job = api.submit("op-huaxin", ENTERPRISE_SQL, "sme-credit", 1.0).json()
+    assert job["kind"] == "sql"
+    assert api.get(f"/v1/analysis-jobs/{job['id']}", "op-huaxin").status_code == 404
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/jobs/{job['id']}", "op-huaxin").json()["state"] != "released":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

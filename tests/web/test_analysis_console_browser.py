@@ -1,0 +1,173 @@
+"""A supervisor reviews an analysis job's outputs in the console and approves it (issue
+18), in the system Chromium against a real server whose worker runs the operator's
+script in the real runner container (Docker executor, fabricated demo data).
+
+The operator submits through POST /v1/analysis-jobs with its own token, as `sandbox
+submit-script` does; everything the supervisors do goes through the pages: the queue,
+each output (ACRO's CSV as a table with the flagged cells marked, the histogram as an
+image), ACRO's verdicts and reasons, the exception request, the escaped script, then
+two approvals (important data) that release the signed product.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sandbox.api.app import create_app
+from sandbox.service import Service, issue_token
+from sandbox.settings import Settings
+from tests.api.api_helpers import serve
+from tests.web.live import POLICIES
+
+pytestmark = [pytest.mark.browser, pytest.mark.container]
+
+SCRIPT = """# <script>alert("not run")</script> stays text
+import jinyu
+df = jinyu.read_table("insured")
+df["band"] = (df["age"] // 10).astype(str)
+df.loc[df.index[:3], "band"] = "rare"
+jinyu.acro.crosstab(df["band"], df["sex"])
+jinyu.acro.hist(df, "age")
+jinyu.acro.add_exception("output_0", "the rare band is a published fact")
+"""
+
+
+class Server:
+    def __init__(self, service: Service, url: str) -> None:
+        self.service, self.url = service, url
+        self.tokens: dict[str, str] = {}
+
+    def token(self, who: str) -> str:
+        if who not in self.tokens:
+            role = "operator" if who.startswith("op-") else "supervisor"
+            self.tokens[who] = issue_token(self.service, role=role, subject=who)["token"]
+        return self.tokens[who]
+
+    def api(self, method: str, path: str, who: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token(who)}"}
+        resp = httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
+        return resp.json()
+
+
+@pytest.fixture()
+def server(
+    tmp_path: Path, docker_client: Any, runner_image: str, demo_data_root: Path
+) -> Iterator[Server]:
+    from sandbox.executors.docker import DockerExecutor
+
+    settings = Settings(
+        home=tmp_path / "home",
+        policies=POLICIES,
+        data_root=demo_data_root,
+        executor="docker",
+        memory_mb=1024,
+        pids=64,
+        warm_runners=0,
+        rate_per_minute=100_000,
+    )
+    executor = DockerExecutor(settings, client=docker_client, image=runner_image)
+    service = Service(settings, executor=executor)
+    with serve(create_app(settings, service=service)) as url:
+        yield Server(service, url)
+    service.stop()
+
+
+def _sign_in(browser: Any, server: Server, who: str) -> Any:
+    ctx = browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(20_000)
+    page = ctx.new_page()
+    page.goto(server.url + "/console")
+    page.fill("#token", server.token(who))
+    with page.expect_navigation():
+        page.click("form[action='/console/signin'] button[type=submit]")
+    return page
+
+
+def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
+    browser: Any, server: Server, tmp_path: Path
+) -> None:
+    job = server.api(
+        "POST", "/v1/analysis-jobs", "op-jinshu",
+        json={"scenario": "pension-contributions", "script": SCRIPT},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while job["state"] not in ("in_review", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        job = server.api("GET", f"/v1/jobs/{job['id']}", "op-jinshu")
+    assert job["state"] == "in_review", job
+
+    page = _sign_in(browser, server, "supervisor-li")
+    assert page.url.endswith("/console/review")
+    row = page.locator(f'#queue tr[data-job="{job["id"]}"]')
+    row.locator("a.btn").click()
+    page.wait_for_url(f"**/console/jobs/{job['id']}")
+    assert "Analysis job" in page.inner_text("h1")
+
+    outputs = page.locator("#outputs article.output")
+    assert outputs.count() == 2
+    table = page.locator('article[data-uid="output_0"]')
+    assert table.get_attribute("data-verdict") == "fail"
+    assert "MinimumThresholdCheck" in table.inner_text()
+    assert "the rare band is a published fact" in table.locator(".exception").inner_text()
+    flagged = table.locator("table.acro-table td.flagged")
+    assert flagged.count() >= 1
+    rare_row = table.locator("table.acro-table tbody tr", has_text="rare")
+    assert rare_row.locator("td.flagged").count() >= 1  # the small cell is marked
+    assert table.locator(".summary").inner_text().strip() != ""  # ACRO's reasons
+    figure = page.locator('article[data-uid="output_1"] img.acro-figure')
+    assert figure.count() == 1
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=figure.element_handle()
+    )
+    # the script is shown as text, never run as markup
+    assert '<script>alert("not run")</script>' in page.inner_text("#script pre")
+    assert page.locator("#script script").count() == 0
+
+    assert "0 of 2 approvals" in page.inner_text("#decision")
+    page.fill("#reason", "Checked the rare band: published; the histogram bins are large.")
+    with page.expect_navigation():
+        page.click("#approve")
+    assert "waits for another supervisor" in page.inner_text(".flash-ok")
+    page.context.close()
+
+    second = _sign_in(browser, server, "supervisor-wang")
+    second.goto(f"{server.url}/console/jobs/{job['id']}")
+    assert "1 of 2 approvals" in second.inner_text("#decision")
+    second.fill("#reason", "Agree: release both outputs.")
+    with second.expect_navigation():
+        second.click("#approve")
+    assert f"Job {job['id']} approved and released" in second.inner_text(".flash-ok")
+    second.goto(f"{server.url}/console/jobs/{job['id']}")
+    assert "released" in second.inner_text("h1")
+    second.context.close()
+
+    released = server.api("GET", f"/v1/analysis-jobs/{job['id']}", "op-jinshu")
+    assert released["state"] == "released"
+    assert [o["status"] for o in released["analysis"]["outputs"]] == ["fail", "pass"]
+    assert released["product"]["formats"] == ["zip"]
+
+    # the operator downloads the product and its manifest from its own page; they verify
+    from sandbox import products
+
+    op = _sign_in(browser, server, "op-jinshu")
+    row = op.locator(f'#products tr[data-product="{job["id"]}"]')
+    saved = {}
+    for suffix in ("analysis.zip", "analysis.manifest.json"):
+        with op.expect_download() as download:
+            row.locator(f"a[href$='{suffix}']").click()
+        saved[suffix] = tmp_path / suffix
+        download.value.save_as(saved[suffix])
+    op.context.close()
+    manifest = products.verify_product(
+        saved["analysis.zip"].read_bytes(),
+        saved["analysis.manifest.json"].read_bytes(),
+        server.service.product_key.public_key(),
+    )
+    assert manifest["kind"] == "analysis" and len(manifest["outputs"]) == 2
