@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sandbox.api import models as m
+from sandbox.api import models_oversight as mo
 from sandbox.api.deps import get_principal, get_service
 from sandbox.api.limits import StrictJSONRoute
 from sandbox.api.routes import ERRORS, returns
@@ -121,7 +122,7 @@ class AnalysisManifest(m.View):
 
 class AnalysisSignedManifest(m.View):
     manifest: AnalysisManifest
-    signature: m.Signature
+    signature: mo.Signature
 
 
 @router.post("/analysis-jobs", tags=["analysis"], status_code=201, **returns(m.JobView))
