@@ -25,13 +25,12 @@ them. The report reads only the audit log's metadata: never data, never aggregat
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox import audit
+from sandbox import audit, store
 from sandbox.alerts import (
     ALERT_RULES,
     JobFacts,
@@ -67,7 +66,7 @@ class _Group:
 
 
 def build_report(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     operator: str | None = None,
     scenario: str | None = None,
@@ -175,7 +174,7 @@ def _apply(job: JobFacts, action: str, details: dict[str, Any]) -> None:
 
 
 def _group_report(
-    g: _Group, grants: Grants | None, conn: sqlite3.Connection, ledger_balance: Any
+    g: _Group, grants: Grants | None, conn: store.Connection, ledger_balance: Any
 ) -> dict[str, Any]:
     outcomes = Counter(j.outcome or "open" for j in g.jobs)
     refusals = Counter(j.refusal for j in g.jobs if j.refusal)
@@ -246,7 +245,7 @@ def _ledger_balance() -> Any:
     return ledger.balance
 
 
-def _ledger(balance: Any, conn: sqlite3.Connection, grant: Any, dataset: str) -> Any:
+def _ledger(balance: Any, conn: store.Connection, grant: Any, dataset: str) -> Any:
     if balance is None:
         return None
     try:

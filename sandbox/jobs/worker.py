@@ -1,23 +1,26 @@
 """``JobWorker``: runs jobs off the request path on a bounded thread pool.
 
-At start it recovers what a previous server left (``recovery.recover``); ``enqueue``
-hands a reserved job to the pool; a worker records any failure on the job itself.
+At start it registers its lease (``leases``) and recovers what a dead server left
+(``recovery.recover``); then a lease thread renews the lease every third of
+``SANDBOX_LEASE_SECONDS`` and takes over the jobs of servers that died since (several
+servers on one database). ``enqueue`` hands a reserved job to the pool; a worker
+records any failure on the job itself.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sandbox import review
+from sandbox import review, store
 from sandbox.catalog import Catalog
 from sandbox.executors import Executor
 from sandbox.grants import Grants
 from sandbox.jobs.incidents import StageMark
+from sandbox.jobs.leases import Lease
 from sandbox.jobs.pipeline import JobPipeline
 from sandbox.jobs.recovery import recover
 from sandbox.settings import Settings
@@ -37,7 +40,7 @@ class JobWorker(JobPipeline):
         rules: review.ReviewRules,
         executor: Executor,
         product_key: Any,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], store.Connection],
         after_job: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
@@ -52,6 +55,10 @@ class JobWorker(JobPipeline):
         self._after_job = after_job
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.lease = Lease(settings.lease_s)
+        self.server_id = self.lease.server_id
+        self._lease_thread: threading.Thread | None = None
+        self._lease_stop = threading.Event()
 
     # lifecycle
     def start(self) -> None:
@@ -62,14 +69,27 @@ class JobWorker(JobPipeline):
             self._pool = ThreadPoolExecutor(
                 max_workers=max(1, self.settings.concurrency), thread_name_prefix="job"
             )
+        self.lease.register(self._connect())
         self.recover()
+        self._lease_stop.clear()
+        self._lease_thread = threading.Thread(
+            target=self._lease_loop, name="job-lease", daemon=True
+        )
+        self._lease_thread.start()
 
     def stop(self, *, wait: bool = True) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
         self.stopping.set()
+        self._lease_stop.set()
+        thread, self._lease_thread = self._lease_thread, None
+        if thread is not None:
+            thread.join()
         if pool is not None:
             pool.shutdown(wait=wait, cancel_futures=True)
+            # the jobs it never ran (and, with wait=False, those still running) are
+            # taken over by the next server to look
+            self.lease.stop(self._connect())
 
     def enqueue(self, job_id: str) -> None:
         with self._lock:
@@ -100,7 +120,25 @@ class JobWorker(JobPipeline):
                 fields = {"event": "audit.checkpoint_failed", "job": job_id, **describe(exc)}
                 log.error("audit.checkpoint_failed", extra={"fields": fields})
 
-    # restart
+    # restart, and servers that die
     def recover(self) -> dict[str, int]:
-        """Resume or fail, honestly, what a previous server left unfinished."""
-        return recover(self._connect(), self, self.enqueue)
+        """Take over and resume or fail, honestly, what dead servers left unfinished."""
+        return recover(
+            self._connect(),
+            self,
+            self.enqueue,
+            orphans=self.lease.orphans,
+            claim=self.lease.take_over,
+        )
+
+    def _lease_loop(self) -> None:
+        """Renew the lease; take over the jobs of servers found dead. Never raises."""
+        from sandbox.logs import describe
+
+        while not self._lease_stop.wait(self.lease.renew_every):
+            try:
+                self.lease.renew(self._connect())
+                self.recover()
+            except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                fields = {"event": "jobs.lease_failed", **describe(exc)}
+                log.error("jobs.lease_failed", extra={"fields": fields})

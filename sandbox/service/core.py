@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ class Service(Submissions):
         self._grants: Grants = load_grants(settings.policies, self.catalog)
         self.rules = review.load_rules(settings.policies)
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[store.Connection] = []
         self._conns_lock = threading.Lock()
         self.rate = RateLimiter(settings.rate_per_minute)
         self.explain_rate = RateLimiter(settings.explain_per_minute)
@@ -73,11 +72,11 @@ class Service(Submissions):
 
     # --- plumbing ------------------------------------------------------------------
 
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> store.Connection:
         """One SQLite connection per thread (transactions must not interleave)."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = store.connect(self.settings.db_path)
+            c = store.connect(self.settings.database)
             self._local.conn = c
             with self._conns_lock:
                 self._conns.append(c)
@@ -142,7 +141,7 @@ class Service(Submissions):
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for c in conns:
-            with contextlib.suppress(sqlite3.ProgrammingError):  # another thread's
+            with contextlib.suppress(store.ProgrammingError):  # another thread's
                 c.close()
         self._local = threading.local()
 
