@@ -21,6 +21,7 @@ optional extra ``jinyu-sandbox[postgres]``. What it adapts:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
@@ -280,13 +281,28 @@ def _numeric_loader() -> Any:
     return NumericLoader
 
 
+@lru_cache(maxsize=1)
+def _connection_class() -> Any:
+    """psycopg's Connection, closed quietly when dropped unclosed, as sqlite3's is (a
+    test's ``pytest.raises`` keeps one in a cycle with its frames; psycopg would warn)."""
+    import psycopg
+
+    class QuietConnection(psycopg.Connection[Any]):
+        def __del__(self, *args: Any) -> None:
+            if not self.closed:
+                with contextlib.suppress(Exception):
+                    self.close()
+
+    return QuietConnection
+
+
 def connect(url: str, schemas: Mapping[str, str], migrate: Callable[[Any], Any]) -> PgConnection:
     """A connection to ``url`` in autocommit mode; the registered schemas created and
     migrated once per process (under the write lock)."""
     import psycopg
 
     try:
-        raw = psycopg.connect(
+        raw = _connection_class().connect(
             url,
             autocommit=True,
             row_factory=_row_factory,
