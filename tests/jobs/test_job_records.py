@@ -99,7 +99,8 @@ def columns(conn: Any, table: str) -> list[str]:
 def unique_indexes(conn: Any, table: str) -> set[str]:
     if store.dialect(conn) == "postgresql":
         rows = conn.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = ? AND indexdef LIKE 'CREATE UNIQUE%'",
+            "SELECT indexname FROM pg_indexes"
+            " WHERE tablename = ? AND indexdef LIKE 'CREATE UNIQUE%'",
             (table,),
         )
         return {r[0] for r in rows}
