@@ -35,7 +35,10 @@ from tests.policy_factory import grant, make_policies
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-SQL = "SELECT industry, COUNT(*) AS n, AVG(employees) AS mean_employees FROM enterprises GROUP BY industry"
+SQL = (
+    "SELECT industry, COUNT(*) AS n, AVG(employees) AS mean_employees"
+    " FROM enterprises GROUP BY industry"
+)
 SCENARIO = "sme-credit"
 FINAL = {"released", "rejected", "refused", "failed", "cancelled"}
 
@@ -252,6 +255,7 @@ def test_a_sigkilled_server_s_jobs_are_finished_or_failed_by_the_other(cluster) 
             unfinished = [k for k, s in at_kill.items() if s not in FINAL]
             assert unfinished, "A finished everything before it was killed: nothing to test"
             jobs = wait_final(conn, timeout=120)
+            print("at kill:", sorted(at_kill.values()), "then:", [j["state"] for j in jobs])
             check_one_final_state_each(conn, jobs)
             for j in jobs:
                 assert j["state"] in ("released", "failed"), j
