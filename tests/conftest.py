@@ -68,10 +68,21 @@ def grants(catalog: Catalog) -> Grants:
     return load_grants(POLICIES, catalog)
 
 
+def suite_database_url(request: pytest.FixtureRequest) -> str:
+    """"" (SQLite under HOME), or with SANDBOX_TEST_BACKEND=postgresql a fresh PostgreSQL
+    database: the Settings fixtures then run the service, API and CLI tests on it too."""
+    if os.environ.get("SANDBOX_TEST_BACKEND", "").strip().lower() != "postgresql":
+        return ""
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest.fixture()
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Settings with a fresh home under tmp_path and the demo policies."""
-    return Settings(home=tmp_path / "home", policies=POLICIES)
+    return Settings(
+        home=tmp_path / "home", policies=POLICIES, database_url=suite_database_url(request)
+    )
 
 
 @pytest.fixture(scope="session")
