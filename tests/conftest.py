@@ -69,7 +69,7 @@ def grants(catalog: Catalog) -> Grants:
 
 
 def suite_database_url(request: pytest.FixtureRequest) -> str:
-    """"" (SQLite under HOME), or with SANDBOX_TEST_BACKEND=postgresql a fresh PostgreSQL
+    """ "" (SQLite under HOME), or with SANDBOX_TEST_BACKEND=postgresql a fresh PostgreSQL
     database: the Settings fixtures then run the service, API and CLI tests on it too."""
     if os.environ.get("SANDBOX_TEST_BACKEND", "").strip().lower() != "postgresql":
         return ""

@@ -26,6 +26,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 from sandbox import store
 from sandbox.jobs.records import Job, now_iso
@@ -69,9 +70,15 @@ class Lease:
         return self.lease_s / 3
 
     def register(self, conn: store.Connection) -> None:
+        """Enter this server in ``servers`` (and forget servers stopped a week ago: a
+        claim naming no registered server is taken over like a dead one's)."""
         at = now_iso()
+        week_ago = (datetime.now(UTC) - timedelta(days=7)).isoformat()
         with store.transaction(conn):
-            conn.execute("DELETE FROM servers WHERE id = ?", (self.server_id,))
+            conn.execute(
+                "DELETE FROM servers WHERE id = ? OR (stopped_at IS NOT NULL AND stopped_at < ?)",
+                (self.server_id, week_ago),
+            )
             conn.execute(
                 "INSERT INTO servers (id, host, pid, started_at, heartbeat_at, stopped_at)"
                 " VALUES (?, ?, ?, ?, ?, NULL)",

@@ -147,6 +147,8 @@ class JobPipeline:
                 )
         except Refused as exc:
             current = get_job(conn, job.id)
+            if current.state != job.state:
+                raise  # moved on meanwhile by another server that took the job over
             if current.state in (S.SUBMITTED, S.COMPILED):
                 transition(
                     conn,
@@ -161,6 +163,8 @@ class JobPipeline:
             raise
         except Exception as exc:
             at = get_job(conn, job.id).state
+            if at != job.state:
+                raise  # moved on meanwhile by another server that took the job over
             self.fail(conn, job.id, exc, stage="compile" if at == S.SUBMITTED else "reserve")
             raise
         return job
