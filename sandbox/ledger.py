@@ -6,9 +6,10 @@ A job's life in the ledger::
                     │
                     └──release──▶ released        (refused before any raw row was read)
 
-Every function runs INSIDE the caller's ``store.transaction(conn)`` (BEGIN IMMEDIATE),
-so a reservation and the job's state change commit together, and concurrent writers
-(threads or processes sharing the database file) are serialised by SQLite.
+Every function runs INSIDE the caller's ``store.transaction(conn)`` (one writer at a
+time: SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock), so a reservation and the
+job's state change commit together, and concurrent writers (threads, processes,
+several servers on one PostgreSQL) are serialised.
 
 Units. Amounts are stored as integers, never floats: ε and ρ in units of 10⁻⁹
 (``LOSS_UNITS``), δ in units of 10⁻¹⁵ (``DELTA_UNITS``). An amount is read as the
@@ -26,7 +27,7 @@ grant's (ε, δ), i.e. half the grant's δ is kept for the final ρ → (ε, δ)
 and the other half is the cap on the δ that partition selection spends (Σδ_sel ≤ δ/2).
 Everything spent on the account is then (ε, δ)-DP for the grant's ε and δ.
 
-Crashes. Reservations are rows in SQLite, so they survive a restart. ``recover``
+Crashes. Reservations are rows in the database, so they survive a restart. ``recover``
 decides what happens to reservations left by a crashed process: a reservation is
 charged unless the caller states that its job never read data; nothing is dropped
 silently, and a charge is never counted twice (a job has one row; charging is a

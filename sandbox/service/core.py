@@ -1,5 +1,5 @@
 """The ``Service`` facade: the control plane's state (settings, catalogue, grants,
-keys, the job worker, one SQLite connection per thread) and every operation the faces
+keys, the job worker, one database connection per thread) and every operation the faces
 call, each checking the caller's role and ownership first."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Service(Submissions):
     # --- plumbing ------------------------------------------------------------------
 
     def conn(self) -> store.Connection:
-        """One SQLite connection per thread (transactions must not interleave)."""
+        """One database connection per thread (transactions must not interleave)."""
         c = getattr(self._local, "conn", None)
         if c is None:
             c = store.connect(self.settings.database)
