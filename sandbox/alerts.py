@@ -8,12 +8,13 @@ data, never aggregates. The thresholds are ``ALERT_RULES``.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+from sandbox import store
 
 __all__ = [
     "ALERT_RULES",
@@ -178,7 +179,7 @@ def failure_alerts(operator: str, jobs: list[JobFacts]) -> list[dict[str, Any]]:
     return out
 
 
-def job_sql(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, str]:
+def job_sql(conn: store.Connection, job_ids: list[str]) -> dict[str, str]:
     """The SQL text of these jobs, from the jobs table (absent in a bare audit log)."""
     out: dict[str, str] = {}
     try:
@@ -187,7 +188,7 @@ def job_sql(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, str]:
             marks = ",".join("?" * len(chunk))
             for r in conn.execute(f"SELECT id, sql FROM jobs WHERE id IN ({marks})", chunk):
                 out[str(r[0])] = str(r[1])
-    except sqlite3.OperationalError:  # no jobs table: an audit log on its own
+    except store.OperationalError:  # no jobs table: an audit log on its own
         return {}
     return out
 

@@ -6,9 +6,10 @@ A job's life in the ledger::
                     │
                     └──release──▶ released        (refused before any raw row was read)
 
-Every function runs INSIDE the caller's ``store.transaction(conn)`` (BEGIN IMMEDIATE),
-so a reservation and the job's state change commit together, and concurrent writers
-(threads or processes sharing the database file) are serialised by SQLite.
+Every function runs INSIDE the caller's ``store.transaction(conn)`` (one writer at a
+time: SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock), so a reservation and the
+job's state change commit together, and concurrent writers (threads, processes,
+several servers on one PostgreSQL) are serialised.
 
 Units. Amounts are stored as integers, never floats: ε and ρ in units of 10⁻⁹
 (``LOSS_UNITS``), δ in units of 10⁻¹⁵ (``DELTA_UNITS``). An amount is read as the
@@ -26,7 +27,7 @@ grant's (ε, δ), i.e. half the grant's δ is kept for the final ρ → (ε, δ)
 and the other half is the cap on the δ that partition selection spends (Σδ_sel ≤ δ/2).
 Everything spent on the account is then (ε, δ)-DP for the grant's ε and δ.
 
-Crashes. Reservations are rows in SQLite, so they survive a restart. ``recover``
+Crashes. Reservations are rows in the database, so they survive a restart. ``recover``
 decides what happens to reservations left by a crashed process: a reservation is
 charged unless the caller states that its job never read data; nothing is dropped
 silently, and a charge is never counted twice (a job has one row; charging is a
@@ -36,7 +37,6 @@ state change).
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -123,7 +123,7 @@ def cost_units(cost: Cost) -> tuple[int, int]:
     return _up(cost.rho, LOSS_UNITS), _up(cost.selection_delta, DELTA_UNITS)
 
 
-def _ensure_account(conn: sqlite3.Connection, grant: Grant, dataset: str, definition: str) -> None:
+def _ensure_account(conn: store.Connection, grant: Grant, dataset: str, definition: str) -> None:
     total_loss, total_delta = grant_totals(grant, definition)
     row = conn.execute(
         "SELECT definition FROM ledger_accounts WHERE grant_id = ? AND dataset = ?",
@@ -152,7 +152,7 @@ def _unit_name(definition: str) -> str:
     return "ε" if definition == "pure" else "ρ"
 
 
-def _sums(conn: sqlite3.Connection, grant_id: str, dataset: str) -> dict[str, int]:
+def _sums(conn: store.Connection, grant_id: str, dataset: str) -> dict[str, int]:
     rows = conn.execute(
         "SELECT state, COALESCE(SUM(loss), 0) AS loss, COALESCE(SUM(delta), 0) AS delta "
         "FROM ledger_entries WHERE grant_id = ? AND dataset = ? GROUP BY state",
@@ -167,9 +167,7 @@ def _sums(conn: sqlite3.Connection, grant_id: str, dataset: str) -> dict[str, in
     return out
 
 
-def reserve(
-    conn: sqlite3.Connection, *, grant: Grant, dataset: str, job_id: str, cost: Cost
-) -> None:
+def reserve(conn: store.Connection, *, grant: Grant, dataset: str, job_id: str, cost: Cost) -> None:
     """Reserve ``cost`` for ``job_id`` or raise BudgetRefused (BUDGET_EXHAUSTED).
 
     Call inside ``store.transaction(conn)``. Reserving the same job twice with the same
@@ -234,14 +232,14 @@ def reserve(
     )
 
 
-def _entry(conn: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+def _entry(conn: store.Connection, job_id: str) -> store.Row:
     row = conn.execute("SELECT state FROM ledger_entries WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
         raise NotFound(f"Job {job_id} has no budget reservation.")
-    return cast(sqlite3.Row, row)
+    return cast(store.Row, row)
 
 
-def charge(conn: sqlite3.Connection, job_id: str) -> None:
+def charge(conn: store.Connection, job_id: str) -> None:
     """Make the reservation final (data has been read). Charging twice is a no-op."""
     state = _entry(conn, job_id)["state"]
     if state == "charged":
@@ -255,7 +253,7 @@ def charge(conn: sqlite3.Connection, job_id: str) -> None:
     )
 
 
-def release(conn: sqlite3.Connection, job_id: str) -> None:
+def release(conn: store.Connection, job_id: str) -> None:
     """Free the reservation of a job refused before reading data. No-op once charged."""
     state = _entry(conn, job_id)["state"]
     if state != "reserved":
@@ -267,7 +265,7 @@ def release(conn: sqlite3.Connection, job_id: str) -> None:
     )
 
 
-def recover(conn: sqlite3.Connection, *, not_started: Iterable[str] = ()) -> dict[str, list[str]]:
+def recover(conn: store.Connection, *, not_started: Iterable[str] = ()) -> dict[str, list[str]]:
     """After a crash: charge every open reservation, except those of jobs the caller
     KNOWS never read data (``not_started``), which are released.
 
@@ -292,7 +290,7 @@ def recover(conn: sqlite3.Connection, *, not_started: Iterable[str] = ()) -> dic
     return done
 
 
-def recent_losses(conn: sqlite3.Connection, grant_id: str, dataset: str, limit: int) -> list[float]:
+def recent_losses(conn: store.Connection, grant_id: str, dataset: str, limit: int) -> list[float]:
     """What the latest ``limit`` jobs on one account took from it (ε or ρ, as charged or
     still reserved), newest first; a returned reservation took nothing and is left out."""
     rows = conn.execute(
@@ -304,7 +302,7 @@ def recent_losses(conn: sqlite3.Connection, grant_id: str, dataset: str, limit: 
 
 
 def balance(
-    conn: sqlite3.Connection, grant: Grant, dataset: str, *, definition: str | None = None
+    conn: store.Connection, grant: Grant, dataset: str, *, definition: str | None = None
 ) -> dict[str, Any]:
     """total, spent, reserved, left (ε for pure datasets, ρ for zCDP) and the same for δ.
 

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import sqlite3
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -342,7 +341,7 @@ def release_analysis_product(products_dir: Path, **kw: Any) -> dict[str, str]:
 
 
 def record_product(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     job_id: str,
     operator: str,
@@ -352,8 +351,9 @@ def record_product(
 ) -> None:
     """Register the product (inside the caller's transaction)."""
     conn.execute(
-        "INSERT OR REPLACE INTO products (job_id, operator, released_at, key_id, files)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO products (job_id, operator, released_at, key_id, files)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET operator = excluded.operator,"
+        " released_at = excluded.released_at, key_id = excluded.key_id, files = excluded.files",
         (job_id, operator, released_at, key_id(key), json.dumps(files, sort_keys=True)),
     )
 

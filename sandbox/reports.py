@@ -25,14 +25,13 @@ them. The report reads only the audit log's metadata: never data, never aggregat
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox import audit, display, ledger
+from sandbox import audit, display, ledger, store
 from sandbox.alerts import (
     ALERT_RULES,
     JobFacts,
@@ -69,7 +68,7 @@ class _Group:
 
 
 def build_report(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     operator: str | None = None,
     scenario: str | None = None,
@@ -190,7 +189,7 @@ def _apply(job: JobFacts, action: str, details: dict[str, Any]) -> None:
 def _group_report(
     g: _Group,
     grants: Grants | None,
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     ledger_balance: Any,
     definitions: Mapping[str, str] | None,
 ) -> dict[str, Any]:
@@ -297,7 +296,7 @@ def _ledger_balance() -> Any:
 
 
 def _ledger(
-    balance: Any, conn: sqlite3.Connection, grant: Any, dataset: str, definition: str | None
+    balance: Any, conn: store.Connection, grant: Any, dataset: str, definition: str | None
 ) -> Any:
     if balance is None:
         return None

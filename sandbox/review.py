@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -341,7 +340,7 @@ def sql_literals(sql: str) -> list[str]:
 
 
 def find_near_duplicates(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     job_id: str,
     operator: str,
@@ -371,7 +370,7 @@ Decision = Literal["approve", "reject"]
 Outcome = Literal["approved", "rejected", "pending"]
 
 
-def decisions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+def decisions(conn: store.Connection, job_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT reviewer, decision, reason, decided_at FROM review_decisions"
         " WHERE job_id = ? ORDER BY decided_at, reviewer",
@@ -381,7 +380,7 @@ def decisions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
 
 
 def record_decision(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     job_id: str,
     submitter: str,

@@ -25,6 +25,12 @@ def _field(default: Any, env: str, help: str) -> Any:
 class Settings:
     home: Path = _field(DEFAULT_HOME, "SANDBOX_HOME", "Where state lives: database, keys, data.")
     policies: Path = _field(Path("policies"), "SANDBOX_POLICIES", "Directory of policy files.")
+    database_url: str = _field(
+        "",
+        "SANDBOX_DATABASE_URL",
+        "The control-plane database: empty for SQLite at HOME/sandbox.db, or a "
+        "postgresql:// URL (needs the [postgres] extra) that several servers share.",
+    )
     data_root: Path | None = _field(
         None, "SANDBOX_DATA_ROOT", "Root of the raw Parquet files (default: HOME/data)."
     )
@@ -35,6 +41,12 @@ class Settings:
         "", "SANDBOX_RUNNER_IMAGE", "Runner image tag (default: the content-hashed tag)."
     )
     concurrency: int = _field(2, "SANDBOX_CONCURRENCY", "Jobs that run at once.")
+    lease_s: float = _field(
+        30.0,
+        "SANDBOX_LEASE_SECONDS",
+        "A server renews its lease on its jobs every third of this; one silent for this "
+        "long is taken for dead and another server takes its unfinished jobs over.",
+    )
     job_timeout_s: float = _field(120.0, "SANDBOX_JOB_TIMEOUT", "Wall-clock limit of one run.")
     release_timeout_s: float = _field(
         60.0,
@@ -99,6 +111,11 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.home / "sandbox.db"
+
+    @property
+    def database(self) -> Path | str:
+        """What ``store.connect`` opens: the PostgreSQL URL, or the SQLite file."""
+        return self.database_url or self.db_path
 
     @property
     def keys_dir(self) -> Path:

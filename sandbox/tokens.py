@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import sqlite3
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -119,7 +118,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def create_token(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     role: Role,
     subject: str,
@@ -156,24 +155,24 @@ def create_token(
     return secret, get_token(conn, token_id)
 
 
-def get_token(conn: sqlite3.Connection, token_id: str) -> dict[str, Any]:
+def get_token(conn: store.Connection, token_id: str) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
     if row is None:
         raise NotFound(f"No token {token_id!r}.")
     return _public(row)
 
 
-def _public(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: row[k] for k in row.keys() if k != "hash"}  # noqa: SIM118 - sqlite3.Row
+def _public(row: store.Row) -> dict[str, Any]:
+    return {k: row[k] for k in row.keys() if k != "hash"}  # noqa: SIM118 - store.Row
 
 
-def list_tokens(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_tokens(conn: store.Connection) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM tokens ORDER BY created_at, id").fetchall()
     return [_public(r) for r in rows]
 
 
 def revoke_token(
-    conn: sqlite3.Connection, token_id: str, *, actor: Principal = SYSTEM
+    conn: store.Connection, token_id: str, *, actor: Principal = SYSTEM
 ) -> dict[str, Any]:
     from sandbox import audit
 
@@ -194,7 +193,7 @@ def revoke_token(
     return get_token(conn, token_id)
 
 
-def revoke_label(conn: sqlite3.Connection, label: str, *, actor: Principal = SYSTEM) -> int:
+def revoke_label(conn: store.Connection, label: str, *, actor: Principal = SYSTEM) -> int:
     """Revoke every live token with this label (``sandbox up`` re-issues demo tokens)."""
     ids = [
         r["id"]
@@ -207,7 +206,7 @@ def revoke_label(conn: sqlite3.Connection, label: str, *, actor: Principal = SYS
     return len(ids)
 
 
-def authenticate(conn: sqlite3.Connection, token: str, *, now: datetime | None = None) -> Principal:
+def authenticate(conn: store.Connection, token: str, *, now: datetime | None = None) -> Principal:
     """The Principal a bearer token names; AuthError if missing, unknown, expired or revoked.
 
     The message is the same for every reason so a caller learns nothing about which

@@ -5,6 +5,11 @@ A fresh ``pip install -e .`` gets only what pyproject.toml declares. A module un
 say) works in CI and fails on an operator's machine: numpy once did exactly that, and every
 job failed. The runner runs in its own image, which installs duckdb and pyarrow only
 (runner/Dockerfile), so ``runner/`` is checked against that list.
+
+An optional extra may serve one module that only a setting loads: psycopg (the
+``postgres`` extra) is imported by ``sandbox/store/postgres.py`` alone, and that module
+only inside a function, when ``SANDBOX_DATABASE_URL`` is a postgresql:// URL, so a plain
+install never imports it (``OPTIONAL`` below; the tests check both halves).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = {"sandbox", "sandbox_runner"}
+# module imported -> (the extra that declares it, the one file that may import it,
+# the dotted module of that file, which nothing may import at module level)
+OPTIONAL = {"psycopg": ("postgres", "sandbox/store/postgres.py", "sandbox.store.postgres")}
 
 
 def _name(requirement: str) -> str:
@@ -37,6 +45,10 @@ def declared_runtime() -> set[str]:
 
 def declared_test() -> set[str]:
     return {_name(r) for r in _pyproject()["project"]["optional-dependencies"]["test"]}
+
+
+def declared_extra(extra: str) -> set[str]:
+    return {_name(r) for r in _pyproject()["project"]["optional-dependencies"][extra]}
 
 
 def runner_image_packages() -> set[str]:
@@ -121,7 +133,33 @@ def test_the_check_catches_an_undeclared_import(tmp_path: Path) -> None:
 
 
 def test_sandbox_imports_only_declared_runtime_dependencies() -> None:
-    assert undeclared(ROOT / "sandbox", declared_runtime()) == []
+    problems = undeclared(ROOT / "sandbox", declared_runtime())
+    allowed = []
+    for module, (extra, path, _) in OPTIONAL.items():
+        assert declared_extra(extra) & {_name(module)}, f"{module} is not in the {extra} extra"
+        for p in problems:
+            places = p.rsplit(" at ", 1)[-1].split(", ")
+            if p.startswith(f"{module} ") and all(w.startswith(f"{path}:") for w in places):
+                allowed.append(p)
+    # an optional import anywhere else is a runtime import, and must be declared
+    assert [p for p in problems if p not in allowed] == []
+
+
+def test_optional_modules_are_only_imported_lazily() -> None:
+    """Nothing under sandbox/ imports an optional extra's module at module level (a plain
+    install would fail at import); only a function may, when its setting asks for it."""
+    for module, (_, path, dotted) in OPTIONAL.items():
+        for file in sorted((ROOT / "sandbox").rglob("*.py")):
+            tree = ast.parse(file.read_text(encoding="utf-8"))
+            for node in tree.body:  # module level only
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                hits = [n for n in names if n.split(".")[0] == module or n == dotted]
+                assert not hits, f"{file.relative_to(ROOT)} imports {hits} at module level"
+        assert (ROOT / path).is_file()
 
 
 def test_runner_imports_only_what_its_image_installs() -> None:

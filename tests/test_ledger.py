@@ -38,8 +38,9 @@ def make_cost(
 
 
 @pytest.fixture()
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sandbox.db"
+def db(database: Path | str) -> Path | str:
+    """Every ledger test runs on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return database
 
 
 def reserve(conn, grant, job_id, cost, dataset="population") -> None:
@@ -47,7 +48,7 @@ def reserve(conn, grant, job_id, cost, dataset="population") -> None:
         ledger.reserve(conn, grant=grant, dataset=dataset, job_id=job_id, cost=cost)
 
 
-def test_reserve_charge_release_and_balance(db: Path) -> None:
+def test_reserve_charge_release_and_balance(db: Path | str) -> None:
     conn = store.connect(db)
     grant = make_grant(epsilon=3.0, delta=1e-5, ceiling=2.0)
     reserve(conn, grant, "j1", make_cost(1.0))
@@ -68,7 +69,7 @@ def test_reserve_charge_release_and_balance(db: Path) -> None:
         ledger.release(conn, "nope")
 
 
-def test_budget_exhausted_says_what_is_left(db: Path) -> None:
+def test_budget_exhausted_says_what_is_left(db: Path | str) -> None:
     conn = store.connect(db)
     grant = make_grant(epsilon=2.0, ceiling=2.0)
     reserve(conn, grant, "a", make_cost(1.25))
@@ -82,7 +83,7 @@ def test_budget_exhausted_says_what_is_left(db: Path) -> None:
     assert ledger.balance(conn, grant, "population")["left"] == 0.0
 
 
-def test_delta_is_capped_too(db: Path) -> None:
+def test_delta_is_capped_too(db: Path | str) -> None:
     conn = store.connect(db)
     grant = make_grant(epsilon=10.0, delta=1e-6)
     reserve(conn, grant, "a", make_cost(0.1, selection_delta=6e-7))
@@ -91,7 +92,7 @@ def test_delta_is_capped_too(db: Path) -> None:
     assert "δ" in info.value.message and "4e-07" in info.value.message
 
 
-def test_decimal_costs_add_up_exactly_and_the_cap_still_holds(db: Path) -> None:
+def test_decimal_costs_add_up_exactly_and_the_cap_still_holds(db: Path | str) -> None:
     # ε = 0.1 is the binary 0.1000000000000000055…: charged as that, rounded up to
     # the next unit, 149 of 150 fitted in ε = 15 (issue 15). Charged as the decimal
     # it was written as, all 150 fit and the 151st does not.
@@ -105,7 +106,7 @@ def test_decimal_costs_add_up_exactly_and_the_cap_still_holds(db: Path) -> None:
     assert ledger.cost_units(make_cost(1 / 3))[0] == 333_333_334  # still rounded up
 
 
-def test_a_query_may_ask_the_grants_whole_delta(db: Path) -> None:
+def test_a_query_may_ask_the_grants_whole_delta(db: Path | str) -> None:
     conn = store.connect(db)
     for definition in ("pure", "zcdp"):
         grant = make_grant(epsilon=10.0, delta=1e-6, ceiling=1.0)
@@ -128,7 +129,7 @@ def test_what_a_mechanism_spends_is_below_the_decimal_charged() -> None:
     assert sel.threshold is not None and sel.delta == 1e-6
 
 
-def test_zcdp_account_tracks_rho(db: Path) -> None:
+def test_zcdp_account_tracks_rho(db: Path | str) -> None:
     conn = store.connect(db)
     grant = make_grant(epsilon=1.0, delta=1e-5, ceiling=1.0)
     cap = rho_from_epsilon_delta(1.0, 0.5e-5)
@@ -160,7 +161,7 @@ def test_zcdp_account_tracks_rho(db: Path) -> None:
         )
 
 
-def test_reserve_is_idempotent_per_job_and_needs_a_transaction(db: Path) -> None:
+def test_reserve_is_idempotent_per_job_and_needs_a_transaction(db: Path | str) -> None:
     conn = store.connect(db)
     grant = make_grant()
     reserve(conn, grant, "j", make_cost(1.0))
@@ -172,7 +173,7 @@ def test_reserve_is_idempotent_per_job_and_needs_a_transaction(db: Path) -> None
         ledger.reserve(conn, grant=grant, dataset="population", job_id="k", cost=make_cost(1.0))
 
 
-def test_fifty_threads_never_spend_more_than_the_cap(db: Path) -> None:
+def test_fifty_threads_never_spend_more_than_the_cap(db: Path | str) -> None:
     store.connect(db).close()
     grant = make_grant(epsilon=20.0, ceiling=2.0)
     cost = make_cost(0.7)  # ⌊20 / 0.7⌋ = 28 of the 50 fit
@@ -227,7 +228,8 @@ CHILD = textwrap.dedent(
         with store.transaction(conn):
             ledger.charge(conn, "crash")
     if mode == "inside_charge":
-        conn.execute("BEGIN IMMEDIATE")
+        tx = store.transaction(conn)
+        tx.__enter__()  # the write lock, held until the kill
         ledger.charge(conn, "crash")  # not committed when the kill comes
     print("ready", flush=True)
     time.sleep(60)
@@ -236,7 +238,9 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize("mode", ["after_reserve", "inside_charge", "after_charge"])
-def test_sigkill_between_reservation_and_charge_never_loses_or_doubles(db: Path, mode: str) -> None:
+def test_sigkill_between_reservation_and_charge_never_loses_or_doubles(
+    db: Path | str, mode: str
+) -> None:
     script = CHILD.format(root=str(ROOT), db=str(db))
     child = subprocess.Popen(
         [sys.executable, "-c", script, mode],
@@ -272,7 +276,7 @@ def test_sigkill_between_reservation_and_charge_never_loses_or_doubles(db: Path,
     assert (b["spent"], b["reserved"], b["left"]) == (1.5, 0.0, 3.5)
 
 
-def test_recover_releases_only_jobs_known_not_started(db: Path) -> None:
+def test_recover_releases_only_jobs_known_not_started(db: Path | str) -> None:
     conn = store.connect(db)
     grant = make_grant()
     reserve(conn, grant, "queued", make_cost(1.0))

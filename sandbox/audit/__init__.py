@@ -3,7 +3,8 @@
 Every action in the sandbox is one event (seq, time, actor, role, action, subject,
 scenario, details). ``append`` runs inside the caller's ``store.transaction`` so a
 state change and the event that records it commit together or not at all, and the
-sequence number is gap-free (``BEGIN IMMEDIATE`` serialises writers).
+sequence number is gap-free (``store.transaction`` serialises writers: SQLite's
+``BEGIN IMMEDIATE``, PostgreSQL's advisory lock, across several servers).
 
 Integrity, in the style of Certificate Transparency (RFC 6962 / RFC 9162):
 

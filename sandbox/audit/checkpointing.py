@@ -4,7 +4,6 @@ transition, every ``checkpoint_every`` events and on shutdown."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,7 +29,7 @@ def checkpoint_message(tree_size: int, root_hash: str, time: str, kid: str) -> b
     ).encode()
 
 
-def checkpoint(conn: sqlite3.Connection, key: Ed25519PrivateKey) -> dict[str, Any]:
+def checkpoint(conn: store.Connection, key: Ed25519PrivateKey) -> dict[str, Any]:
     """Sign the current tree head (joins the caller's transaction, or opens one)."""
     if conn.in_transaction:
         return _checkpoint(conn, key)
@@ -39,7 +38,7 @@ def checkpoint(conn: sqlite3.Connection, key: Ed25519PrivateKey) -> dict[str, An
 
 
 def maybe_checkpoint(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     key: Ed25519PrivateKey,
     every: int,
     *,
@@ -64,7 +63,7 @@ def maybe_checkpoint(
     return None
 
 
-def _checkpoint(conn: sqlite3.Connection, key: Ed25519PrivateKey) -> dict[str, Any]:
+def _checkpoint(conn: store.Connection, key: Ed25519PrivateKey) -> dict[str, Any]:
     n = log_size(conn)
     last = conn.execute(
         "SELECT * FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1"
@@ -99,14 +98,14 @@ def _checkpoint(conn: sqlite3.Connection, key: Ed25519PrivateKey) -> dict[str, A
     return {"tree_size": n, "root_hash": root, "time": time, "signature": signature, "key_id": kid}
 
 
-def checkpoint_dict(row: sqlite3.Row) -> dict[str, Any]:
+def checkpoint_dict(row: store.Row) -> dict[str, Any]:
     return {k: row[k] for k in ("tree_size", "root_hash", "time", "signature", "key_id")}
 
 
-def log_size(conn: sqlite3.Connection) -> int:
+def log_size(conn: store.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0])
 
 
-def checkpoints(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def checkpoints(conn: store.Connection) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM audit_checkpoints ORDER BY tree_size").fetchall()
     return [checkpoint_dict(r) for r in rows]

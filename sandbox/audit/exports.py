@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sandbox import store
 from sandbox.audit.checkpointing import checkpoints, log_size
 from sandbox.audit.log import (
     CHECKPOINT_FORMAT,
@@ -80,7 +80,7 @@ def parse_since(since: str | None) -> str | None:
 
 
 def export_log(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     out: io.TextIOBase | Any,
     *,
     since: str | None = None,
@@ -370,7 +370,7 @@ def read_checkpoints(path: Path) -> list[dict[str, Any]]:
 
 
 def export(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     out: Any,
     *,
     since: str | None = None,

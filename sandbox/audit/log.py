@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -248,7 +247,7 @@ def _check_value(value: Any, where: str) -> None:
 
 
 def append(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     actor: str,
     role: str,
@@ -281,7 +280,7 @@ def append(
 
 
 def events(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     action: str | None = None,
     actor: str | None = None,
@@ -312,7 +311,7 @@ def row_event(r: Any) -> AuditEvent:
     return AuditEvent(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], bytes(r[8]), bytes(r[9]))
 
 
-def iter_log(conn: sqlite3.Connection) -> Iterator[AuditEvent]:
+def iter_log(conn: store.Connection) -> Iterator[AuditEvent]:
     # Plain tuples (no Row objects) straight into AuditEvent: this is the hot loop of
     # verification. A cell of the wrong type (tampering) simply fails to match.
     cur = conn.cursor()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sandbox import store
 from sandbox.audit.checkpointing import checkpoint_dict, checkpoint_message
 from sandbox.audit.log import CONSISTENCY_FORMAT, PROOF_FORMAT, AuditInvalid, canonical_json, events
 from sandbox.audit.merkle import (
@@ -25,7 +25,7 @@ from sandbox.signing import key_id, load_public_key
 # --------------------------------------------------------------------------- proofs
 
 
-def _leaves(conn: sqlite3.Connection, size: int) -> list[bytes]:
+def _leaves(conn: store.Connection, size: int) -> list[bytes]:
     leaves = [
         bytes(r[0])
         for r in conn.execute(
@@ -37,7 +37,7 @@ def _leaves(conn: sqlite3.Connection, size: int) -> list[bytes]:
     return leaves
 
 
-def _find_checkpoint(conn: sqlite3.Connection, tree_size: int | None, at_least: int) -> Any:
+def _find_checkpoint(conn: store.Connection, tree_size: int | None, at_least: int) -> Any:
     if tree_size is None:
         row = conn.execute(
             "SELECT * FROM audit_checkpoints WHERE tree_size >= ? ORDER BY tree_size DESC LIMIT 1",
@@ -54,7 +54,7 @@ def _find_checkpoint(conn: sqlite3.Connection, tree_size: int | None, at_least: 
     return row
 
 
-def prove(conn: sqlite3.Connection, seq: int, tree_size: int | None = None) -> dict[str, Any]:
+def prove(conn: store.Connection, seq: int, tree_size: int | None = None) -> dict[str, Any]:
     """An RFC 6962 inclusion proof of entry ``seq`` against a signed checkpoint."""
     found = events(conn, since_seq=seq - 1, limit=1)
     if seq < 1 or not found or found[0].seq != seq:
@@ -123,7 +123,7 @@ def verify_proof(proof: dict[str, Any], public_key: Ed25519PublicKey | Path | st
 
 
 def prove_consistency(
-    conn: sqlite3.Connection, old_size: int, new_size: int | None = None
+    conn: store.Connection, old_size: int, new_size: int | None = None
 ) -> dict[str, Any]:
     """An RFC 6962 consistency proof between two signed checkpoints."""
     old = _find_checkpoint(conn, old_size, 0)

@@ -4,15 +4,15 @@ signature checked, the FIRST problem reported by kind and sequence number."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sandbox import store
 from sandbox.audit.checkpointing import checkpoint_message, checkpoints
 from sandbox.audit.exports import read_export
 from sandbox.audit.log import AuditEvent, EventSource, event_leaf, iter_log
@@ -87,7 +87,7 @@ class VerifyReport:
 
 
 def verify(
-    source: sqlite3.Connection | Path | str,
+    source: store.Connection | Path | str,
     public_key: Ed25519PublicKey | Path | str | bytes | None,
     *,
     trusted_checkpoints: list[dict[str, Any]] | None = None,
@@ -103,11 +103,11 @@ def verify(
     the checkpoint table and rewriting history with recomputed hashes leaves exactly that.
     """
     warnings: list[str] = []
-    if isinstance(source, sqlite3.Connection):
+    if store.is_connection(source):
         src = EventSource(iter_log(source), checkpoints(source))
     else:
         try:
-            src = read_export(Path(source))
+            src = read_export(Path(cast(Path | str, source)))
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise BadInput(
                 "The file is not a readable audit export.", code="AUDIT_INVALID"

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
 def _conn(s: Settings) -> Any:
     from sandbox import store
 
-    return store.connect(s.db_path)
+    return store.connect(s.database)
 
 
 def _local_actor() -> str:

@@ -89,7 +89,7 @@ def issue_demo_tokens(settings: Settings, *, expires_in: str = "30d") -> list[di
     from sandbox.service import issue_token
 
     grants = load_grants(settings.policies, load_catalog(settings.policies))
-    conn = store.connect(settings.db_path)
+    conn = store.connect(settings.database)
     try:
         tokens.revoke_label(conn, DEMO_LABEL)
         return [
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
         role, subject = chosen[0]
         settings = _settings(ctx)
         grants = load_grants(settings.policies, load_catalog(settings.policies))
-        conn = store.connect(settings.db_path)
+        conn = store.connect(settings.database)
         try:
             record = issue_token(
                 conn, role=role, subject=subject, expires_in=expires_in, grants=grants
@@ -249,7 +249,7 @@ def register(app: typer.Typer) -> None:
         """Revoke a token at once."""
         from sandbox import store, tokens
 
-        conn = store.connect(_settings(ctx).db_path)
+        conn = store.connect(_settings(ctx).database)
         try:
             record = tokens.revoke_token(conn, token_id)
         finally:
@@ -268,7 +268,7 @@ def register(app: typer.Typer) -> None:
 
         s = _settings(ctx)
         say_local(s, ignored_url=configured_url(ctx))
-        conn = store.connect(s.db_path)
+        conn = store.connect(s.database)
         try:
             records = tokens.list_tokens(conn)
         finally:

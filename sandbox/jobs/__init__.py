@@ -16,8 +16,12 @@ Modules (imports only go down this list, no cycles):
 - ``incidents``: a failure's incident id, its non-data facts, its log line, its row.
 - ``pipeline``: ``JobPipeline``, the stages (prepare, execute, noise, review, route,
   release under one lock, fail, cancel) and the budget they reserve, charge, release.
-- ``recovery``: what a server start does with jobs a previous server left.
-- ``worker``: ``JobWorker``, the stages on a bounded thread pool, recovery at start.
+- ``leases``: which server drives which job (``claimed_by``), heartbeats, and when a
+  server is dead, so that another takes its jobs over (several servers, one database).
+- ``recovery``: what a server does with the jobs a dead server left (at its start,
+  and whenever its lease loop finds one).
+- ``worker``: ``JobWorker``, the stages on a bounded thread pool, recovery at start,
+  the lease loop.
 
 Importers use this package's names (``from sandbox.jobs import State``).
 """
@@ -34,6 +38,7 @@ from sandbox.jobs.incidents import (
     new_incident_id,
     record_incident,
 )
+from sandbox.jobs.leases import Lease
 from sandbox.jobs.pipeline import SYSTEM_ACTOR, SYSTEM_ROLE, JobPipeline, release_budget
 from sandbox.jobs.records import (
     OPERATOR_SAFE_SYSTEM,
@@ -64,6 +69,7 @@ __all__ = [
     "Job",
     "JobPipeline",
     "JobWorker",
+    "Lease",
     "S",
     "StageMark",
     "State",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +136,7 @@ def acro_thresholds(rules: ReviewRules, grades: list[str]) -> tuple[dict[str, An
 
 
 def submit(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     catalog: Catalog,
     grants: Grants,
@@ -235,7 +234,7 @@ def docker_executor(executor: Any) -> Any:
     return executor
 
 
-def script_of(conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
+def script_of(conn: store.Connection, job_id: str) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM analysis_scripts WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
         raise SystemFailure("An analysis job has no script.", code="INTERNAL")
@@ -249,7 +248,7 @@ def script_of(conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
     }
 
 
-def outputs_of(conn: sqlite3.Connection, job_id: str) -> dict[str, bytes]:
+def outputs_of(conn: store.Connection, job_id: str) -> dict[str, bytes]:
     rows = conn.execute(
         "SELECT name, content FROM analysis_outputs WHERE job_id = ? ORDER BY name", (job_id,)
     ).fetchall()
@@ -257,7 +256,7 @@ def outputs_of(conn: sqlite3.Connection, job_id: str) -> dict[str, bytes]:
 
 
 def execute(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     job_id: str,
     *,
     executor: Any,
@@ -324,7 +323,7 @@ def execute(
 
 
 def release(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     job: Job,
     *,
     products_dir: Path,
@@ -352,7 +351,7 @@ def release(
         outputs=outputs_of(conn, job.id),
     )
 
-    def register(c: sqlite3.Connection, j: Job) -> None:
+    def register(c: store.Connection, j: Job) -> None:
         if effects is not None:
             effects(c, j)
         audit.append(

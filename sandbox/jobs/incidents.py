@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 from typing import Any
 
+from sandbox import store
 from sandbox.errors import GENERIC_FAILURE, Refused, SandboxError, SystemFailure
 
 log = logging.getLogger("sandbox.jobs")
@@ -90,7 +90,7 @@ def log_incident(
     log.error("job.failed", extra={"fields": fields})
 
 
-def incident_for(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+def incident_for(conn: store.Connection, job_id: str) -> dict[str, Any] | None:
     """The failed job's incident: id, stage, exception type, code, category, exit code,
     OOM kill, memory peak (KiB). None for a job that did not fail."""
     row = conn.execute(
@@ -107,7 +107,7 @@ def incident_for(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None
 
 
 def record_incident(
-    conn: sqlite3.Connection, incident: str, job_id: str, facts: dict[str, Any], at: str
+    conn: store.Connection, incident: str, job_id: str, facts: dict[str, Any], at: str
 ) -> None:
     """Store the incident's facts on the job (one row per failed job)."""
     conn.execute(

@@ -16,13 +16,12 @@ and the privacy layer; what is stored is the reviewed NOISY result.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sandbox import products, review
+from sandbox import products, review, store
 from sandbox.catalog import Catalog
 from sandbox.datacheck import DataChecks
 from sandbox.errors import GENERIC_FAILURE, Conflict, NotFound, Refused, SystemFailure
@@ -67,6 +66,7 @@ class JobPipeline:
         self._release_lock = threading.Lock()  # one product written per job, ever
         self.datachecks = DataChecks(catalog)  # one-row-per-unit tables, checked once
         self.stopping = threading.Event()  # set by the worker's stop(): start nothing new
+        self.server_id: str | None = None  # the worker's lease: it claims what it runs
 
     # the synchronous part: compile, cost, reserve (no data is read)
     def grant_for(self, operator: str, scenario: str) -> Grant:
@@ -89,7 +89,7 @@ class JobPipeline:
         )
 
     def prepare(
-        self, conn: sqlite3.Connection, job: Job, *, compiled: tuple[Plan, Grant] | None = None
+        self, conn: store.Connection, job: Job, *, compiled: tuple[Plan, Grant] | None = None
     ) -> Job:
         """submitted → compiled → budget_reserved; a refusal ends in ``refused``
         (the reservation, if any, released) and is re-raised with the job id.
@@ -126,7 +126,7 @@ class JobPipeline:
                 plan = job.plan()
                 cost = self.cost_for(job, plan, grant)
 
-                def reserve(c: sqlite3.Connection, _job: Job) -> None:
+                def reserve(c: store.Connection, _job: Job) -> None:
                     ledger.reserve(c, grant=grant, dataset=plan.dataset, job_id=job.id, cost=cost)
 
                 job = transition(
@@ -147,6 +147,8 @@ class JobPipeline:
                 )
         except Refused as exc:
             current = get_job(conn, job.id)
+            if current.state != job.state:
+                raise  # moved on meanwhile by another server that took the job over
             if current.state in (S.SUBMITTED, S.COMPILED):
                 transition(
                     conn,
@@ -161,15 +163,15 @@ class JobPipeline:
             raise
         except Exception as exc:
             at = get_job(conn, job.id).state
+            if at != job.state:
+                raise  # moved on meanwhile by another server that took the job over
             self.fail(conn, job.id, exc, stage="compile" if at == S.SUBMITTED else "reserve")
             raise
         return job
 
     # the asynchronous part: run, noise, review, release
 
-    def execute(
-        self, conn: sqlite3.Connection, job_id: str, *, at: StageMark | None = None
-    ) -> None:
+    def execute(self, conn: store.Connection, job_id: str, *, at: StageMark | None = None) -> None:
         """budget_reserved → running → noised → (in_review | released). A failure is
         raised with ``at`` naming the stage it happened in."""
         from sandbox import ledger, privacy
@@ -185,7 +187,7 @@ class JobPipeline:
         # or policy as they are now (issue 15)
         cost = privacy.Cost.from_dict(json.loads(job["cost_json"]))
 
-        def charge(c: sqlite3.Connection, j: Job) -> None:
+        def charge(c: store.Connection, j: Job) -> None:
             from sandbox import audit
 
             ledger.charge(c, job_id)
@@ -200,8 +202,15 @@ class JobPipeline:
             )
 
         try:
+            claim = {"claimed_by": self.server_id} if self.server_id is not None else {}
             job = transition(
-                conn, job, S.RUNNING, actor=SYSTEM_ACTOR, role=SYSTEM_ROLE, effects=charge
+                conn,
+                job,
+                S.RUNNING,
+                actor=SYSTEM_ACTOR,
+                role=SYSTEM_ROLE,
+                effects=charge,
+                updates=claim,
             )
         except Conflict:
             return  # cancelled meanwhile
@@ -224,7 +233,7 @@ class JobPipeline:
 
     def _noised(
         self,
-        conn: sqlite3.Connection,
+        conn: store.Connection,
         job: Job,
         plan: Plan,
         noisy: Any,
@@ -287,7 +296,7 @@ class JobPipeline:
             at.name = "release"
         self.route(conn, job)
 
-    def route(self, conn: sqlite3.Connection, job: Job) -> Job:
+    def route(self, conn: store.Connection, job: Job) -> Job:
         """noised → released (no approval needed) or in_review."""
         if int(job["required_approvals"] or 0) == 0:
             return self.release(conn, job, reviewers=[], actor=SYSTEM_ACTOR, role=SYSTEM_ROLE)
@@ -302,13 +311,13 @@ class JobPipeline:
 
     def release(
         self,
-        conn: sqlite3.Connection,
+        conn: store.Connection,
         job: Job,
         *,
         reviewers: list[dict[str, Any]],
         actor: str,
         role: str,
-        effects: Callable[[sqlite3.Connection, Job], None] | None = None,
+        effects: Callable[[store.Connection, Job], None] | None = None,
     ) -> Job:
         """Sign and write the product files, then register them with the move to released."""
         with self._release_lock:
@@ -330,12 +339,12 @@ class JobPipeline:
 
     def _release(
         self,
-        conn: sqlite3.Connection,
+        conn: store.Connection,
         job: Job,
         reviewers: list[dict[str, Any]],
         actor: str,
         role: str,
-        effects: Callable[[sqlite3.Connection, Job], None] | None,
+        effects: Callable[[store.Connection, Job], None] | None,
     ) -> Job:
         released_at = now_iso()
         files = products.release_product(
@@ -347,7 +356,7 @@ class JobPipeline:
             sdc=json.loads(job["sdc"] or "{}"),
         )
 
-        def register(c: sqlite3.Connection, j: Job) -> None:
+        def register(c: store.Connection, j: Job) -> None:
             from sandbox import audit
 
             if effects is not None:
@@ -380,9 +389,7 @@ class JobPipeline:
             effects=register,
         )
 
-    def fail(
-        self, conn: sqlite3.Connection, job_id: str, exc: BaseException, *, stage: str
-    ) -> None:
+    def fail(self, conn: store.Connection, job_id: str, exc: BaseException, *, stage: str) -> None:
         """Record a failure as an incident; release the reservation if the job never ran.
 
         The incident is logged first (one JSON line, sandbox/logs.py), so it is logged
@@ -396,7 +403,7 @@ class JobPipeline:
         facts = incident_facts(exc, stage=stage)
         log_incident(incident, job_id, facts, exc, job.state.value)
 
-        def settle(c: sqlite3.Connection, j: Job) -> None:
+        def settle(c: store.Connection, j: Job) -> None:
             if j.state in BEFORE_RUNNING:
                 release_budget(c, j)
             record_incident(c, incident, j.id, facts, now_iso())
@@ -413,12 +420,12 @@ class JobPipeline:
         )
         products.discard(self.settings.products_dir, job_id)
 
-    def cancel(self, conn: sqlite3.Connection, job: Job, *, actor: str, role: str) -> Job:
+    def cancel(self, conn: store.Connection, job: Job, *, actor: str, role: str) -> Job:
         """Cancel a job that is not finished; the budget is kept once it has run."""
         if job.state in TERMINAL:
             raise Conflict(f"Job {job.id} is already {job.state.value}.")
 
-        def settle(c: sqlite3.Connection, j: Job) -> None:
+        def settle(c: store.Connection, j: Job) -> None:
             if j.state in BEFORE_RUNNING:
                 release_budget(c, j)
 
@@ -437,7 +444,7 @@ class JobPipeline:
     # restart
 
 
-def release_budget(conn: sqlite3.Connection, job: Job) -> None:
+def release_budget(conn: store.Connection, job: Job) -> None:
     """Return a job's reservation (it never read data); audited. No-op without one."""
     from sandbox import audit, ledger
 

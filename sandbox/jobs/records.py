@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -56,11 +55,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at         TEXT NOT NULL,
     finished_at        TEXT,
     idempotency_key    TEXT,
-    request_sha256     TEXT
+    request_sha256     TEXT,
+    claimed_by         TEXT  -- the server (leases.servers.id) that drives the job
 );
 CREATE INDEX IF NOT EXISTS jobs_operator ON jobs (operator, created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_transitions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- SQLite: the rowid (older tables: rowid)
     job_id      TEXT NOT NULL,
     from_state  TEXT,
     to_state    TEXT NOT NULL,
@@ -91,10 +92,10 @@ ADDED_COLUMNS = {
 }
 
 
-def _upgrade(conn: sqlite3.Connection) -> None:
-    """An older database gains the added columns; then one job per (operator, key):
-    the index that makes a retried submission find its job instead of making a second
-    (the INSERT that would break it fails inside ``create_job``'s transaction)."""
+def _v1_idempotency(conn: store.Connection) -> None:
+    """An older database gains the idempotency columns; then one job per (operator,
+    key): the index that makes a retried submission find its job instead of making a
+    second (the INSERT that would break it fails inside ``create_job``'s transaction)."""
     store.add_columns(conn, "jobs", ADDED_COLUMNS)
     conn.execute(
         "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (operator, idempotency_key)"
@@ -102,7 +103,12 @@ def _upgrade(conn: sqlite3.Connection) -> None:
     )
 
 
-store.register_schema("sandbox.jobs", SCHEMA, upgrade=_upgrade)
+def _v2_claims(conn: store.Connection) -> None:
+    """Which server drives a job (several servers on one database, issue 19)."""
+    store.add_columns(conn, "jobs", {"claimed_by": "TEXT"})
+
+
+store.register_schema("sandbox.jobs", SCHEMA, migrations=[_v1_idempotency, _v2_claims])
 
 
 def now_iso() -> str:
@@ -210,14 +216,14 @@ class Job:
         return out
 
 
-def get_job(conn: sqlite3.Connection, job_id: str) -> Job:
+def get_job(conn: store.Connection, job_id: str) -> Job:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise NotFound(f"No job {job_id!r}.", hint="`sandbox jobs` lists your jobs.")
     return Job(dict(row))
 
 
-def find_by_idempotency_key(conn: sqlite3.Connection, operator: str, key: str) -> Job | None:
+def find_by_idempotency_key(conn: store.Connection, operator: str, key: str) -> Job | None:
     """The operator's job submitted with this idempotency key, if any (keys are the
     operator's own: another operator's same key is another job)."""
     row = conn.execute(
@@ -227,7 +233,7 @@ def find_by_idempotency_key(conn: sqlite3.Connection, operator: str, key: str) -
 
 
 def list_jobs(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     operator: str | None = None,
     states: list[str] | None = None,
@@ -250,22 +256,25 @@ def list_jobs(
     return [Job(dict(r)) for r in conn.execute(sql, args).fetchall()]
 
 
-def transitions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+def transitions(conn: store.Connection, job_id: str) -> list[dict[str, Any]]:
+    # the order they were written in: SQLite's rowid (``id`` where the table has it),
+    # PostgreSQL's identity column
+    order = "id" if store.dialect(conn) == "postgresql" else "rowid"
     rows = conn.execute(
         "SELECT from_state, to_state, actor, at FROM job_transitions WHERE job_id = ?"
-        " ORDER BY rowid",
+        f" ORDER BY {order}",
         (job_id,),
     ).fetchall()
     return [dict(r) for r in rows]
 
 
-def join_transaction(conn: sqlite3.Connection) -> AbstractContextManager[Any]:
+def join_transaction(conn: store.Connection) -> AbstractContextManager[Any]:
     """Join the caller's transaction, or open one."""
     return nullcontext(conn) if conn.in_transaction else store.transaction(conn)
 
 
 def create_job(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     operator: str,
     scenario: str,
@@ -277,12 +286,15 @@ def create_job(
     role: str,
     idempotency_key: str | None = None,
     request_sha256: str | None = None,
+    claimed_by: str | None = None,
 ) -> Job:
     """Insert a job in ``submitted`` and write its audit event, together.
 
     With an ``idempotency_key`` (and the digest of the request it came with), a second
-    job of the same operator and key raises ``sqlite3.IntegrityError`` and nothing of
-    it is written; the caller finds the first with ``find_by_idempotency_key``."""
+    job of the same operator and key raises ``store.IntegrityError`` and nothing of
+    it is written; the caller finds the first with ``find_by_idempotency_key``.
+    ``claimed_by``: the server that will drive the job (``leases``); a job no live
+    server claims is taken over by one that is."""
     from sandbox import audit
 
     job_id = "j-" + secrets.token_hex(6)
@@ -291,8 +303,8 @@ def create_job(
     with join_transaction(conn):
         conn.execute(
             "INSERT INTO jobs (id, operator, scenario, sql, sql_sha256, sql_shape, epsilon, delta,"
-            " weights, state, created_at, updated_at, idempotency_key, request_sha256)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " weights, state, created_at, updated_at, idempotency_key, request_sha256,"
+            " claimed_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job_id,
                 operator,
@@ -308,6 +320,7 @@ def create_job(
                 at,
                 idempotency_key,
                 request_sha256,
+                claimed_by,
             ),
         )
         conn.execute(
@@ -328,7 +341,7 @@ def create_job(
 
 
 def transition(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     job: Job | str,
     to_state: State,
     *,
@@ -336,7 +349,7 @@ def transition(
     role: str,
     details: dict[str, Any] | None = None,
     updates: dict[str, Any] | None = None,
-    effects: Callable[[sqlite3.Connection, Job], None] | None = None,
+    effects: Callable[[store.Connection, Job], None] | None = None,
 ) -> Job:
     """Move a job to ``to_state``: check, side effects, row update, audit; one transaction.
 

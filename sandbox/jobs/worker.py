@@ -1,26 +1,29 @@
 """``JobWorker``: runs jobs off the request path on a bounded thread pool.
 
-At start it recovers what a previous server left (``recovery.recover``); ``enqueue``
-hands a reserved job to the pool; a worker records any failure on the job itself.
-``execute`` and the release dispatch by the job's ``kind``: an analysis job
-(sandbox/jobs/analysis.py) runs its script and is released as an analysis product.
+At start it registers its lease (``leases``) and recovers what a dead server left
+(``recovery.recover``); then a lease thread renews the lease every third of
+``SANDBOX_LEASE_SECONDS`` and takes over the jobs of servers that died since (several
+servers on one database). ``enqueue`` hands a reserved job to the pool; a worker
+records any failure on the job itself. ``execute`` and the release dispatch by the
+job's ``kind``: an analysis job (sandbox/jobs/analysis.py) runs its script and is
+released as an analysis product.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sandbox import review
+from sandbox import review, store
 from sandbox.catalog import Catalog
 from sandbox.executors import Executor
 from sandbox.grants import Grants
 from sandbox.jobs import analysis
 from sandbox.jobs.incidents import StageMark
+from sandbox.jobs.leases import Lease
 from sandbox.jobs.pipeline import JobPipeline
 from sandbox.jobs.records import Job, get_job
 from sandbox.jobs.recovery import recover
@@ -42,7 +45,7 @@ class JobWorker(JobPipeline):
         rules: review.ReviewRules,
         executor: Executor,
         product_key: Any,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], store.Connection],
         after_job: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
@@ -57,6 +60,10 @@ class JobWorker(JobPipeline):
         self._after_job = after_job
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.lease = Lease(settings.lease_s)
+        self.server_id = self.lease.server_id
+        self._lease_thread: threading.Thread | None = None
+        self._lease_stop = threading.Event()
 
     # lifecycle
     def start(self) -> None:
@@ -67,14 +74,27 @@ class JobWorker(JobPipeline):
             self._pool = ThreadPoolExecutor(
                 max_workers=max(1, self.settings.concurrency), thread_name_prefix="job"
             )
+        self.lease.register(self._connect())
         self.recover()
+        self._lease_stop.clear()
+        self._lease_thread = threading.Thread(
+            target=self._lease_loop, name="job-lease", daemon=True
+        )
+        self._lease_thread.start()
 
     def stop(self, *, wait: bool = True) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
         self.stopping.set()
+        self._lease_stop.set()
+        thread, self._lease_thread = self._lease_thread, None
+        if thread is not None:
+            thread.join()
         if pool is not None:
             pool.shutdown(wait=wait, cancel_futures=True)
+            # the jobs it never ran (and, with wait=False, those still running) are
+            # taken over by the next server to look
+            self.lease.stop(self._connect())
 
     def enqueue(self, job_id: str) -> None:
         with self._lock:
@@ -106,9 +126,7 @@ class JobWorker(JobPipeline):
                 log.error("audit.checkpoint_failed", extra={"fields": fields})
 
     # job kinds
-    def execute(
-        self, conn: sqlite3.Connection, job_id: str, *, at: StageMark | None = None
-    ) -> None:
+    def execute(self, conn: store.Connection, job_id: str, *, at: StageMark | None = None) -> None:
         """Run a job: a SQL job through ``JobPipeline.execute``, an analysis job's
         script in the runner container (then in_review, always)."""
         job = get_job(conn, job_id)
@@ -130,12 +148,12 @@ class JobWorker(JobPipeline):
 
     def _release(
         self,
-        conn: sqlite3.Connection,
+        conn: store.Connection,
         job: Job,
         reviewers: list[dict[str, Any]],
         actor: str,
         role: str,
-        effects: Callable[[sqlite3.Connection, Job], None] | None,
+        effects: Callable[[store.Connection, Job], None] | None,
     ) -> Job:
         if job["kind"] != analysis.KIND:
             return super()._release(conn, job, reviewers, actor, role, effects)
@@ -150,7 +168,25 @@ class JobWorker(JobPipeline):
             effects=effects,
         )
 
-    # restart
+    # restart, and servers that die
     def recover(self) -> dict[str, int]:
-        """Resume or fail, honestly, what a previous server left unfinished."""
-        return recover(self._connect(), self, self.enqueue)
+        """Take over and resume or fail, honestly, what dead servers left unfinished."""
+        return recover(
+            self._connect(),
+            self,
+            self.enqueue,
+            orphans=self.lease.orphans,
+            claim=self.lease.take_over,
+        )
+
+    def _lease_loop(self) -> None:
+        """Renew the lease; take over the jobs of servers found dead. Never raises."""
+        from sandbox.logs import describe
+
+        while not self._lease_stop.wait(self.lease.renew_every):
+            try:
+                self.lease.renew(self._connect())
+                self.recover()
+            except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                fields = {"event": "jobs.lease_failed", **describe(exc)}
+                log.error("jobs.lease_failed", extra={"fields": fields})

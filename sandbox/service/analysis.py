@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from sandbox.service.ratelimit import check_active_jobs
 from sandbox.tokens import Principal, Role
 
 if TYPE_CHECKING:
+    from sandbox import store
     from sandbox.catalog import Catalog
     from sandbox.grants import Grants
     from sandbox.jobs import Job, JobWorker
@@ -56,7 +56,7 @@ class AnalysisJobs:
 
         @property
         def grants(self) -> Grants: ...
-        def conn(self) -> sqlite3.Connection: ...
+        def conn(self) -> store.Connection: ...
         def maybe_checkpoint(self) -> None: ...
         def _audit(self, actor: str, role: str, action: str, **kw: Any) -> None: ...
         def _job_view(self, p: Principal, job: Job, *, detail: bool = False) -> dict[str, Any]: ...

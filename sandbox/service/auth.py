@@ -3,12 +3,11 @@ ownership checks (someone else's job is "not found"), and issuing tokens."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sandbox import jobs, tokens
+from sandbox import jobs, store, tokens
 from sandbox.errors import BadInput, Conflict, Forbidden, NotFound, RateLimited, Refused
 from sandbox.grants import Grants
 from sandbox.jobs import Job, State
@@ -27,14 +26,14 @@ AuditFn = Callable[..., None]
 class TokenIssuer(Protocol):
     """What ``issue_token`` needs of a ``Service``: its connection and its grants."""
 
-    def conn(self) -> sqlite3.Connection: ...
+    def conn(self) -> store.Connection: ...
 
     @property
     def grants(self) -> Grants: ...
 
 
 def authenticate(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     token: str | None,
     *,
     client: str,
@@ -71,7 +70,7 @@ def require(p: Principal, roles: tuple[Role, ...]) -> None:
         )
 
 
-def own_job(conn: sqlite3.Connection, p: Principal, job_id: str) -> Job:
+def own_job(conn: store.Connection, p: Principal, job_id: str) -> Job:
     """The job if the caller may see it; NotFound otherwise (never Forbidden)."""
     require(p, (Role.OPERATOR, Role.SUPERVISOR))
     job = jobs.get_job(conn, job_id)
@@ -80,7 +79,7 @@ def own_job(conn: sqlite3.Connection, p: Principal, job_id: str) -> Job:
     return job
 
 
-def released_job(conn: sqlite3.Connection, p: Principal, job_id: str) -> Job:
+def released_job(conn: store.Connection, p: Principal, job_id: str) -> Job:
     """The caller's job (``own_job``) if it is released; Conflict otherwise."""
     job = own_job(conn, p, job_id)
     if job.state != State.RELEASED:
@@ -92,7 +91,7 @@ def released_job(conn: sqlite3.Connection, p: Principal, job_id: str) -> Job:
 
 
 def issue_token(
-    svc_or_conn: TokenIssuer | sqlite3.Connection,
+    svc_or_conn: TokenIssuer | store.Connection,
     *,
     role: str,
     subject: str,
@@ -106,10 +105,11 @@ def issue_token(
         r = Role(role)
     except ValueError as exc:
         raise BadInput(f"Unknown role {role!r}.", hint="operator, supervisor or admin.") from exc
-    if isinstance(svc_or_conn, sqlite3.Connection):
+    if store.is_connection(svc_or_conn):
         conn = svc_or_conn
     else:
-        conn, grants = svc_or_conn.conn(), svc_or_conn.grants
+        issuer = cast(TokenIssuer, svc_or_conn)
+        conn, grants = issuer.conn(), issuer.grants
     subject = tokens.principal_id(subject) if subject.strip() else subject
     if r == Role.OPERATOR and grants is not None and grants.operator(subject) is None:
         known = ", ".join(o.id for o in grants.operators)

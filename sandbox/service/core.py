@@ -1,5 +1,5 @@
 """The ``Service`` facade: the control plane's state (settings, catalogue, grants,
-keys, the job worker, one SQLite connection per thread) and every operation the faces
+keys, the job worker, one database connection per thread) and every operation the faces
 call, each checking the caller's role and ownership first."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ class Service(Submissions, AnalysisJobs):
         self._grants: Grants = load_grants(settings.policies, self.catalog)
         self.rules = review.load_rules(settings.policies)
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[store.Connection] = []
         self._conns_lock = threading.Lock()
         self.rate = RateLimiter(settings.rate_per_minute)
         self.explain_rate = RateLimiter(settings.explain_per_minute)
@@ -74,11 +73,11 @@ class Service(Submissions, AnalysisJobs):
 
     # --- plumbing ------------------------------------------------------------------
 
-    def conn(self) -> sqlite3.Connection:
-        """One SQLite connection per thread (transactions must not interleave)."""
+    def conn(self) -> store.Connection:
+        """One database connection per thread (transactions must not interleave)."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = store.connect(self.settings.db_path)
+            c = store.connect(self.settings.database)
             self._local.conn = c
             with self._conns_lock:
                 self._conns.append(c)
@@ -143,7 +142,7 @@ class Service(Submissions, AnalysisJobs):
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for c in conns:
-            with contextlib.suppress(sqlite3.ProgrammingError):  # another thread's
+            with contextlib.suppress(store.ProgrammingError):  # another thread's
                 c.close()
         self._local = threading.local()
 

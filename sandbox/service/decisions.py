@@ -3,7 +3,6 @@ rejection rejects the job (its product is discarded), enough approvals release i
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sandbox.tokens import Principal
 
 
 def record_review(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     pipeline: JobPipeline,
     products_dir: Path,
     p: Principal,

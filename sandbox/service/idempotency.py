@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sandbox import store
 from sandbox.errors import BadInput, Conflict
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Submission:
     replayed: bool = False
 
 
-def earlier_job(conn: sqlite3.Connection, operator: str, key: str, fingerprint: str) -> Job | None:
+def earlier_job(conn: store.Connection, operator: str, key: str, fingerprint: str) -> Job | None:
     """The operator's job made with ``key``, or None; Conflict (409
     IDEMPOTENCY_KEY_REUSED) if it was made from a different request."""
     from sandbox.jobs import find_by_idempotency_key
@@ -143,7 +143,7 @@ def earlier_job(conn: sqlite3.Connection, operator: str, key: str, fingerprint: 
 
 
 def create_once(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     operator: str,
     key: str | None,
     fingerprint: str,
@@ -154,7 +154,7 @@ def create_once(
     written), that request's job."""
     try:
         return create(), False
-    except sqlite3.IntegrityError:
+    except store.IntegrityError:
         earlier = earlier_job(conn, operator, key, fingerprint) if key is not None else None
         if earlier is None:
             raise

@@ -4,13 +4,12 @@ jobs one operator may have active."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from sandbox import jobs
+from sandbox import jobs, store
 from sandbox.errors import RateLimited
 from sandbox.jobs import State
 
@@ -94,7 +93,7 @@ class TimeBudget:
                 self._spent.setdefault(key, deque()).append((ended, ended - began))
 
 
-def check_active_jobs(conn: sqlite3.Connection, operator: str) -> None:
+def check_active_jobs(conn: store.Connection, operator: str) -> None:
     """Refuse a new job while the operator has ``MAX_ACTIVE_JOBS`` waiting or running."""
     active = len(
         jobs.list_jobs(

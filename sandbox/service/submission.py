@@ -8,10 +8,9 @@ worker runs it later); a retry with the same idempotency key is a replay
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from sandbox import jobs
+from sandbox import jobs, store
 from sandbox.errors import BadInput
 from sandbox.service import idempotency
 from sandbox.service.auth import OPERATOR, require
@@ -41,7 +40,7 @@ class Submissions:
 
     if TYPE_CHECKING:  # defined by Service
 
-        def conn(self) -> sqlite3.Connection: ...
+        def conn(self) -> store.Connection: ...
         def maybe_checkpoint(self) -> None: ...
         def _dataset(self, dataset_id: str) -> Dataset: ...
         def _job_view(self, p: Principal, job: Job, *, detail: bool = False) -> dict[str, Any]: ...
@@ -151,6 +150,7 @@ class Submissions:
                     role=p.role.value,
                     idempotency_key=key,
                     request_sha256=digest if key is not None else None,
+                    claimed_by=self.worker.server_id,
                 ),
             )
             if replayed:  # a concurrent request with the key made it first

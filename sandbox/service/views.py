@@ -8,13 +8,12 @@ supervisors also see previews."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sandbox import display, jobs, ledger, products, review
+from sandbox import display, jobs, ledger, products, review, store
 from sandbox.catalog import Catalog, Dataset
 from sandbox.errors import BadInput
 from sandbox.grants import Grant, Grants
@@ -91,7 +90,7 @@ def grant_view(g: Grant) -> dict[str, Any]:
 
 
 def job_view(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     products_dir: Path,
     p: Principal,
     job: Job,
@@ -151,7 +150,7 @@ def job_view(
 
 
 def budget_rows(
-    conn: sqlite3.Connection, catalog: Catalog, grants: Iterable[Grant]
+    conn: store.Connection, catalog: Catalog, grants: Iterable[Grant]
 ) -> list[dict[str, Any]]:
     """What is left of each grant's budget, per private dataset, and what that means in
     queries (``outlook``: a typical cost, the queries left at it, for ρ the ε-equivalent;
@@ -181,7 +180,7 @@ def budget_rows(
     return out
 
 
-def since_seq(conn: sqlite3.Connection, since: str | None) -> int:
+def since_seq(conn: store.Connection, since: str | None) -> int:
     """The audit search's ``since`` (a sequence number or an ISO time) as the sequence
     number events must come after."""
     if since is None or since == "":

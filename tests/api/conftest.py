@@ -26,8 +26,13 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory, catalog, policies_d
 
 
 @pytest.fixture()
-def api_settings(tmp_path: Path, policies_dir: Path, synthetic_root: Path) -> Settings:
+def api_settings(
+    tmp_path: Path, policies_dir: Path, synthetic_root: Path, request: pytest.FixtureRequest
+) -> Settings:
+    from tests.conftest import suite_database_url
+
     return Settings(
+        database_url=suite_database_url(request),
         home=tmp_path / "home",
         policies=policies_dir,
         data_root=synthetic_root,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,16 @@ ACTIONS = ["job.submitted", "job.compiled", "job.budget_reserved", "job.running"
 
 
 def make_log(
-    path: Path, n: int, *, every: int = 10, key: Ed25519PrivateKey | None = None
-) -> tuple[sqlite3.Connection, Ed25519PrivateKey]:
-    """A log of n events, checkpointed every ``every`` (as the server does)."""
-    conn = store.connect(path / "sandbox.db")
+    path: Path,
+    n: int,
+    *,
+    every: int = 10,
+    key: Ed25519PrivateKey | None = None,
+    db: Path | str | None = None,
+) -> tuple[store.Connection, Ed25519PrivateKey]:
+    """A log of n events, checkpointed every ``every`` (as the server does), in ``db``
+    (the ``database`` fixture: SQLite or PostgreSQL; default: path/sandbox.db)."""
+    conn = store.connect(path / "sandbox.db" if db is None else db)
     key = key or signing.load_or_create(path / "keys", "audit")
     for i in range(1, n + 1):
         with store.transaction(conn):
@@ -35,7 +40,7 @@ def make_log(
     return conn, key
 
 
-def forge(conn: sqlite3.Connection, seq: int, prev_chain: bytes, **fields: Any) -> bytes:
+def forge(conn: store.Connection, seq: int, prev_chain: bytes, **fields: Any) -> bytes:
     """Insert an event with self-consistent leaf and chain hashes (an attacker who knows
     the algorithm but not the key). Returns its chain hash."""
     ev: dict[str, Any] = {
@@ -80,13 +85,13 @@ def forge(conn: sqlite3.Connection, seq: int, prev_chain: bytes, **fields: Any) 
     return chain
 
 
-def renumber(conn: sqlite3.Connection, from_seq: int, delta: int) -> None:
+def renumber(conn: store.Connection, from_seq: int, delta: int) -> None:
     """Shift the seq of every entry >= from_seq by delta (two steps: seq is the key)."""
     conn.execute("UPDATE audit_events SET seq = -(seq + ?) WHERE seq >= ?", (delta, from_seq))
     conn.execute("UPDATE audit_events SET seq = -seq WHERE seq < 0")
 
 
-def chain_at(conn: sqlite3.Connection, seq: int) -> bytes:
+def chain_at(conn: store.Connection, seq: int) -> bytes:
     if seq == 0:
         return audit.ZERO_HASH
     return bytes(
@@ -94,7 +99,7 @@ def chain_at(conn: sqlite3.Connection, seq: int) -> bytes:
     )
 
 
-def rehash_from(conn: sqlite3.Connection, seq: int) -> None:
+def rehash_from(conn: store.Connection, seq: int) -> None:
     """Recompute leaf and chain hashes from ``seq`` on (an attacker covering tracks)."""
     chain = chain_at(conn, seq - 1)
     for ev in audit.events(conn, since_seq=seq - 1):
@@ -109,7 +114,7 @@ def rehash_from(conn: sqlite3.Connection, seq: int) -> None:
         )
 
 
-def problem(conn: sqlite3.Connection, key: Ed25519PrivateKey) -> audit.Problem:
+def problem(conn: store.Connection, key: Ed25519PrivateKey) -> audit.Problem:
     report = audit.verify(conn, key.public_key())
     assert not report.ok
     assert report.problem is not None

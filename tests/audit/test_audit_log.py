@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,8 +22,8 @@ from tests.audit.audit_factories import (
 )
 
 
-def test_append_assigns_gap_free_seq_and_verifies(tmp_path: Path) -> None:
-    conn, key = make_log(tmp_path, 45, every=10)
+def test_append_assigns_gap_free_seq_and_verifies(tmp_path: Path, database: Path | str) -> None:
+    conn, key = make_log(tmp_path, 45, db=database, every=10)
     rows = audit.events(conn)
     assert [e.seq for e in rows] == list(range(1, 46))
     assert json.loads(rows[0].details) == {
@@ -40,8 +39,8 @@ def test_append_assigns_gap_free_seq_and_verifies(tmp_path: Path) -> None:
     assert "5 entries after the last signed checkpoint" in report.warnings[0]
 
 
-def test_leaf_hash_is_rfc6962_over_canonical_json(tmp_path: Path) -> None:
-    conn, _ = make_log(tmp_path, 3)
+def test_leaf_hash_is_rfc6962_over_canonical_json(tmp_path: Path, database: Path | str) -> None:
+    conn, _ = make_log(tmp_path, 3, db=database)
     ev = audit.events(conn)[1]
     obj = {
         "seq": ev.seq,
@@ -60,8 +59,8 @@ def test_leaf_hash_is_rfc6962_over_canonical_json(tmp_path: Path) -> None:
     assert audit.merkle_root(leaves) == hashlib.sha256(b"\x01" + left + leaves[2]).digest()
 
 
-def test_append_outside_a_transaction_is_refused(tmp_path: Path) -> None:
-    conn = store.connect(tmp_path / "db.sqlite")
+def test_append_outside_a_transaction_is_refused(database: Path | str) -> None:
+    conn = store.connect(database)
     with pytest.raises(RuntimeError, match="inside store.transaction"):
         audit.append(conn, actor="a", role="admin", action="key.created")
     with store.transaction(conn), pytest.raises(ValueError, match="noun.verb"):
@@ -85,14 +84,14 @@ def test_append_outside_a_transaction_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_details_that_could_carry_data_are_refused(tmp_path: Path, details: dict) -> None:
-    conn = store.connect(tmp_path / "db.sqlite")
+    conn = store.connect(tmp_path / "db.sqlite")  # refused before any SQL: one back end
     with pytest.raises(ValueError), store.transaction(conn):
         audit.append(conn, actor="system", role="system", action="job.noised", details=details)
     assert audit.events(conn) == []  # the transaction rolled back
 
 
-def test_counts_and_small_lists_are_allowed_in_details(tmp_path: Path) -> None:
-    conn = store.connect(tmp_path / "db.sqlite")
+def test_counts_and_small_lists_are_allowed_in_details(database: Path | str) -> None:
+    conn = store.connect(database)
     with store.transaction(conn):
         seq = audit.append(
             conn,
@@ -109,8 +108,8 @@ def test_counts_and_small_lists_are_allowed_in_details(tmp_path: Path) -> None:
     assert json.loads(audit.events(conn)[0].details)["rows"] == 12
 
 
-def test_concurrent_writers_keep_a_gap_free_sequence(tmp_path: Path) -> None:
-    db = tmp_path / "sandbox.db"
+def test_concurrent_writers_keep_a_gap_free_sequence(tmp_path: Path, database: Path | str) -> None:
+    db = database
     key = signing.load_or_create(tmp_path / "keys", "audit")
     store.connect(db).close()
     errors: list[BaseException] = []
@@ -169,8 +168,9 @@ CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _crash(tmp_path: Path, mode: str, wait_for: str, delay: float = 0.0) -> sqlite3.Connection:
-    db = tmp_path / "sandbox.db"
+def _crash(
+    tmp_path: Path, db: Path | str, mode: str, wait_for: str, delay: float = 0.0
+) -> store.Connection:
     conn = store.connect(db)
     conn.execute("CREATE TABLE demo_state (id TEXT PRIMARY KEY)")
     script = tmp_path / "crash.py"
@@ -190,7 +190,7 @@ def _crash(tmp_path: Path, mode: str, wait_for: str, delay: float = 0.0) -> sqli
     return conn
 
 
-def _assert_both_or_neither(conn: sqlite3.Connection) -> int:
+def _assert_both_or_neither(conn: store.Connection) -> int:
     states = {r[0] for r in conn.execute("SELECT id FROM demo_state")}
     subjects = {e.subject for e in audit.events(conn)}
     assert states == subjects
@@ -198,18 +198,24 @@ def _assert_both_or_neither(conn: sqlite3.Connection) -> int:
     return len(states)
 
 
-def test_kill_between_state_change_and_event_leaves_neither(tmp_path: Path) -> None:
-    conn = _crash(tmp_path, "hang", "changed")
+def test_kill_between_state_change_and_event_leaves_neither(
+    tmp_path: Path, database: Path | str
+) -> None:
+    conn = _crash(tmp_path, database, "hang", "changed")
     assert _assert_both_or_neither(conn) == 0
 
 
-def test_kill_after_event_before_commit_leaves_neither(tmp_path: Path) -> None:
-    conn = _crash(tmp_path, "hang-after", "appended")
+def test_kill_after_event_before_commit_leaves_neither(
+    tmp_path: Path, database: Path | str
+) -> None:
+    conn = _crash(tmp_path, database, "hang-after", "appended")
     assert _assert_both_or_neither(conn) == 0
 
 
-def test_kill_at_a_random_moment_leaves_both_or_neither(tmp_path: Path) -> None:
-    conn = _crash(tmp_path, "loop", "going", delay=0.3)
+def test_kill_at_a_random_moment_leaves_both_or_neither(
+    tmp_path: Path, database: Path | str
+) -> None:
+    conn = _crash(tmp_path, database, "loop", "going", delay=0.3)
     assert _assert_both_or_neither(conn) >= 50
     key = signing.load_or_create(tmp_path / "keys", "audit")
     audit.checkpoint(conn, key)

@@ -39,13 +39,15 @@ def synthetic(tmp_path_factory, catalog, policies_dir) -> Path:
 
 
 @pytest.fixture()
-def jsettings(tmp_path, policies_dir, synthetic) -> Settings:
+def jsettings(tmp_path, policies_dir, synthetic, database) -> Settings:
+    """Each test on both back ends: SQLite under HOME, or a fresh PostgreSQL database."""
     return Settings(
         home=tmp_path / "home",
         policies=policies_dir,
         data_root=synthetic,
         executor="local",
         concurrency=2,
+        database_url=database if isinstance(database, str) else "",
     )
 
 
@@ -90,8 +92,8 @@ def test_the_transition_table_is_closed():
     assert State.RUNNING not in jobs.ALLOWED[State.SUBMITTED]  # no skipping the budget
 
 
-def test_transition_checks_and_audits_in_one_transaction(tmp_path):
-    conn = store.connect(tmp_path / "j.db")
+def test_transition_checks_and_audits_in_one_transaction(database):
+    conn = store.connect(database)
     job = jobs.create_job(
         conn,
         operator="op",
