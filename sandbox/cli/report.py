@@ -53,7 +53,7 @@ def _local_report(s: Settings, operator: str | None, scenario: str | None) -> di
         grants = None  # the report still shows what the audit log holds
     from sandbox import store
 
-    conn = store.connect(s.db_path)
+    conn = store.connect(s.database)
     try:
         rep: dict[str, Any] = reports.build_report(
             conn, operator=operator, scenario=scenario, grants=grants, catalog=catalog
