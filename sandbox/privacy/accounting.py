@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import BudgetRefused, SystemFailure
@@ -19,6 +20,7 @@ from sandbox.privacy.mechanisms import (
     partition_threshold,
     quantile_alpha_fraction,
     vector_noise,
+    zcdp_conversion,
     zcdp_epsilon,
 )
 
@@ -112,12 +114,61 @@ class Cost:
         return cls(**fields, measures=measures)
 
 
+@lru_cache(maxsize=1024)
 def rho_from_epsilon_delta(epsilon: float, delta: float) -> float:
-    """The ρ whose standard conversion ε = ρ + 2√(ρ ln(1/δ)) gives exactly ``epsilon``."""
-    if not (epsilon > 0 and 0 < delta < 1):
+    """The largest ρ (to 10⁻¹¹ relative) whose OpenDP conversion to (ε, δ)-DP
+    (``make_zCDP_to_approxDP``, the Canonne–Kamath–Steinke bound) at δ gives at most
+    ``epsilon``.
+
+    Both sides keep ``FIT_MARGIN``: the conversion is asked at δ·FIT_MARGIN for an ε of
+    at most ε·FIT_MARGIN, so the decimal (ε, δ) the ledger charges holds even where the
+    floats sit a hair off it. The search starts from the classic ρ of
+    ε = ρ + 2√(ρ ln(1/δ)), which the tighter conversion always allows, and returns a ρ
+    whose conversion was checked (the ρ OpenDP's map itself converts), never an
+    interpolated one.
+    """
+    if not (math.isfinite(epsilon) and epsilon > 0 and 0 < delta < 1):
         raise ValueError("need epsilon > 0 and 0 < delta < 1")
-    log = math.log(1.0 / delta)
-    return (math.sqrt(log + epsilon) - math.sqrt(log)) ** 2
+    goal, at = epsilon * FIT_MARGIN, delta * FIT_MARGIN
+
+    def excess(rho: float) -> tuple[float, float]:
+        converted, eps = zcdp_conversion(rho, at)
+        return converted, eps - goal
+
+    log = math.log(1.0 / at)
+    lo, f_lo = excess((math.sqrt(log + goal) - math.sqrt(log)) ** 2)
+    for _ in range(100):  # not expected: the classic bound is the looser one
+        if f_lo <= 0:
+            break
+        lo, f_lo = excess(lo / 2)
+    hi = lo * 2
+    checked, f_hi = excess(hi)
+    for _ in range(100):  # a tiny ε: δ alone carries most of the guarantee, ρ ≫ classic
+        if f_hi > 0:
+            break
+        lo, f_lo, hi = checked, f_hi, hi * 16
+        checked, f_hi = excess(hi)
+    if not (f_lo <= 0 < f_hi and math.isfinite(f_hi)):
+        raise SystemFailure("Could not convert (ε, δ) to ρ.", code="INTERNAL")
+    side = 0  # Illinois regula falsi on a bracket that always keeps a checked lo
+    for _ in range(200):
+        if hi - lo <= lo * 1e-11:
+            break
+        x = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+        if not lo < x < hi:
+            x = (lo + hi) / 2
+        checked, f_x = excess(x)
+        if f_x <= 0:
+            lo, f_lo = checked, f_x
+            if side == -1:
+                f_hi /= 2
+            side = -1
+        else:
+            hi, f_hi = x, f_x
+            if side == 1:
+                f_lo /= 2
+            side = 1
+    return lo
 
 
 def plan_cost(
