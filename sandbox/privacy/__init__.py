@@ -20,7 +20,9 @@ histogram → quantile      score L∞ = R·max(a, d−a) per group (see below)
 ========================  ===================  ====================
 
 (L2 for rows is not smaller than L1: a unit may put all R rows in one group.) Float
-sums add OpenDP's floating-point relaxation (``FLOAT_SUM_MAX_ROWS``). Quantiles use
+sums add OpenDP's floating-point relaxation τ for sums of at most R × the dataset's
+declared ``max_units`` rows (``float_sum_rows``; the runner refuses a table with more
+units, ``sandbox.datacheck``): G·τ to L1 and √G·τ to L2. Quantiles use
 OpenDP's exponential-mechanism scores (``make_quantile_score_candidates``), computed
 here from the runner's histogram exactly as OpenDP computes them from rows, and
 select with ``make_noisy_max``; a unit's R rows change the scores of the groups it
@@ -58,11 +60,11 @@ from __future__ import annotations
 
 from sandbox.plan import MAX_CANDIDATES, quantile_candidates
 from sandbox.privacy.accounting import (
-    FLOAT_SUM_MAX_ROWS,
     Cost,
     MeasureCost,
     check_cost,
     check_epsilon_delta,
+    float_sum_rows,
     plan_cost,
     rho_from_epsilon_delta,
 )
@@ -80,6 +82,7 @@ __all__ = [
     "choose_delta",
     "default_delta",
     "explain",
+    "float_sum_rows",
     "needs_delta",
     "plan_cost",
     "quantile_alpha_fraction",
@@ -88,6 +91,5 @@ __all__ = [
     "release",
     "rho_from_epsilon_delta",
     "DEFAULT_DELTA_SHARE",
-    "FLOAT_SUM_MAX_ROWS",
     "MAX_CANDIDATES",
 ]

@@ -31,21 +31,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIT_MARGIN",
-    "FLOAT_SUM_MAX_ROWS",
     "MIN_EPSILON",
     "Cost",
     "MeasureCost",
     "check_cost",
     "check_epsilon_delta",
+    "float_sum_rows",
     "plan_cost",
     "rho_from_epsilon_delta",
 ]
-
-# Float sums are computed by the runner in double precision. Rounding can move a sum
-# by more than the clamped values explain; like OpenDP we add a relaxation for up to
-# this many rows per group (2·n²·2⁻⁵²·max|bound| per group a unit touches, OpenDP's
-# own term).
-FLOAT_SUM_MAX_ROWS = 10_000_000
 
 # Every noise scale and threshold is fitted to its target times this: the ledger
 # charges the decimal an ε/ρ/δ was written as (0.1, not the binary 0.1000…055), which
@@ -83,6 +77,9 @@ class Cost:
     ε; OpenDP's tighter conversion is ``epsilon_equivalent``). ``rho`` is set for zCDP.
     ``selection_delta`` is the part of δ spent on partition selection (the ledger adds
     it up); for zCDP the rest of δ only states the ρ → (ε, δ) conversion.
+    ``max_units`` is the dataset's declared size the sensitivities assume (float sums'
+    rounding term): the runner's check of the data (``sandbox.datacheck``) holds the
+    data to it even if the catalogue changed since (None in costs stored before it).
     """
 
     epsilon: float
@@ -94,6 +91,7 @@ class Cost:
     requested_epsilon: float = 0.0
     requested_delta: float = 0.0
     measures: tuple[MeasureCost, ...] = field(default=())
+    max_units: int | None = None
 
     def measure(self, name: str) -> MeasureCost:
         for m in self.measures:
@@ -171,6 +169,25 @@ def rho_from_epsilon_delta(epsilon: float, delta: float) -> float:
     return lo
 
 
+def float_sum_rows(plan: Plan, dataset: Dataset) -> int:
+    """The most rows any one group's float sum can add: the bound of its rounding term.
+
+    Float sums are computed by the runner in double precision, and rounding can move a
+    sum by more than the clamped values explain; like OpenDP we add its relaxation,
+    2·n²·2⁻⁵²·max|bound| for each of the G groups a unit touches. n must be a bound
+    that holds: the dataset declares ``max_units`` (public, like its schema) and the
+    runner refuses a table with more units (``sandbox.datacheck``). Every private table
+    joins on the unit and every lookup is read one row per key, so a query's rows are
+    at most ``unit_rows`` per unit: with ``unit_rows`` = 1 (each table checked to have
+    one row per unit, with a unit id) that is ``max_units`` rows; above, the per-unit
+    window also puts all rows without a unit id in one partition of ``unit_rows``
+    rows, so one more unit's worth.
+    """
+    units = dataset.privacy.max_units
+    r = plan.unit_rows
+    return units if r == 1 else r * (units + 1)
+
+
 def plan_cost(
     plan: Plan,
     *,
@@ -229,6 +246,7 @@ def plan_cost(
             hint=f"Give δ > 0 (this grant's total δ is {grant.budget.delta:g}).",
         )
     shares = _split(plan, weights)
+    rows = float_sum_rows(plan, dataset)
 
     selection = [m for m in plan.measures if m.selection]
     if plan.private_keys and not selection:
@@ -236,7 +254,8 @@ def plan_cost(
     if definition == "pure":
         sel_delta = dlt if selection else 0.0
         measures = tuple(
-            _measure_cost(plan, m, shares[m.name] * eps, "pure", sel_delta) for m in plan.measures
+            _measure_cost(plan, m, shares[m.name] * eps, "pure", sel_delta, rows)
+            for m in plan.measures
         )
         return Cost(
             epsilon=eps,
@@ -248,13 +267,14 @@ def plan_cost(
             requested_epsilon=eps,
             requested_delta=dlt,
             measures=measures,
+            max_units=dataset.privacy.max_units,
         )
     # zCDP: half of δ for selection (if any), the rest states the conversion
     sel_delta = dlt / 2 if selection else 0.0
     conv_delta = dlt - sel_delta
     rho = rho_from_epsilon_delta(eps, conv_delta)
     measures = tuple(
-        _measure_cost(plan, m, shares[m.name] * rho, "zcdp", sel_delta) for m in plan.measures
+        _measure_cost(plan, m, shares[m.name] * rho, "zcdp", sel_delta, rows) for m in plan.measures
     )
     return Cost(
         epsilon=eps,
@@ -266,6 +286,7 @@ def plan_cost(
         requested_epsilon=eps,
         requested_delta=dlt,
         measures=measures,
+        max_units=dataset.privacy.max_units,
     )
 
 
@@ -367,7 +388,7 @@ def _bound(m: Measure) -> float:
 
 
 def _measure_cost(
-    plan: Plan, m: Measure, share: float, definition: str, sel_delta: float
+    plan: Plan, m: Measure, share: float, definition: str, sel_delta: float, rows: int
 ) -> MeasureCost:
     r, g = plan.unit_rows, plan.unit_groups
     pure = definition == "pure"
@@ -390,12 +411,15 @@ def _measure_cost(
     elif m.kind == "count_units":
         l1, l2, integer = float(g), math.sqrt(g), True
     elif m.kind == "sum":
-        l1 = r * _bound(m)
+        l1 = l2 = r * _bound(m)
         integer = m.integer
         if not integer:
-            # each of the G sums a unit touches may round differently (OpenDP's term)
-            l1 += g * 2.0 * FLOAT_SUM_MAX_ROWS**2 * 2.0**-52 * _bound(m)
-        l2 = l1
+            # each of the G sums a unit touches may round differently (OpenDP's term),
+            # for sums of at most `rows` rows (float_sum_rows: a checked bound); the
+            # changes add as a vector: L1 by G of them, L2 by √G (triangle inequality)
+            relax = 2.0 * float(rows) ** 2 * 2.0**-52 * _bound(m)
+            l1 += g * relax
+            l2 += math.sqrt(g) * relax
     else:
         raise SystemFailure(f"Unknown measure kind {m.kind!r}.", code="INTERNAL")
     if pure:

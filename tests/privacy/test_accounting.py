@@ -9,7 +9,7 @@ import pytest
 
 from sandbox.errors import BudgetRefused, SystemFailure
 from sandbox.plan import Measure, Output
-from sandbox.privacy import FLOAT_SUM_MAX_ROWS, plan_cost, rho_from_epsilon_delta
+from sandbox.privacy import float_sum_rows, plan_cost, rho_from_epsilon_delta
 from tests.privacy.factories import (
     cost_of,
     make_dataset,
@@ -109,7 +109,9 @@ def test_even_split_and_pure_sensitivities() -> None:
     n, s, inc = (cost.measure(k) for k in ("n", "s", "inc"))
     assert n.sensitivity == 3 and n.scale == pytest.approx(3 / 0.5, rel=1e-8)
     assert s.sensitivity == 300 and s.scale == pytest.approx(300 / 0.5, rel=1e-8)
-    relax = 2 * 2 * FLOAT_SUM_MAX_ROWS**2 * 2.0**-52 * 50_000  # G = 2 groups
+    rows = float_sum_rows(plan, make_dataset())  # undeclared: 10⁷ units, R = 3 rows each
+    assert rows == 3 * (10_000_000 + 1)
+    relax = 2 * 2 * rows**2 * 2.0**-52 * 50_000  # G = 2 groups
     assert inc.sensitivity == pytest.approx(3 * 50_000 + relax)
     assert not inc.integer and n.integer
     # the scale really gives at most the share, by OpenDP's own map
@@ -211,3 +213,31 @@ def test_a_tiny_epsilon_still_converts_soundly() -> None:
     rho = rho_from_epsilon_delta(1e-9, 1e-6)
     assert _opendp_epsilon(rho, 1e-6) <= 1e-9
     assert rho > 1e-13
+
+
+# ------------------------------------------------------------------ float sums' row bound
+
+
+def test_float_sum_rounding_term_follows_the_declared_max_units() -> None:
+    # the rounding term is sized for the dataset's declared (and checked) size, not
+    # for an unenforced 10⁷ rows: a register of at most 10⁶ units gets 100x less of it
+    plan = sum_count_plan()  # R = 1, G = 1; income bounded by [-10, 50 000]
+    small = make_dataset(privacy={"definition": "pure", "max_units": 1_000_000})
+    assert float_sum_rows(plan, small) == 1_000_000
+    cost = plan_cost(plan, epsilon=1.0, delta=0.0, dataset=small, grant=make_grant())
+    inc = cost.measure("inc")
+    assert inc.sensitivity == 50_000 + 2 * 1e12 * 2.0**-52 * 50_000
+    assert cost.max_units == 1_000_000
+    # the integer sum has no rounding term
+    assert cost.measure("s").sensitivity == 100
+    # the default is 10⁷ units: the old figure, now a declaration the runner checks
+    default = cost_of(plan).measure("inc").sensitivity
+    assert default == pytest.approx(50_000 + 2 * 1e14 * 2.0**-52 * 50_000)
+    assert default / inc.sensitivity == pytest.approx(1.044, abs=1e-3)  # the issue's +4.4%
+
+
+def test_float_sum_rows_with_several_rows_per_unit() -> None:
+    # R rows per unit, and the per-unit window's one partition of rows without a unit id
+    plan = sum_count_plan(unit_rows=12)
+    ds = make_dataset(privacy={"definition": "pure", "max_units": 1000})
+    assert float_sum_rows(plan, ds) == 12 * 1001
