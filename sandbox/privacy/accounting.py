@@ -74,7 +74,8 @@ class Cost:
     """What a query costs and how its budget is spent; computed before any data is read.
 
     ``epsilon``/``delta`` state the query's (ε, δ)-DP guarantee (for zCDP: the requested
-    ε; OpenDP's tighter conversion is ``epsilon_equivalent``). ``rho`` is set for zCDP.
+    ε; ``epsilon_equivalent`` is OpenDP's conversion of ``rho`` back, a hair below it).
+    ``rho`` is set for zCDP.
     ``selection_delta`` is the part of δ spent on partition selection (the ledger adds
     it up); for zCDP the rest of δ only states the ρ → (ε, δ) conversion.
     ``max_units`` is the dataset's declared size the sensitivities assume (float sums'
