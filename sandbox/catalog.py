@@ -69,6 +69,12 @@ MAX_BOUND = 2.0**53
 MAX_ROWS_PER_UNIT = 1_000_000
 MAX_GROUPS_PER_UNIT = 1_000_000
 MAX_INTEGER_SQUARES = 2**62
+# A private dataset declares how many privacy units it holds at most (``max_units``,
+# public, like its schema). The runner checks it (sandbox/datacheck.py) and the privacy
+# layer bounds the floating-point rounding of a sum by it: a group's sum adds at most
+# rows_per_unit x max_units rows. Undeclared, the bound is 10 million units.
+DEFAULT_MAX_UNITS = 10_000_000
+MAX_UNITS = 10**10
 # a table file: "<dataset dir>/<file>", each part of the names the runner accepts
 _FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
@@ -176,6 +182,8 @@ class PrivacyPolicy(_Model):
     definition: Literal["pure", "zcdp"] = "pure"
     delta_allowed: bool = True
     max_groups_per_unit: int = Field(default=1, ge=1, le=MAX_GROUPS_PER_UNIT)  # per query
+    # at most this many units in any table of the dataset: checked, not trusted
+    max_units: int = Field(default=DEFAULT_MAX_UNITS, ge=1, le=MAX_UNITS)
 
 
 class Dataset(_Model):

@@ -1,19 +1,36 @@
-"""Declarations the data must keep: a ``rows_per_unit: 1`` table has one row per unit.
+"""Declarations the data must keep: a table's shape and its dataset's size.
 
-The compiler bounds a unit's rows with a window only where the catalogue allows
-several (``rows_per_unit > 1``); a table declared one-row-per-unit is read as it is,
-so a duplicated unit would move a count by 2 while the noise assumes 1 (issue 15).
-The declaration is not trusted: before a Plan reads such a table, the table itself is
-checked, inside the runner like any query (``COUNT(*)`` against ``COUNT(DISTINCT
-unit)``; no host process reads raw data), once per version of the file, identified by
-``os.stat`` (device, inode, size, modification and change times).
+Two declarations in the catalogue are promises about the data that the privacy layer
+builds on, so neither is trusted; each is checked:
 
-A table that breaks its declaration is refused: every job reading it fails with the
-category ``data_invalid`` until the file is replaced, and an error line
-``data.invalid`` names the dataset and table for the bureau (never a count). The
-counts are compared in memory and dropped. Whether a job fails therefore depends on
-whether the whole table keeps its declared shape, never on one unit's values; a table
-that keeps it adds a check only after the file changes (a public event).
+- ``rows_per_unit: 1``. The compiler bounds a unit's rows with a window only where the
+  catalogue allows several (``rows_per_unit > 1``); a table declared one-row-per-unit
+  is read as it is, so a duplicated unit would move a count by 2 while the noise
+  assumes 1 (issue 15). Checked as ``COUNT(*)`` against ``COUNT(DISTINCT unit)``.
+- ``max_units`` (the dataset's privacy policy): at most this many units in any table
+  of the dataset. The rounding term of a float sum is sized for sums of at most
+  ``rows_per_unit × max_units`` rows (``privacy.float_sum_rows``); a larger table
+  would make it too small (issue 15 point 8). Checked as ``COUNT(DISTINCT unit)`` ≤
+  ``max_units`` on every private table a Plan reads, whatever its rows per unit. The
+  bound checked is the smaller of the catalogue's and the one the job's cost assumed
+  (``Cost.max_units``), so a bound raised after a job was costed never covers it.
+
+Before a Plan reads a private table, the table itself is checked, inside the runner
+like any query (no host process reads raw data), once per version of the file,
+identified by ``os.stat`` (device, inode, size, modification and change times) and the
+declaration checked. One check query covers both declarations of a table.
+
+A table that breaks a declaration is refused: every job reading it fails with the
+category ``data_invalid`` until the file is replaced (or the bureau declares what the
+data is), and an error line ``data.invalid`` names the dataset, table and declaration
+for the bureau (never a count). The counts are compared in memory and dropped.
+Whether a job fails therefore depends on whether the whole table keeps its declared,
+public shape and size, never on one unit's values; the answer is the same for every
+query on that file version, so it can be read once, not probed query by query. A table
+that keeps its declarations adds a check only after the file changes (a public
+event). The guarantee is stated for data that keeps them: a register declared with
+``max_units`` exactly its size could tell, by being refused, that one unit was added,
+so the bureau declares the bound with headroom (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -36,11 +53,12 @@ __all__ = ["DataChecks"]
 
 log = logging.getLogger("sandbox.datacheck")
 
-Fingerprint = tuple[str, int, int, int, int, int]
+# (file, device, inode, size, mtime, ctime, rows_per_unit, max_units)
+Fingerprint = tuple[str, int, int, int, int, int, int, int]
 
 
 class DataChecks:
-    """The one-row-per-unit tables found to keep their declaration, by file version."""
+    """The private tables found to keep their declarations, by file version."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -48,14 +66,29 @@ class DataChecks:
         self._broken: set[Fingerprint] = set()
         self._lock = threading.Lock()  # one check of a file version at a time
 
-    def ensure(self, plan: Plan, *, executor: Executor, data_root: Path, job_id: str) -> None:
-        """Check every one-row-per-unit table the Plan reads; ExecutionFailed
-        ``data_invalid`` if one has a unit with several rows (or no unit id)."""
+    def ensure(
+        self,
+        plan: Plan,
+        *,
+        executor: Executor,
+        data_root: Path,
+        job_id: str,
+        max_units: int | None = None,
+    ) -> None:
+        """Check every private table the Plan reads; ExecutionFailed ``data_invalid``
+        if one breaks ``rows_per_unit: 1`` or has more units than ``max_units``
+        allows (the catalogue's, or ``max_units`` — the job's cost's — if smaller)."""
         for name, rel in sorted(plan.tables.items()):
             found = self.catalog.find_table(name)
-            if found is None or found[1].rows_per_unit != 1 or found[0].privacy_unit is None:
+            if found is None or found[0].privacy_unit is None:
                 continue
             dataset, table = found
+            per_unit = table.rows_per_unit
+            if per_unit is None:  # a private dataset's tables all declare it
+                continue
+            limit = dataset.privacy.max_units
+            if max_units is not None:
+                limit = min(limit, max_units)
             path = Path(data_root).joinpath(*rel.split("/"))
             try:
                 st = path.stat()
@@ -68,18 +101,22 @@ class DataChecks:
                 st.st_size,
                 st.st_mtime_ns,
                 st.st_ctime_ns,
+                per_unit,
+                limit,
             )
             with self._lock:
                 if key not in self._kept and key not in self._broken:
-                    kept = self._check(dataset, table, executor, data_root, f"{job_id}-check")
-                    (self._kept if kept else self._broken).add(key)
-                    if not kept:
+                    broken = self._check(
+                        dataset, table, limit, executor, data_root, f"{job_id}-check"
+                    )
+                    (self._broken if broken else self._kept).add(key)
+                    if broken:
                         fields = {
                             "event": "data.invalid",
                             "dataset": dataset.id,
                             "table": table.name,
                             "file": rel,
-                            "declared": "rows_per_unit: 1",
+                            "declared": broken,
                             "time": datetime.now(UTC).isoformat(),
                         }
                         log.error("data.invalid", extra={"fields": fields})
@@ -87,8 +124,15 @@ class DataChecks:
                 raise ExecutionFailed("data_invalid")
 
     def _check(
-        self, dataset: Dataset, table: Table, executor: Executor, data_root: Path, run_id: str
-    ) -> bool:
+        self,
+        dataset: Dataset,
+        table: Table,
+        limit: int,
+        executor: Executor,
+        data_root: Path,
+        run_id: str,
+    ) -> str:
+        """The declaration the table breaks ("" if none), from one run in the runner."""
         from sandbox.compiler import compile_query
 
         unit = dataset.privacy_unit
@@ -97,9 +141,13 @@ class DataChecks:
         exact = executor.run(plan, data_root=data_root, job_id=run_id)
         try:
             kinds = {m.kind: exact.table.column(m.name)[0].as_py() for m in plan.measures}
-            return bool(kinds["count"] == kinds["count_units"])
+            if table.rows_per_unit == 1 and kinds["count"] != kinds["count_units"]:
+                return "rows_per_unit: 1"
+            if kinds["count_units"] > limit:
+                return f"max_units: {limit}"
+            return ""
         finally:
-            del exact  # the two exact counts are never kept
+            del exact  # the exact counts are never kept
 
 
 def _system_grant(dataset: Dataset) -> Grant:

@@ -124,7 +124,7 @@ CATEGORIES: dict[str, str] = {
     "cancelled": "the job was cancelled",
     "release_timeout": "noising the result on the host ran past its time limit",
     "data_invalid": "a table breaks its catalogue declaration (a unit with several rows "
-    "where one is declared); the bureau is told",
+    "where one is declared, or more units than its dataset's max_units); the bureau is told",
 }
 
 

@@ -22,10 +22,12 @@ far more than the ≤ 2⁻⁵³ relative gap between a float and its decimal, so
 mechanism spends is below the decimal amount charged.
 
 Composition. Pure-ε datasets: basic composition, Σε ≤ grant ε and Σδ ≤ grant δ.
-ρ-zCDP datasets: ρ adds up; the cap is ρ_cap = (√(ln(2/δ)+ε) − √(ln(2/δ)))² for the
-grant's (ε, δ), i.e. half the grant's δ is kept for the final ρ → (ε, δ) conversion
-and the other half is the cap on the δ that partition selection spends (Σδ_sel ≤ δ/2).
-Everything spent on the account is then (ε, δ)-DP for the grant's ε and δ.
+ρ-zCDP datasets: ρ adds up; the cap is the largest ρ whose OpenDP conversion
+(``make_zCDP_to_approxDP``) at half the grant's δ is within the grant's ε, the same
+function (``privacy.rho_from_epsilon_delta``) a query's ρ comes from: half the grant's
+δ is kept for that final ρ → (ε, δ) conversion and the other half is the cap on the δ
+that partition selection spends (Σδ_sel ≤ δ/2). Everything spent on the account is
+then (ε, δ)-DP for the grant's ε and δ.
 
 Crashes. Reservations are rows in the database, so they survive a restart. ``recover``
 decides what happens to reservations left by a crashed process: a reservation is
@@ -110,7 +112,9 @@ def grant_totals(grant: Grant, definition: str) -> tuple[int, int]:
     from sandbox.privacy import rho_from_epsilon_delta
     from sandbox.privacy.accounting import FIT_MARGIN
 
-    # the float ρ may sit a few ulps above the exact cap: the margin keeps it below
+    # the query's function (OpenDP's conversion, searched within ε·FIT_MARGIN); the
+    # margin again keeps the float ρ below the cap where it is rounded to the ledger's
+    # grain
     rho = rho_from_epsilon_delta(eps, delta / 2) * FIT_MARGIN
     return _down(rho, LOSS_UNITS), _down(delta / 2, DELTA_UNITS)
 

@@ -161,6 +161,25 @@ def test_zcdp_account_tracks_rho(db: Path | str) -> None:
         )
 
 
+def test_zcdp_cap_is_opendps_conversion_of_the_grant() -> None:
+    # the cap is the ρ whose OpenDP conversion at half the grant's δ is the grant's ε
+    # (the same search as a query's ρ), not the classic formula's smaller ρ; queries
+    # at the grant's own ceiling spend it exactly
+    from sandbox.privacy.mechanisms import zcdp_epsilon
+
+    grant = make_grant(epsilon=10.0, delta=1e-5, ceiling=10.0)
+    cap_units, delta_units = ledger.grant_totals(grant, "zcdp")
+    cap = cap_units / ledger.LOSS_UNITS
+    assert zcdp_epsilon(cap, 0.5e-5) <= 10.0
+    assert zcdp_epsilon(cap * (1 + 1e-8), 0.5e-5) > 10.0 - 1e-6
+    classic = ((10.0 + 12.206) ** 0.5 - 12.206**0.5) ** 2  # ln(2e5) = 12.206
+    assert cap > 1.1 * classic
+    assert delta_units == 5 * 10**9  # half of δ = 1e-5, in 1e-15 units
+    # a query at (ε, δ/2) of the grant, with no selection, costs the cap to the grain
+    whole = cost_of(make_plan(definition="zcdp"), 10.0, 0.5e-5, "zcdp", grant)
+    assert ledger.cost_units(whole)[0] in (cap_units, cap_units + 1)
+
+
 def test_reserve_is_idempotent_per_job_and_needs_a_transaction(db: Path | str) -> None:
     conn = store.connect(db)
     grant = make_grant()

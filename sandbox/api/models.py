@@ -79,6 +79,7 @@ class PrivacyPolicy(View):
     definition: str
     delta_allowed: bool
     max_groups_per_unit: int
+    max_units: int
 
 
 class DatasetView(View):
@@ -148,6 +149,7 @@ class Cost(View):
     requested_epsilon: Number
     requested_delta: Number
     measures: list[MeasureCost]
+    max_units: int | None = None
 
 
 class AccuracyPart(View):

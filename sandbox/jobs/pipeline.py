@@ -64,7 +64,7 @@ class JobPipeline:
         self.executor = executor
         self.product_key = product_key
         self._release_lock = threading.Lock()  # one product written per job, ever
-        self.datachecks = DataChecks(catalog)  # one-row-per-unit tables, checked once
+        self.datachecks = DataChecks(catalog)  # declared shapes and sizes, checked once
         self.stopping = threading.Event()  # set by the worker's stop(): start nothing new
         self.server_id: str | None = None  # the worker's lease: it claims what it runs
 
@@ -218,7 +218,11 @@ class JobPipeline:
         try:
             at.name = "execute"
             self.datachecks.ensure(
-                plan, executor=self.executor, data_root=self.settings.data_dir, job_id=job_id
+                plan,
+                executor=self.executor,
+                data_root=self.settings.data_dir,
+                job_id=job_id,
+                max_units=cost.max_units,  # the size its noise was sized for
             )
             exact = self.executor.run(plan, data_root=self.settings.data_dir, job_id=job_id)
             at.name = "noise"

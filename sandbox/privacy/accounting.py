@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import BudgetRefused, SystemFailure
@@ -19,6 +20,7 @@ from sandbox.privacy.mechanisms import (
     partition_threshold,
     quantile_alpha_fraction,
     vector_noise,
+    zcdp_conversion,
     zcdp_epsilon,
 )
 
@@ -29,21 +31,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIT_MARGIN",
-    "FLOAT_SUM_MAX_ROWS",
     "MIN_EPSILON",
     "Cost",
     "MeasureCost",
     "check_cost",
     "check_epsilon_delta",
+    "float_sum_rows",
     "plan_cost",
     "rho_from_epsilon_delta",
 ]
-
-# Float sums are computed by the runner in double precision. Rounding can move a sum
-# by more than the clamped values explain; like OpenDP we add a relaxation for up to
-# this many rows per group (2·n²·2⁻⁵²·max|bound| per group a unit touches, OpenDP's
-# own term).
-FLOAT_SUM_MAX_ROWS = 10_000_000
 
 # Every noise scale and threshold is fitted to its target times this: the ledger
 # charges the decimal an ε/ρ/δ was written as (0.1, not the binary 0.1000…055), which
@@ -78,9 +74,13 @@ class Cost:
     """What a query costs and how its budget is spent; computed before any data is read.
 
     ``epsilon``/``delta`` state the query's (ε, δ)-DP guarantee (for zCDP: the requested
-    ε; OpenDP's tighter conversion is ``epsilon_equivalent``). ``rho`` is set for zCDP.
+    ε; ``epsilon_equivalent`` is OpenDP's conversion of ``rho`` back, a hair below it).
+    ``rho`` is set for zCDP.
     ``selection_delta`` is the part of δ spent on partition selection (the ledger adds
     it up); for zCDP the rest of δ only states the ρ → (ε, δ) conversion.
+    ``max_units`` is the dataset's declared size the sensitivities assume (float sums'
+    rounding term): the runner's check of the data (``sandbox.datacheck``) holds the
+    data to it even if the catalogue changed since (None in costs stored before it).
     """
 
     epsilon: float
@@ -92,6 +92,7 @@ class Cost:
     requested_epsilon: float = 0.0
     requested_delta: float = 0.0
     measures: tuple[MeasureCost, ...] = field(default=())
+    max_units: int | None = None
 
     def measure(self, name: str) -> MeasureCost:
         for m in self.measures:
@@ -112,12 +113,80 @@ class Cost:
         return cls(**fields, measures=measures)
 
 
+@lru_cache(maxsize=1024)
 def rho_from_epsilon_delta(epsilon: float, delta: float) -> float:
-    """The ρ whose standard conversion ε = ρ + 2√(ρ ln(1/δ)) gives exactly ``epsilon``."""
-    if not (epsilon > 0 and 0 < delta < 1):
+    """The largest ρ (to 10⁻¹¹ relative) whose OpenDP conversion to (ε, δ)-DP
+    (``make_zCDP_to_approxDP``, the Canonne–Kamath–Steinke bound) at δ gives at most
+    ``epsilon``.
+
+    Both sides keep ``FIT_MARGIN``: the conversion is asked at δ·FIT_MARGIN for an ε of
+    at most ε·FIT_MARGIN, so the decimal (ε, δ) the ledger charges holds even where the
+    floats sit a hair off it. The search starts from the classic ρ of
+    ε = ρ + 2√(ρ ln(1/δ)), which the tighter conversion always allows, and returns a ρ
+    whose conversion was checked (the ρ OpenDP's map itself converts), never an
+    interpolated one.
+    """
+    if not (math.isfinite(epsilon) and epsilon > 0 and 0 < delta < 1):
         raise ValueError("need epsilon > 0 and 0 < delta < 1")
-    log = math.log(1.0 / delta)
-    return (math.sqrt(log + epsilon) - math.sqrt(log)) ** 2
+    goal, at = epsilon * FIT_MARGIN, delta * FIT_MARGIN
+
+    def excess(rho: float) -> tuple[float, float]:
+        converted, eps = zcdp_conversion(rho, at)
+        return converted, eps - goal
+
+    log = math.log(1.0 / at)
+    lo, f_lo = excess((math.sqrt(log + goal) - math.sqrt(log)) ** 2)
+    for _ in range(100):  # not expected: the classic bound is the looser one
+        if f_lo <= 0:
+            break
+        lo, f_lo = excess(lo / 2)
+    hi = lo * 2
+    checked, f_hi = excess(hi)
+    for _ in range(100):  # a tiny ε: δ alone carries most of the guarantee, ρ ≫ classic
+        if f_hi > 0:
+            break
+        lo, f_lo, hi = checked, f_hi, hi * 16
+        checked, f_hi = excess(hi)
+    if not (f_lo <= 0 < f_hi and math.isfinite(f_hi)):
+        raise SystemFailure("Could not convert (ε, δ) to ρ.", code="INTERNAL")
+    side = 0  # Illinois regula falsi on a bracket that always keeps a checked lo
+    for _ in range(200):
+        if hi - lo <= lo * 1e-11:
+            break
+        x = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+        if not lo < x < hi:
+            x = (lo + hi) / 2
+        checked, f_x = excess(x)
+        if f_x <= 0:
+            lo, f_lo = checked, f_x
+            if side == -1:
+                f_hi /= 2
+            side = -1
+        else:
+            hi, f_hi = x, f_x
+            if side == 1:
+                f_lo /= 2
+            side = 1
+    return lo
+
+
+def float_sum_rows(plan: Plan, dataset: Dataset) -> int:
+    """The most rows any one group's float sum can add: the bound of its rounding term.
+
+    Float sums are computed by the runner in double precision, and rounding can move a
+    sum by more than the clamped values explain; like OpenDP we add its relaxation,
+    2·n²·2⁻⁵²·max|bound| for each of the G groups a unit touches. n must be a bound
+    that holds: the dataset declares ``max_units`` (public, like its schema) and the
+    runner refuses a table with more units (``sandbox.datacheck``). Every private table
+    joins on the unit and every lookup is read one row per key, so a query's rows are
+    at most ``unit_rows`` per unit: with ``unit_rows`` = 1 (each table checked to have
+    one row per unit, with a unit id) that is ``max_units`` rows; above, the per-unit
+    window also puts all rows without a unit id in one partition of ``unit_rows``
+    rows, so one more unit's worth.
+    """
+    units = dataset.privacy.max_units
+    r = plan.unit_rows
+    return units if r == 1 else r * (units + 1)
 
 
 def plan_cost(
@@ -178,6 +247,7 @@ def plan_cost(
             hint=f"Give δ > 0 (this grant's total δ is {grant.budget.delta:g}).",
         )
     shares = _split(plan, weights)
+    rows = float_sum_rows(plan, dataset)
 
     selection = [m for m in plan.measures if m.selection]
     if plan.private_keys and not selection:
@@ -185,7 +255,8 @@ def plan_cost(
     if definition == "pure":
         sel_delta = dlt if selection else 0.0
         measures = tuple(
-            _measure_cost(plan, m, shares[m.name] * eps, "pure", sel_delta) for m in plan.measures
+            _measure_cost(plan, m, shares[m.name] * eps, "pure", sel_delta, rows)
+            for m in plan.measures
         )
         return Cost(
             epsilon=eps,
@@ -197,13 +268,14 @@ def plan_cost(
             requested_epsilon=eps,
             requested_delta=dlt,
             measures=measures,
+            max_units=dataset.privacy.max_units,
         )
     # zCDP: half of δ for selection (if any), the rest states the conversion
     sel_delta = dlt / 2 if selection else 0.0
     conv_delta = dlt - sel_delta
     rho = rho_from_epsilon_delta(eps, conv_delta)
     measures = tuple(
-        _measure_cost(plan, m, shares[m.name] * rho, "zcdp", sel_delta) for m in plan.measures
+        _measure_cost(plan, m, shares[m.name] * rho, "zcdp", sel_delta, rows) for m in plan.measures
     )
     return Cost(
         epsilon=eps,
@@ -215,6 +287,7 @@ def plan_cost(
         requested_epsilon=eps,
         requested_delta=dlt,
         measures=measures,
+        max_units=dataset.privacy.max_units,
     )
 
 
@@ -316,7 +389,7 @@ def _bound(m: Measure) -> float:
 
 
 def _measure_cost(
-    plan: Plan, m: Measure, share: float, definition: str, sel_delta: float
+    plan: Plan, m: Measure, share: float, definition: str, sel_delta: float, rows: int
 ) -> MeasureCost:
     r, g = plan.unit_rows, plan.unit_groups
     pure = definition == "pure"
@@ -339,12 +412,15 @@ def _measure_cost(
     elif m.kind == "count_units":
         l1, l2, integer = float(g), math.sqrt(g), True
     elif m.kind == "sum":
-        l1 = r * _bound(m)
+        l1 = l2 = r * _bound(m)
         integer = m.integer
         if not integer:
-            # each of the G sums a unit touches may round differently (OpenDP's term)
-            l1 += g * 2.0 * FLOAT_SUM_MAX_ROWS**2 * 2.0**-52 * _bound(m)
-        l2 = l1
+            # each of the G sums a unit touches may round differently (OpenDP's term),
+            # for sums of at most `rows` rows (float_sum_rows: a checked bound); the
+            # changes add as a vector: L1 by G of them, L2 by √G (triangle inequality)
+            relax = 2.0 * float(rows) ** 2 * 2.0**-52 * _bound(m)
+            l1 += g * relax
+            l2 += math.sqrt(g) * relax
     else:
         raise SystemFailure(f"Unknown measure kind {m.kind!r}.", code="INTERNAL")
     if pure:

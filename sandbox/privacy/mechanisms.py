@@ -28,6 +28,7 @@ __all__ = [
     "quantile_score_array",
     "quantile_scores",
     "vector_noise",
+    "zcdp_conversion",
     "zcdp_epsilon",
 ]
 
@@ -96,15 +97,30 @@ def threshold_noise(scale: float, threshold: int, pure: bool) -> Any:
     return run
 
 
-def zcdp_epsilon(rho: float, delta: float) -> float:
-    """OpenDP's own (tighter) ε for ρ-zCDP at ``delta``."""
+@lru_cache(maxsize=1)
+def _zcdp_to_approx() -> tuple[Any, Any]:
+    """A unit-scale Gaussian (its map at d_in is d_in²/2 = ρ) and OpenDP's
+    ``make_zCDP_to_approxDP`` of it: the ρ → (ε, δ) conversion for any ρ."""
     dp = load_opendp()
     base = dp.m.make_gaussian(
-        dp.atom_domain(T=float, nan=False),
-        dp.absolute_distance(T=float),
-        scale=1.0 / math.sqrt(2.0 * rho) * (1.0 + SCALE_SLACK),
+        dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0
     )
-    return float(dp.c.make_zCDP_to_approxDP(base).map(1.0).epsilon(delta))
+    return base, dp.c.make_zCDP_to_approxDP(base)
+
+
+def zcdp_conversion(rho: float, delta: float) -> tuple[float, float]:
+    """(ρ′, ε): OpenDP's own (ε, δ) for ρ′-zCDP at ``delta``, where ρ′ is the ρ OpenDP
+    converts (``rho`` up to an ulp of OpenDP's rounding). The conversion is
+    ``make_zCDP_to_approxDP`` (the Canonne–Kamath–Steinke bound), tighter than the
+    classic ε = ρ + 2√(ρ ln(1/δ))."""
+    base, conv = _zcdp_to_approx()
+    d_in = math.sqrt(2.0 * rho)
+    return float(base.map(d_in)), float(conv.map(d_in).epsilon(delta))
+
+
+def zcdp_epsilon(rho: float, delta: float) -> float:
+    """OpenDP's own (tighter) ε for ρ-zCDP at ``delta``."""
+    return zcdp_conversion(rho, delta)[1]
 
 
 @lru_cache(maxsize=256)
