@@ -144,7 +144,9 @@ class Scope:
 
 _USE_HINT = {
     Use.FILTER: "Filter only on columns whose uses include 'filter'.",
-    Use.GROUP: "Group only by columns whose uses include 'group'.",
+    Use.GROUP: "Group only by columns whose uses include 'group'. A 'filter' column can be "
+    "bucketed: GROUP BY CASE WHEN col < 2000 THEN 'low' ... ELSE 'high' END (literal THEN "
+    "values), or counted in COUNT(*) FILTER (WHERE ...) columns.",
     Use.AGGREGATE: "Aggregate only columns whose uses include 'aggregate'.",
     Use.IDENTIFIER: "",
 }

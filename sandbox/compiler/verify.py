@@ -33,6 +33,7 @@ from sandbox.catalog import Catalog, Column, Dataset, Table, Use
 from sandbox.compiler.checks import EXTRACT_PARTS, TRUNC_UNITS
 from sandbox.compiler.sqlread import (
     and_terms,
+    case_literals,
     clamp_bounds,
     from_of,
     literal_value,
@@ -246,8 +247,7 @@ class _Verifier:
                 self.bad("__r")
         elif _KEY.fullmatch(name):
             self.keys[name] = e
-            for c in e.find_all(exp.Column):
-                self._need(self._col(c), Use.GROUP, "a GROUP BY key")
+            self._key_columns(name, e, "a GROUP BY key")
         elif _VALUE.fullmatch(name):
             self.values[name] = self._value(e)
         else:
@@ -277,6 +277,28 @@ class _Verifier:
                         stack.append((ch, cond or (isinstance(n, exp.If) and key == "this")))
         return v
 
+    def _key_columns(self, name: str, e: exp.Expr, where: str) -> None:
+        """A key's columns need ``group`` use; in a bucket (a CASE whose outputs are all
+        literals) ``filter`` use suffices, and then the key must be public with values
+        among the CASE's literals."""
+        outs = case_literals(e)
+        bucket = False
+        for c in e.find_all(exp.Column):
+            col = self._col(c)
+            if col is None:
+                continue
+            if outs is not None and Use.GROUP not in col.uses:
+                self._need(col, Use.FILTER, where)
+                bucket = True
+            else:
+                self._need(col, Use.GROUP, where)
+        if bucket:
+            j = int(name[3:])
+            spec = self.plan.keys[j] if j < len(self.plan.keys) else None
+            allowed = {literal_value(o) for o in outs or []}
+            if spec is None or spec.public is None or not set(spec.public) <= allowed:
+                self.bad(f"bucket key {name} is not public over its CASE's literals")
+
     def _where_term(self, term: exp.Expr) -> None:
         inner = term.this if isinstance(term, exp.Paren) else term
         if isinstance(inner, exp.In):
@@ -292,8 +314,7 @@ class _Verifier:
                     for lit in inner.expressions:
                         if literal_value(lit) not in allowed:
                             self.bad("public key filter lists a value not in the Plan")
-                    for c in inner.this.find_all(exp.Column):
-                        self._need(self._col(c), Use.GROUP, "the public key filter")
+                    self._key_columns(name, inner.this, "the public key filter")
                     return
         for c in term.find_all(exp.Column):
             self._need(self._col(c), Use.FILTER, "WHERE")
