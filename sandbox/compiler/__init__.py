@@ -29,6 +29,7 @@ from sandbox.compiler.nodes import as_bool
 from sandbox.compiler.post import Outputs
 from sandbox.compiler.scope import build_scope
 from sandbox.compiler.text import check_text, parse_statement, refuse, snippet, too_deep
+from sandbox.compiler.views import expand, forbid_nested
 from sandbox.grants import Grant
 from sandbox.plan import Plan
 
@@ -46,6 +47,8 @@ _SELECT_ARGS = {
     "limit",
     "offset",
     "kind",
+    "with",
+    "with_",
 }
 _CLAUSE_NAMES = {
     "distinct": ("SELECT DISTINCT", "Use GROUP BY on the columns instead."),
@@ -77,7 +80,16 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     text = check_text(sql)
     stmt = parse_statement(text)
     select = _as_select(stmt)
+    forbid_nested(select)
+    select, per_unit = expand(select, catalog)
     forbid_everywhere(select)
+    if per_unit:
+        raise refuse(
+            "SUBQUERY",
+            "Per-unit pre-aggregation is not supported yet.",
+            "Aggregate in one SELECT.",
+            select,
+        )
     scope, relations = build_scope(select, catalog, grant)
     measures = Measures(scope)
     outputs = Outputs(scope, measures)
@@ -173,13 +185,6 @@ def _and_terms(node: exp.Expr) -> list[exp.Expr]:
 
 def _as_select(stmt: exp.Expr) -> exp.Select:
     if isinstance(stmt, exp.Select):
-        if stmt.args.get("with") or stmt.args.get("with_"):
-            raise refuse(
-                "SUBQUERY",
-                "WITH (common table expressions) is refused.",
-                "Write one SELECT over the catalogue tables.",
-                stmt,
-            )
         for key, value in stmt.args.items():
             if not value or key in _SELECT_ARGS:
                 continue

@@ -159,10 +159,11 @@ def contains_aggregate(node: exp.Expr) -> bool:
     return any(is_aggregate(n) for n in node.walk())
 
 
-def forbid_everywhere(node: exp.Expr) -> None:
-    """Subqueries and window functions are refused wherever they appear."""
+def forbid_everywhere(node: exp.Expr, *, include_self: bool = False) -> None:
+    """Subqueries and window functions are refused wherever they appear (below ``node``,
+    or from ``node`` itself with ``include_self``)."""
     for n in node.walk():
-        if n is node:
+        if n is node and not include_self:
             continue
         if isinstance(n, exp.Window | exp.WindowSpec):
             raise refuse(
