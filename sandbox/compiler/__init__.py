@@ -25,8 +25,9 @@ from sandbox.compiler.build import build_plan
 from sandbox.compiler.checks import contains_aggregate, forbid_everywhere, row_expr
 from sandbox.compiler.groupkeys import make_key
 from sandbox.compiler.measures import Measures, quantile_candidates
-from sandbox.compiler.nodes import as_bool
+from sandbox.compiler.nodes import PerUnitRef, as_bool
 from sandbox.compiler.post import Outputs
+from sandbox.compiler.preagg import compile_per_unit
 from sandbox.compiler.scope import build_scope
 from sandbox.compiler.text import check_text, parse_statement, refuse, snippet, too_deep
 from sandbox.compiler.views import expand, forbid_nested
@@ -81,16 +82,19 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     stmt = parse_statement(text)
     select = _as_select(stmt)
     forbid_nested(select)
-    select, per_unit = expand(select, catalog)
+    select, views = expand(select, catalog)
     forbid_everywhere(select)
-    if per_unit:
+    refs = list(select.find_all(PerUnitRef))
+    if len(refs) > 1:
         raise refuse(
             "SUBQUERY",
-            "Per-unit pre-aggregation is not supported yet.",
-            "Aggregate in one SELECT.",
+            "A query may read one per-unit pre-aggregation, once.",
+            "Compute several per-unit values in one subquery: SELECT person_id, SUM(a) AS x, "
+            "COUNT(*) AS y ... GROUP BY person_id.",
             select,
         )
-    scope, relations = build_scope(select, catalog, grant)
+    per_unit = compile_per_unit(views[int(refs[0].this.this)], catalog, grant) if refs else None
+    scope, relations = build_scope(select, catalog, grant, per_unit=per_unit)
     measures = Measures(scope)
     outputs = Outputs(scope, measures)
 

@@ -27,6 +27,7 @@ from sandbox import hostsql
 from sandbox.compiler import nodes as n_
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.post import Outputs, quote
+from sandbox.compiler.preagg import PER_UNIT_TABLE, PerUnit
 from sandbox.compiler.scope import Scope
 from sandbox.compiler.verify import verify_plan
 from sandbox.errors import QueryRefused, SystemFailure
@@ -78,6 +79,10 @@ def build_plan(
     cap_groups = spans and limit_g < reach
     unit_groups = min(limit_g, reach) if spans else 1
 
+    ctes: list[tuple[str, exp.Select]] = []
+    if isinstance(scope.per_unit, PerUnit):
+        ctes += _per_unit_stages(scope.per_unit)
+        notes.extend(scope.per_unit.notes)
     unit = exp.column(dataset.privacy_unit or "", table=scope.unit_source.alias, quoted=True)
     items: list[exp.Expr] = [n_.alias(unit, "__unit", quote=False)]
     items += [n_.alias(k.node, f"__k{j}", quote=False) for j, k in enumerate(keys)]
@@ -101,7 +106,7 @@ def build_plan(
         joins=relations[1:],
         where=n_.and_(*conds) if conds else None,
     )
-    ctes: list[tuple[str, exp.Select]] = [("__rows", rows)]
+    ctes.append(("__rows", rows))
     key_cols = [f"__k{j}" for j in range(len(keys))]
     if cap_groups:
         order: list[exp.Expr] = [
@@ -124,7 +129,7 @@ def build_plan(
             f"rows per {dataset.privacy_unit} capped at {unit_rows} "
             "(ROW_NUMBER in random order within each unit)"
         )
-    else:
+    elif scope.per_unit is None:
         notes.append(
             f"one row per {dataset.privacy_unit} in every table read; no per-unit window needed"
         )
@@ -160,8 +165,8 @@ def build_plan(
     for n in measures.notes:
         if n not in notes:
             notes.append(n)
-    tables = {s.table.name: s.table.file for s in scope.sources}
-    versions = {s.dataset.id: s.dataset.version for s in scope.sources}
+    tables = {s.table.name: s.table.file for s in scope.read_sources}
+    versions = {s.dataset.id: s.dataset.version for s in scope.read_sources}
     plan = Plan(
         query_sha256=query_sha256,
         dataset=dataset.id,
@@ -184,7 +189,7 @@ def build_plan(
     return plan
 
 
-_STAGES = ("__rows", "__groups", "__bounded")
+_STAGES = ("__unit_rows", "__unit_bounded", PER_UNIT_TABLE, "__rows", "__groups", "__bounded")
 # Every function the compiler can emit, by DuckDB's own name for it. A second, independent
 # check on the generated SQL: the operator's SQL was already whitelisted node by node.
 _FUNCTIONS = frozenset(
@@ -241,6 +246,7 @@ _FUNCTIONS = frozenset(
         "count",
         "count_star",
         "sum",
+        "avg",
         "histogram",
         "hash",
         "random",
@@ -286,6 +292,30 @@ def _check_parse(con: Any, sql: str, tables: set[str]) -> None:
         )
 
 
+def _per_unit_stages(pu: PerUnit) -> list[tuple[str, exp.Select]]:
+    """__unit_rows (the inner query's rows: unit, clamped values), __unit_bounded (at
+    most R rows per unit, if R > 1), __perunit (one row per unit: its values)."""
+    dataset = pu.scope.private_dataset
+    unit_name = dataset.privacy_unit or ""
+    unit = exp.column(unit_name, table=pu.scope.unit_source.alias, quoted=True)
+    items: list[exp.Expr] = [n_.alias(unit, "__unit", quote=False)]
+    items += [
+        n_.alias(n_.try_(node), name, quote=False) for node, name in pu.values.values.values()
+    ]
+    if pu.rows > 1:
+        items.append(n_.alias(exp.Rand(), "__r", quote=False))
+    rows = n_.select(items, pu.relations[0], joins=pu.relations[1:], where=pu.where)
+    stages: list[tuple[str, exp.Select]] = [("__unit_rows", rows)]
+    if pu.rows > 1:
+        window = _window("__unit_rows", exp.RowNumber(), [n_.name("__r")], "__rn", pu.rows)
+        stages.append(("__unit_bounded", window))
+    out = [n_.alias(n_.name("__unit"), unit_name)]
+    out += [n_.alias(agg, name, quote=False) for name, agg in pu.aggs]
+    last = n_.table(stages[-1][0], quote=False)
+    stages.append((PER_UNIT_TABLE, n_.select(out, last, group=[n_.name("__unit")])))
+    return stages
+
+
 def _window(prev: str, func: exp.Expr, order: list[exp.Expr], col: str, limit: int) -> exp.Select:
     """SELECT * FROM (SELECT *, func OVER (PARTITION BY __unit ORDER BY order) AS col
     FROM prev) WHERE col <= limit: at most ``limit`` rows or groups per unit."""
@@ -311,7 +341,7 @@ def _check_plan(con: Any, plan: Plan, scope: Scope) -> None:
     import duckdb
 
     try:
-        for s in scope.sources:
+        for s in scope.read_sources:
             cols = ", ".join(f'"{c.name}" {c.type}' for c in s.table.columns)
             con.execute(f'CREATE TABLE "{s.table.name}" ({cols})')
         rel = con.sql(f"SELECT * FROM ({plan.sql}) LIMIT 0")

@@ -74,11 +74,7 @@ def canonical(node: exp.Expr, scope: Scope) -> str:
 
 def runner_labels(scope: Scope) -> dict[tuple[str, str], str]:
     """(runner alias, column) -> table.column, for columns the compiler wrote."""
-    return {
-        (s.alias, c.name): f"{s.table.name}.{c.name}"
-        for s in scope.sources
-        for c in s.table.columns
-    }
+    return {(s.alias, c.name): s.label(c.name) for s in scope.sources for c in s.table.columns}
 
 
 def _columns_to(tree: exp.Expr, fix: Callable[[exp.Column], exp.Expr]) -> exp.Expr:
@@ -119,9 +115,12 @@ def _new_key(expr: exp.Expr, scope: Scope, name: str, tree: exp.Expr, refs: list
             expr,
         )
     labels = runner_labels(scope)
-    readable = _columns_to(
-        tree, lambda c: exp.column(c.name, table=labels[(c.table, c.name)].split(".")[0])
-    )
+
+    def shown(c: exp.Column) -> exp.Expr:
+        table, _, column = labels[(c.table, c.name)].partition(".")
+        return exp.column(column, table=table)
+
+    readable = _columns_to(tree, shown)
     return Key(
         name=name,
         expr=expr,

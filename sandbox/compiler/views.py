@@ -13,11 +13,12 @@ exactly one relation (or be an output alias), never to a table hidden inside a v
 
 One shape with aggregates is a view too: the per-unit pre-aggregation
 ``(SELECT person_id, SUM(amount) AS total FROM payments GROUP BY person_id)`` becomes a
-``PerUnitRef`` placeholder, compiled by ``preagg.py``. Refused, with a hint: WITH
-RECURSIVE, a CTE named like a catalogue table, a CTE defined twice, set operations,
-ORDER BY / LIMIT / DISTINCT / HAVING inside a view, any other aggregate view, a
-pre-aggregation over a pre-aggregation, and a view with a JOIN or WHERE on the right
-of a LEFT JOIN (moving its WHERE out would drop the LEFT JOIN's unmatched rows).
+``nodes.PerUnitRef`` placeholder, compiled by ``preagg.py``; a query reads at most
+one. Refused, with a hint: WITH RECURSIVE, a CTE named like a catalogue table, a CTE
+defined twice, set operations, ORDER BY / LIMIT / DISTINCT / HAVING inside a view,
+any other aggregate view, a pre-aggregation over a pre-aggregation, and a view with a
+JOIN or WHERE on the right of a LEFT JOIN (moving its WHERE out would drop the LEFT
+JOIN's unmatched rows).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from sqlglot import exp
 from sandbox.catalog import Catalog
 from sandbox.compiler import nodes as n_
 from sandbox.compiler.checks import ROW, contains_aggregate, forbid_everywhere, rebuild
+from sandbox.compiler.nodes import PerUnitRef
+from sandbox.compiler.preagg import PerUnitView, per_unit_view
 from sandbox.compiler.text import refuse, snippet
 
-__all__ = ["PerUnitRef", "PerUnitView", "expand", "forbid_nested"]
+__all__ = ["expand", "forbid_nested"]
 
 # the SELECT parts that hold expressions (FROM/JOIN relations are handled apart)
 _AREAS = ("expressions", "where", "group", "having", "order", "qualify")
@@ -46,23 +49,6 @@ _VIEW_CLAUSES = {
         "Filter per-unit values in the outer query's WHERE (WHERE total > 1000).",
     ),
 }
-
-
-class PerUnitRef(exp.Expression):
-    """A per-unit pre-aggregation read in FROM/JOIN: ``this`` is its index in the list
-    ``expand`` returns. The parser never makes this node; only the compiler does."""
-
-    arg_types = {"this": True, "alias": False}
-
-
-@dataclass
-class PerUnitView:
-    """``SELECT unit, AGG(...) AS name, ... FROM ... GROUP BY unit`` with its views
-    inlined and its columns qualified; checked and compiled by ``preagg.py``."""
-
-    name: str
-    body: exp.Select
-    columns: list[str]  # output names, lower case, in order
 
 
 @dataclass
@@ -147,7 +133,6 @@ class _Expander:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.per_unit: list[PerUnitView] = []
-        self.refs = 0  # PerUnitRef nodes made (one per query)
 
     # -- one view body -----------------------------------------------------------------
 
@@ -185,7 +170,16 @@ class _Expander:
         )
         inlined = self.inline(body, views, qualify=True)
         if aggregated:
-            return self._per_unit_view(inlined, name, renames)
+            if any(isinstance(r, PerUnitRef) for r in _relations(inlined)):
+                raise refuse(
+                    "SUBQUERY",
+                    f"'{name}' aggregates a pre-aggregation: nested pre-aggregation is refused.",
+                    "Pre-aggregate once per unit (GROUP BY the privacy unit), then aggregate "
+                    "those per-unit values in the outer query.",
+                    body,
+                )
+            self.per_unit.append(per_unit_view(inlined, name, renames))
+            return self.per_unit[-1]
         from_ = inlined.args.get("from_") or inlined.args.get("from")
         if from_ is None:
             raise refuse("SUBQUERY", f"'{name}' reads no table.", _CTE_HINT, body)
@@ -242,55 +236,6 @@ class _Expander:
                 select,
             )
         return [(renames[i] if i < len(renames) else c, e) for i, (c, e) in enumerate(items)]
-
-    def _per_unit_view(self, body: exp.Select, name: str, renames: list[str]) -> PerUnitView:
-        relations = [r for r in _relations(body) if r is not None]
-        if any(isinstance(r, PerUnitRef) for r in relations):
-            raise refuse(
-                "SUBQUERY",
-                f"'{name}' aggregates a pre-aggregation: nested pre-aggregation is refused.",
-                "Pre-aggregate once per unit (GROUP BY the privacy unit), then aggregate "
-                "those per-unit values in the outer query.",
-                body,
-            )
-        group = body.args.get("group")
-        if group is None or len(group.expressions) != 1:
-            raise refuse(
-                "SUBQUERY",
-                f"'{name}' aggregates, but not per unit: a CTE or subquery may aggregate "
-                "only with GROUP BY the privacy unit alone.",
-                "Aggregate in the outer query (SELECT sex, COUNT(*) ... GROUP BY sex) and "
-                "compute further figures after download; per-unit values: GROUP BY "
-                "person_id inside, then AVG(total) outside.",
-                body,
-            )
-        cols: list[str] = []
-        for item in body.expressions:
-            if isinstance(item, exp.Alias):
-                cols.append(item.alias.lower())
-            elif isinstance(item, exp.Column) and not isinstance(item.this, exp.Star):
-                cols.append(item.name.lower())
-            else:
-                raise refuse(
-                    "SUBQUERY",
-                    f"The column '{snippet(item)}' of '{name}' has no name.",
-                    "Name each per-unit value: SUM(amount) AS total.",
-                    item,
-                )
-        if len(renames) > len(cols):
-            raise refuse(
-                "SUBQUERY",
-                f"'{name}' names {len(renames)} columns but selects {len(cols)}.",
-                "Name as many columns as the SELECT has.",
-                body,
-            )
-        cols = [renames[i] if i < len(renames) else c for i, c in enumerate(cols)]
-        if len(set(cols)) != len(cols):
-            raise refuse(
-                "SUBQUERY", f"Two columns of '{name}' have one name.", "Name each once.", body
-            )
-        self.per_unit.append(PerUnitView(name=name, body=body, columns=cols))
-        return self.per_unit[-1]
 
     # -- relations and their columns -----------------------------------------------------
 
@@ -393,15 +338,6 @@ class _Expander:
         return None
 
     def _per_unit_ref(self, view: PerUnitView, node: exp.Expr) -> PerUnitRef:
-        if self.refs:
-            raise refuse(
-                "SUBQUERY",
-                "A query may read one per-unit pre-aggregation, once.",
-                "Compute several per-unit values in one subquery: SELECT person_id, "
-                "SUM(a) AS x, COUNT(*) AS y ... GROUP BY person_id.",
-                node,
-            )
-        self.refs += 1
         qual = node.alias or (node.name if isinstance(node, exp.Table) else view.name)
         index = self.per_unit.index(view)
         alias = exp.TableAlias(this=exp.to_identifier(qual.lower()))
