@@ -469,7 +469,8 @@ class _Expander:
         if wheres:
             where = select.args.get("where")
             terms = ([where.this] if where is not None else []) + wheres
-            select.set("where", exp.Where(this=n_.and_(*[exp.Paren(this=t) for t in terms])))
+            cond = terms[0] if len(terms) == 1 else n_.and_(*terms)  # and_ adds parentheses
+            select.set("where", exp.Where(this=cond))
         return select
 
 

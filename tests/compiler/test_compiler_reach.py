@@ -112,3 +112,136 @@ def test_verify_holds_a_bucket_to_its_literals(catalog: Catalog, emp: Grant) -> 
         key = KeySpec(plan.keys[0].name, plan.keys[0].source, public)
         altered = dataclasses.replace(plan, keys=(key,))
         assert any("bucket key" in p for p in problems(altered, catalog, emp))
+
+
+# -- views -------------------------------------------------------------------------------
+
+
+def test_a_view_compiles_to_the_inline_query(catalog: Catalog, emp: Grant) -> None:
+    """The inlined view and the query written inline give the same runner SQL."""
+    view = (
+        "WITH adults AS (SELECT sex, monthly_income AS income FROM persons WHERE age >= 18) "
+        "SELECT sex, AVG(income) AS m FROM adults GROUP BY sex"
+    )
+    inline = "SELECT sex, AVG(monthly_income) AS m FROM persons WHERE age >= 18 GROUP BY sex"
+    a = compile_query(view, catalog=catalog, grant=emp)
+    b = compile_query(inline, catalog=catalog, grant=emp)
+    assert a.sql == b.sql and a.measures == b.measures and a.keys == b.keys
+
+
+def test_a_view_cannot_reach_a_hidden_table(catalog: Catalog, emp: Grant) -> None:
+    sql = "WITH w AS (SELECT age FROM persons) SELECT COUNT(*) FROM w WHERE sex = 'F'"
+    assert refused(sql, catalog, emp).code == "UNKNOWN_COLUMN"
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("WITH persons AS (SELECT * FROM persons) SELECT COUNT(*) FROM persons", "SUBQUERY"),
+        (
+            "WITH w AS (SELECT person_id AS p FROM persons) SELECT p, COUNT(*) FROM w GROUP BY p",
+            "IDENTIFIER_EXPOSED",
+        ),  # fmt: skip
+        (
+            "WITH w AS (SELECT name AS n FROM persons) SELECT n, COUNT(*) FROM w GROUP BY n",
+            "COLUMN_NOT_ALLOWED",
+        ),  # fmt: skip
+    ],
+)
+def test_hostile_views_are_refused(sql: str, code: str, catalog: Catalog, emp: Grant) -> None:
+    err = refused(sql, catalog, emp)
+    assert err.code == code and err.hint
+
+
+# -- per-unit pre-aggregation ----------------------------------------------------------------
+
+PER_UNIT = (
+    "SELECT i.sex, AVG(t.total) AS mean_total FROM (SELECT person_id, SUM(amount) AS total "
+    "FROM payments GROUP BY person_id) t JOIN insured i ON i.person_id = t.person_id "
+    "GROUP BY i.sex"
+)
+
+
+def test_per_unit_bounds_come_from_the_catalogue(catalog: Catalog, pen: Grant) -> None:
+    plan = compile_query(PER_UNIT, catalog=catalog, grant=pen)
+    assert plan.unit_rows == 1 and plan.unit_groups == 1
+    s = next(m for m in plan.measures if m.kind == "sum")
+    assert (s.lower, s.upper) == (0.0, 12 * 5000.0)  # rows_per_unit x amount's bounds
+    assert s.column == "t.total"
+    assert set(plan.tables) == {"payments", "insured"}
+    assert "GROUP BY\n    __unit" in plan.sql and "__rn <= 12" in plan.sql
+    assert any("bounds [0, 60000]" in n for n in plan.notes)
+
+
+def test_per_unit_sensitivity_in_explain(catalog: Catalog, pen: Grant) -> None:
+    from sandbox.cli.policy import plan_summary
+
+    plan = compile_query(PER_UNIT, catalog=catalog, grant=pen)
+    summary = plan_summary(plan)
+    sums = [m for m in summary["measures"] if m["kind"] == "sum"]
+    assert sums and sums[0]["bounds"] == [0.0, 60000.0]
+    assert "1 × 60000" in sums[0]["sensitivity"]
+    assert summary["bounding"]["unit_rows"] == 1
+
+
+_ALTER = [
+    ("__rn <= 12", "__rn <= 100", "not bounded in the per-unit stage"),
+    (
+        'LEAST(GREATEST("u0"."amount", 0.0), 5000.0)',
+        '"u0"."amount" * 1e9',
+        "not clamped",
+    ),
+    ("60000.0", "1e12", "not clamped"),
+    ("GROUP BY\n    __unit\n)", "GROUP BY\n    __unit,\n    __w0\n)", "per-unit stage shape"),
+    ('__unit AS "person_id"', '__w0 AS "person_id"', "per-unit stage unit column"),
+    ("CAST(SUM(__w0) AS DOUBLE)", "MAX(__w0)", "per-unit value"),
+    (
+        "FROM __perunit AS t0",
+        'FROM __perunit AS t0\n  JOIN __perunit AS t2 ON "t2"."person_id" = "t0"."person_id"',
+        "read twice",
+    ),
+    ('JOIN "insured" AS t1', 'JOIN "payments" AS t1', "rows per unit above"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), _ALTER)
+def test_verify_holds_the_per_unit_stages(
+    old: str, new: str, problem: str, catalog: Catalog, pen: Grant
+) -> None:
+    plan = compile_query(PER_UNIT, catalog=catalog, grant=pen)
+    verify_plan(plan, catalog, pen)
+    assert old in plan.sql, plan.sql
+    altered = dataclasses.replace(plan, sql=plan.sql.replace(old, new))
+    found = problems(altered, catalog, pen)
+    assert any(problem in p for p in found), found
+
+
+def test_verify_holds_per_unit_uses_to_the_grant(catalog: Catalog, grants: Grants) -> None:
+    """The sme grant lets registered_capital be aggregated, not filtered: its per-unit
+    sum may not be filtered either, in the Plan's SQL as in the query."""
+    sme = grants.grant("g-huaxin-sme")
+    assert sme is not None
+    sql = (
+        "SELECT AVG(c) FROM (SELECT enterprise_id, SUM(registered_capital) AS c "
+        "FROM enterprises GROUP BY enterprise_id) t"
+    )
+    plan = compile_query(sql, catalog=catalog, grant=sme)
+    verify_plan(plan, catalog, sme)
+    assert "FROM __perunit AS t0\n)" in plan.sql
+    altered = dataclasses.replace(
+        plan,
+        sql=plan.sql.replace(
+            "FROM __perunit AS t0\n)", 'FROM __perunit AS t0\n  WHERE "t0"."__p0" > 100\n)'
+        ),
+    )
+    assert any("without 'filter'" in p for p in problems(altered, catalog, sme))
+    err = refused(sql + " WHERE c > 100", catalog, sme)
+    assert err.code == "COLUMN_NOT_ALLOWED"
+
+
+def test_a_plan_without_per_unit_stage_may_not_read_one(catalog: Catalog, pen: Grant) -> None:
+    plan = compile_query("SELECT SUM(amount) FROM payments", catalog=catalog, grant=pen)
+    altered = dataclasses.replace(
+        plan, sql=plan.sql.replace('FROM "payments" AS t0', "FROM __perunit AS t0")
+    )
+    assert any("per-unit relation" in p for p in problems(altered, catalog, pen))
