@@ -9,9 +9,11 @@ every aggregated value and bounds each privacy unit's rows and groups), one meas
 per exact aggregate, and ``post_sql`` that turns noisy measures into the operator's
 outputs.
 
-Modules: ``text`` (size, characters, nesting, parsing), ``scope`` (tables, joins,
+Modules: ``text`` (size, characters, nesting, parsing), ``views`` (CTEs and FROM
+subqueries inlined), ``preagg`` (per-unit pre-aggregation), ``scope`` (tables, joins,
 columns), ``checks`` (what expression may go where), ``groupkeys`` (GROUP BY and public key
-values), ``measures`` (aggregates), ``build`` (the runner and post-processing SQL).
+values, CASE buckets), ``measures`` (aggregates), ``build`` (the runner and
+post-processing SQL), ``verify`` / ``verify_units`` (the second check).
 """
 
 from __future__ import annotations
@@ -206,7 +208,8 @@ def _as_select(stmt: exp.Expr) -> exp.Select:
         raise refuse(
             "UNSUPPORTED_CLAUSE",
             "UNION, INTERSECT and EXCEPT are not supported.",
-            "Run one query per part, or use GROUP BY with a CASE key.",
+            "Put the parts in one SELECT as COUNT(*) FILTER (WHERE ...) columns, or GROUP BY "
+            "a CASE key (CASE WHEN ... THEN 'a' ELSE 'b' END); or run one query per part.",
             stmt,
         )
     if isinstance(stmt, exp.With):

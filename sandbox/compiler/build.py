@@ -2,7 +2,13 @@
 
 Runner SQL shape (stages are skipped when the catalogue makes them unnecessary)::
 
-    WITH __rows AS (        -- join, WHERE, public-key filter; clamped values
+    WITH __unit_rows AS (   -- only with a per-unit pre-aggregation (preagg.py): its rows,
+      SELECT <unit> AS __unit, <value> AS __w0, ..., RANDOM() AS __r FROM ... WHERE ...),
+    __unit_bounded AS (     --   at most R of them per unit (only if R > 1)
+      ... ROW_NUMBER() OVER (PARTITION BY __unit ORDER BY __r) <= R),
+    __perunit AS (          --   one row per unit: its values
+      SELECT __unit AS "<unit>", SUM(__w0) AS __p0, ... FROM ... GROUP BY __unit),
+    __rows AS (             -- join, WHERE, public-key filter; clamped values
       SELECT <unit> AS __unit, <key> AS __k0, ..., <value> AS __v0, ...
       FROM ... JOIN ... WHERE ...),
     __groups AS (           -- at most G groups per unit (only if a unit can span more)
@@ -11,8 +17,8 @@ Runner SQL shape (stages are skipped when the catalogue makes them unnecessary):
       ... ROW_NUMBER() OVER (PARTITION BY __unit ORDER BY __r) <= R)
     SELECT __k0 AS "key", ..., COUNT(*) AS "m0", ... FROM <last stage> GROUP BY __k0, ...
 
-Both windows depend only on the unit's own rows, so bounding one unit's contribution
-never changes another's.
+Every window and the per-unit GROUP BY depend only on the unit's own rows, so
+bounding one unit's contribution never changes another's.
 """
 
 from __future__ import annotations

@@ -315,6 +315,14 @@ def _add_source(scope: Scope, node: exp.Expr) -> Source:
             f"Write FROM {node.name}.",
             node,
         )
+    if node.args.get("pivots"):
+        raise refuse(
+            "UNSUPPORTED_CLAUSE",
+            f"'{snippet(node)}': PIVOT and UNPIVOT are not supported.",
+            "Pivot with one column per value in one SELECT: SUM(amount) FILTER (WHERE "
+            "year = 2023) AS y2023, SUM(amount) FILTER (WHERE year = 2024) AS y2024.",
+            node,
+        )
     for key in ("joins", "laterals", "pivots", "sample", "version", "when", "changes"):
         if node.args.get(key):
             raise refuse(
@@ -352,7 +360,9 @@ def _add_source(scope: Scope, node: exp.Expr) -> Source:
         raise refuse(
             "UNSUPPORTED_JOIN",
             f"Table '{table.name}' is read twice.",
-            "Read each table once; self-joins are refused.",
+            "Read each table once; self-joins are refused. To compare periods, use one "
+            "SELECT with SUM(amount) FILTER (WHERE year = 2024) and SUM(amount) FILTER "
+            "(WHERE year = 2023) columns, or compute growth after download.",
             node,
         )
     alias = node.alias.lower() if node.alias else None

@@ -245,3 +245,51 @@ def test_a_plan_without_per_unit_stage_may_not_read_one(catalog: Catalog, pen: G
         plan, sql=plan.sql.replace('FROM "payments" AS t0', "FROM __perunit AS t0")
     )
     assert any("per-unit relation" in p for p in problems(altered, catalog, pen))
+
+
+# -- hints for what stays refused name the workaround -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "code", "workaround"),
+    [
+        ("SELECT year, LAG(SUM(amount)) OVER (ORDER BY year) FROM payments GROUP BY year",
+         "WINDOW_FUNCTION", "after download"),
+        ("SELECT year, SUM(amount) - LEAD(SUM(amount)) OVER (ORDER BY year) FROM payments "
+         "GROUP BY year", "WINDOW_FUNCTION", "FILTER (WHERE year = 2024)"),
+        ("SELECT person_id, SUM(amount) OVER (PARTITION BY person_id) FROM payments",
+         "WINDOW_FUNCTION", "GROUP BY person_id"),
+        ("SELECT year, RANK() OVER (ORDER BY COUNT(*)) FROM payments GROUP BY year",
+         "WINDOW_FUNCTION", "ORDER BY n DESC LIMIT"),
+        ("SELECT SUM(a.amount) FROM payments a JOIN payments b ON a.person_id = b.person_id",
+         "UNSUPPORTED_JOIN", "growth after download"),
+        ("SELECT COUNT(*) FROM payments PIVOT (SUM(amount) FOR year IN (2023, 2024))",
+         "UNSUPPORTED_CLAUSE", "FILTER (WHERE"),
+        ("SELECT COUNT(*) FROM payments WHERE year = 2023 UNION ALL "
+         "SELECT COUNT(*) FROM payments WHERE year = 2024", "UNSUPPORTED_CLAUSE",
+         "COUNT(*) FILTER (WHERE"),
+        ("SELECT COUNT(*) FROM insured WHERE person_id IN (SELECT person_id FROM payments)",
+         "SUBQUERY", "pre-aggregate per unit"),
+        ("SELECT COUNT(DISTINCT year) FROM payments", "UNSUPPORTED_AGGREGATE",
+         "count the groups"),
+        ("SELECT AVG(total) FROM (SELECT year, SUM(amount) AS total FROM payments "
+         "GROUP BY year) t", "SUBQUERY", "after download"),
+    ],
+)  # fmt: skip
+def test_refusals_name_the_workaround(
+    sql: str, code: str, workaround: str, catalog: Catalog, pen: Grant
+) -> None:
+    err = refused(sql, catalog, pen)
+    assert err.code == code, err.message
+    assert workaround in err.hint, err.hint
+
+
+def test_growth_as_filter_columns_compiles(catalog: Catalog, pen: Grant) -> None:
+    """The workaround the hints name is itself accepted."""
+    plan = compile_query(
+        "SELECT SUM(amount) FILTER (WHERE year = 2024) / SUM(amount) FILTER (WHERE year = "
+        "2023) - 1 AS growth FROM payments",
+        catalog=catalog,
+        grant=pen,
+    )
+    assert [o.kind for o in plan.outputs] == ["derived"]
