@@ -31,7 +31,14 @@ from sandbox.compiler.nodes import PerUnitRef, as_bool
 from sandbox.compiler.post import Outputs
 from sandbox.compiler.preagg import compile_per_unit
 from sandbox.compiler.scope import build_scope
-from sandbox.compiler.text import check_text, parse_statement, refuse, snippet, too_deep
+from sandbox.compiler.text import (
+    check_text,
+    check_tree_depth,
+    parse_statement,
+    refuse,
+    snippet,
+    too_deep,
+)
 from sandbox.compiler.views import expand, forbid_nested
 from sandbox.grants import Grant
 from sandbox.plan import Plan
@@ -85,6 +92,7 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     select = _as_select(stmt)
     forbid_nested(select)
     select, views = expand(select, catalog)
+    check_tree_depth(select)  # views inlined into views nest their expressions
     forbid_everywhere(select)
     refs = list(select.find_all(PerUnitRef))
     if len(refs) > 1:

@@ -33,10 +33,11 @@ from sandbox.compiler import nodes as n_
 from sandbox.compiler.checks import ROW, contains_aggregate, forbid_everywhere, rebuild
 from sandbox.compiler.nodes import PerUnitRef
 from sandbox.compiler.preagg import PerUnitView, per_unit_view
-from sandbox.compiler.text import refuse, snippet
+from sandbox.compiler.text import check_tree_depth, refuse, snippet
 
 __all__ = ["expand", "forbid_nested"]
 
+MAX_INLINED_NODES = 20_000  # per SELECT, after its views are substituted
 # the SELECT parts that hold expressions (FROM/JOIN relations are handled apart)
 _AREAS = ("expressions", "where", "group", "having", "order", "qualify")
 _VIEW_CLAUSES = {
@@ -59,6 +60,8 @@ class _View:
     where: exp.Expr | None
     columns: dict[str, exp.Expr] = field(default_factory=dict)  # name -> its expression
     ambiguous: set[str] = field(default_factory=set)
+    sizes: dict[str, int] = field(default_factory=dict)  # nodes in each column's expression
+    size: int = 0  # nodes in its relations and WHERE, copied into each query that reads it
 
 
 def forbid_nested(select: exp.Select) -> None:
@@ -133,6 +136,7 @@ class _Expander:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.per_unit: list[PerUnitView] = []
+        self.nodes = 0  # nodes copied by the substitution under way
 
     # -- one view body -----------------------------------------------------------------
 
@@ -169,6 +173,7 @@ class _Expander:
             contains_aggregate(i) for i in body.expressions
         )
         inlined = self.inline(body, views, qualify=True)
+        check_tree_depth(inlined)  # a view of views nests their expressions
         if aggregated:
             if any(isinstance(r, PerUnitRef) for r in _relations(inlined)):
                 raise refuse(
@@ -200,6 +205,10 @@ class _Expander:
                 view.ambiguous.add(col)
             else:
                 view.columns[col] = expr
+                view.sizes[col] = _size(expr)
+        view.size = sum(_size(r) for r in [view.first, *view.joins]) + (
+            _size(view.where) if view.where is not None else 0
+        )
         return view
 
     def _named_items(
@@ -346,10 +355,18 @@ class _Expander:
     def _resolve_columns(
         self, select: exp.Select, rels: list[tuple[exp.Expr, _View | None]]
     ) -> None:
+        self.nodes = 0
         aliases = {i.alias.lower() for i in select.expressions if isinstance(i, exp.Alias)}
         quals: dict[str, tuple[exp.Expr, _View | None]] = {}
         for rel, view in rels:
             for q in self._qualifiers(rel) if view is None else {self._qualifier(rel) or ""}:
+                if q in quals:
+                    raise refuse(
+                        "UNSUPPORTED_JOIN",
+                        f"The name '{q}' is used twice in FROM/JOIN.",
+                        "Give each table and view its own alias.",
+                        rel,
+                    )
                 if q:
                     quals[q] = (rel, view)
         found: list[tuple[exp.Column, exp.Expr | None]] = []
@@ -428,7 +445,20 @@ class _Expander:
                 "A view offers only the columns it selects; add it to the view's SELECT.",
                 col,
             )
+        self._grow(view.sizes[name], col)
         return n_.wrap(view.columns[name].copy())
+
+    def _grow(self, nodes: int, where: exp.Expr) -> None:
+        """Count the nodes inlining copies; refuse before a query of a few kilobytes
+        (views of views, each using a column twice) becomes millions of nodes."""
+        self.nodes += nodes
+        if self.nodes > MAX_INLINED_NODES:
+            raise refuse(
+                "QUERY_TOO_LARGE",
+                f"Inlining the views makes the query larger than {MAX_INLINED_NODES} nodes.",
+                "Use each view column fewer times, or write the expression once.",
+                where,
+            )
 
     def _splice(
         self,
@@ -446,6 +476,7 @@ class _Expander:
                 else:
                     joins.append(join)
                 continue
+            self._grow(view.size, rel)
             if join is None:
                 first = view.first.copy()
             else:
@@ -472,6 +503,10 @@ class _Expander:
             cond = terms[0] if len(terms) == 1 else n_.and_(*terms)  # and_ adds parentheses
             select.set("where", exp.Where(this=cond))
         return select
+
+
+def _size(node: exp.Expr) -> int:
+    return sum(1 for _ in node.walk())
 
 
 def _any_column(n: exp.Expr) -> exp.Expr | None:

@@ -293,3 +293,42 @@ def test_growth_as_filter_columns_compiles(catalog: Catalog, pen: Grant) -> None
         grant=pen,
     )
     assert [o.kind for o in plan.outputs] == ["derived"]
+
+
+# -- hostile views: size, depth, names ---------------------------------------------------------
+
+
+def _chain(n: int, expr: str) -> str:
+    ctes = ["a0 AS (SELECT age AS x FROM persons)"]
+    ctes += [f"a{i} AS (SELECT {expr} AS x FROM a{i - 1})" for i in range(1, n)]
+    return "WITH " + ", ".join(ctes) + f" SELECT COUNT(*) FROM a{n - 1} WHERE x > 3"
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        (_chain(60, "x + x"), "QUERY_TOO_LARGE"),  # doubles at each level: 2^60 nodes
+        (_chain(300, "x + 1"), "QUERY_TOO_DEEP"),
+        ("WITH w AS (SELECT CASE " + " ".join(f"WHEN age < {i} THEN {i}" for i in range(60))
+         + " END AS x FROM persons) SELECT COUNT(*) FROM w WHERE "
+         + " OR ".join(f"x = {i}" for i in range(200)), "QUERY_TOO_LARGE"),
+    ],
+    ids=["doubling", "deep", "wide"],
+)  # fmt: skip
+def test_views_cannot_blow_up_the_compiler(
+    sql: str, code: str, catalog: Catalog, emp: Grant
+) -> None:
+    import time
+
+    start = time.perf_counter()
+    err = refused(sql, catalog, emp)
+    assert err.code == code, err.message
+    assert time.perf_counter() - start < 5.0
+
+
+def test_a_name_used_twice_beside_a_view_is_refused(catalog: Catalog, emp: Grant) -> None:
+    sql = (
+        "WITH w AS (SELECT county_code FROM persons) SELECT COUNT(*) FROM w "
+        "JOIN divisions w ON w.county_code = w.county_code"
+    )
+    assert refused(sql, catalog, emp).code == "UNSUPPORTED_JOIN"
