@@ -159,3 +159,49 @@ def test_the_three_shapes_are_within_their_intervals(
         h = sum(results[n][0] for n in names)
         t = sum(results[n][1] for n in names)
         assert t >= 200 and h / t >= 0.9, (shape, h, t, results)
+
+
+@pytest.mark.container
+def test_the_runner_container_runs_the_new_shapes(
+    docker_client: Any,
+    runner_image: str,
+    demo_data_root: Path,
+    tmp_path: Path,
+    catalog: Catalog,
+    grants: Grants,
+) -> None:
+    """The runner image's DuckDB runs the stages the compiler now writes (views inlined,
+    bucket keys, the per-unit stage) and gives the exact table the host's DuckDB gives.
+    The demo data has a payment per month over several years, more than the 12 rows per
+    person the catalogue allows, so the per-unit queries read one year (12 rows): the
+    random choice of 12 rows then keeps them all, and both answers are the same."""
+    from sandbox.executors.docker import DockerExecutor
+    from sandbox.settings import Settings
+
+    settings = Settings(
+        home=tmp_path / "home", concurrency=1, job_timeout_s=120.0, memory_mb=512, warm_runners=0
+    )
+    executor = DockerExecutor(settings, client=docker_client, image=runner_image)
+    con = duckdb.connect(":memory:")
+    try:
+        for name in ("income_bands", "cte_join", "per_unit_by_county", "per_unit_bands"):
+            grant_id, _, sql = QUERIES[name]
+            sql = sql.replace("payments GROUP BY", "payments WHERE year = 2024 GROUP BY")
+            grant = grants.grant(grant_id)
+            assert grant is not None
+            plan = compile_query(sql, catalog=catalog, grant=grant)
+            for table, rel in plan.tables.items():
+                path = demo_data_root / rel
+                con.execute(f"CREATE OR REPLACE VIEW \"{table}\" AS SELECT * FROM "
+                            f"read_parquet('{path}')")  # fmt: skip
+            got = executor.run(plan, data_root=demo_data_root, job_id=f"reach-{name}")
+            assert got.table.column_names == plan.result_columns
+            want = con.sql(plan.sql).fetchall()
+            assert want, name
+            rows = sorted(tuple(r.values()) for r in got.table.to_pylist())
+            assert len(rows) == len(want), name
+            for a, b in zip(rows, sorted(want), strict=True):  # sums in another order
+                assert a == pytest.approx(b, rel=1e-9), name
+    finally:
+        executor.close()
+        con.close()
