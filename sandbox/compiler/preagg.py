@@ -128,7 +128,11 @@ def compile_per_unit(view: PerUnitView, catalog: Catalog, grant: Grant) -> PerUn
     group = body.args["group"].expressions[0]
     if isinstance(group, exp.Column) and not group.table:  # GROUP BY an output alias
         group = next(
-            (i.this for i in items if isinstance(i, exp.Alias) and i.alias_or_name == group.name),
+            (
+                i.this
+                for i in items
+                if isinstance(i, exp.Alias) and i.alias.lower() == group.name.lower()
+            ),
             group,
         )
     elif (

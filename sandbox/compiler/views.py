@@ -370,10 +370,13 @@ class _Expander:
                 if q:
                     quals[q] = (rel, view)
         found: list[tuple[exp.Column, exp.Expr | None]] = []
+        order = select.args.get("order")
         for area in _areas(select):
             for col in list(area.find_all(exp.Column)):
                 if isinstance(col.this, exp.Star) or col.args.get("db") or col.args.get("catalog"):
                     continue
+                if area is order and not col.table and col.name.lower() in aliases:
+                    continue  # ORDER BY names an output first, as SQL does
                 found.append((col, self._resolve(col, rels, quals, aliases)))
         for col, made in found:
             if made is None:

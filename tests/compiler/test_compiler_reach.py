@@ -332,3 +332,13 @@ def test_a_name_used_twice_beside_a_view_is_refused(catalog: Catalog, emp: Grant
         "JOIN divisions w ON w.county_code = w.county_code"
     )
     assert refused(sql, catalog, emp).code == "UNSUPPORTED_JOIN"
+
+
+def test_order_by_an_output_alias_beside_a_view(catalog: Catalog, emp: Grant) -> None:
+    """ORDER BY names an output before a view's column of the same name, as in SQL."""
+    sql = (
+        "WITH w AS (SELECT age, sex FROM persons) "
+        "SELECT sex, COUNT(*) AS age FROM w GROUP BY sex ORDER BY age DESC"
+    )
+    plan = compile_query(sql, catalog=catalog, grant=emp)
+    assert 'ORDER BY\n  "age" DESC' in plan.post_sql
