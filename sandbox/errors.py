@@ -58,7 +58,7 @@ CODES: dict[str, str] = {
     "UNSUPPORTED_JOIN": "The JOIN is not on the privacy unit or a declared lookup key.",
     "UNSUPPORTED_GROUP_KEY": "The GROUP BY key is not a group column or a simple derivation.",
     "WINDOW_FUNCTION": "Window functions are refused in operator queries.",
-    "SUBQUERY": "Subqueries and CTEs are refused.",
+    "SUBQUERY": "A subquery or CTE other than a row-level view or a per-unit pre-aggregation.",
     "UNSUPPORTED_CLAUSE": "The clause is not supported.",
     "MULTIPLE_DATASETS": "The query reads more than one private dataset.",
     "UNSUPPORTED_FUNCTION": "The scalar function is not supported.",

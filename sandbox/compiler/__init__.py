@@ -9,9 +9,11 @@ every aggregated value and bounds each privacy unit's rows and groups), one meas
 per exact aggregate, and ``post_sql`` that turns noisy measures into the operator's
 outputs.
 
-Modules: ``text`` (size, characters, nesting, parsing), ``scope`` (tables, joins,
+Modules: ``text`` (size, characters, nesting, parsing), ``views`` (CTEs and FROM
+subqueries inlined), ``preagg`` (per-unit pre-aggregation), ``scope`` (tables, joins,
 columns), ``checks`` (what expression may go where), ``groupkeys`` (GROUP BY and public key
-values), ``measures`` (aggregates), ``build`` (the runner and post-processing SQL).
+values, CASE buckets), ``measures`` (aggregates), ``build`` (the runner and
+post-processing SQL), ``verify`` / ``verify_units`` (the second check).
 """
 
 from __future__ import annotations
@@ -25,10 +27,19 @@ from sandbox.compiler.build import build_plan
 from sandbox.compiler.checks import contains_aggregate, forbid_everywhere, row_expr
 from sandbox.compiler.groupkeys import make_key
 from sandbox.compiler.measures import Measures, quantile_candidates
-from sandbox.compiler.nodes import as_bool
+from sandbox.compiler.nodes import PerUnitRef, as_bool
 from sandbox.compiler.post import Outputs
+from sandbox.compiler.preagg import compile_per_unit
 from sandbox.compiler.scope import build_scope
-from sandbox.compiler.text import check_text, parse_statement, refuse, snippet, too_deep
+from sandbox.compiler.text import (
+    check_text,
+    check_tree_depth,
+    parse_statement,
+    refuse,
+    snippet,
+    too_deep,
+)
+from sandbox.compiler.views import expand, forbid_nested
 from sandbox.grants import Grant
 from sandbox.plan import Plan
 
@@ -46,6 +57,8 @@ _SELECT_ARGS = {
     "limit",
     "offset",
     "kind",
+    "with",
+    "with_",
 }
 _CLAUSE_NAMES = {
     "distinct": ("SELECT DISTINCT", "Use GROUP BY on the columns instead."),
@@ -77,8 +90,21 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     text = check_text(sql)
     stmt = parse_statement(text)
     select = _as_select(stmt)
+    forbid_nested(select)
+    select, views = expand(select, catalog)
+    check_tree_depth(select)  # views inlined into views nest their expressions
     forbid_everywhere(select)
-    scope, relations = build_scope(select, catalog, grant)
+    refs = list(select.find_all(PerUnitRef))
+    if len(refs) > 1:
+        raise refuse(
+            "SUBQUERY",
+            "A query may read one per-unit pre-aggregation, once.",
+            "Compute several per-unit values in one subquery: SELECT person_id, SUM(a) AS x, "
+            "COUNT(*) AS y ... GROUP BY person_id.",
+            select,
+        )
+    per_unit = compile_per_unit(views[int(refs[0].this.this)], catalog, grant) if refs else None
+    scope, relations = build_scope(select, catalog, grant, per_unit=per_unit)
     measures = Measures(scope)
     outputs = Outputs(scope, measures)
 
@@ -173,13 +199,6 @@ def _and_terms(node: exp.Expr) -> list[exp.Expr]:
 
 def _as_select(stmt: exp.Expr) -> exp.Select:
     if isinstance(stmt, exp.Select):
-        if stmt.args.get("with") or stmt.args.get("with_"):
-            raise refuse(
-                "SUBQUERY",
-                "WITH (common table expressions) is refused.",
-                "Write one SELECT over the catalogue tables.",
-                stmt,
-            )
         for key, value in stmt.args.items():
             if not value or key in _SELECT_ARGS:
                 continue
@@ -197,7 +216,8 @@ def _as_select(stmt: exp.Expr) -> exp.Select:
         raise refuse(
             "UNSUPPORTED_CLAUSE",
             "UNION, INTERSECT and EXCEPT are not supported.",
-            "Run one query per part, or use GROUP BY with a CASE key.",
+            "Put the parts in one SELECT as COUNT(*) FILTER (WHERE ...) columns, or GROUP BY "
+            "a CASE key (CASE WHEN ... THEN 'a' ELSE 'b' END); or run one query per part.",
             stmt,
         )
     if isinstance(stmt, exp.With):

@@ -2,7 +2,13 @@
 
 Runner SQL shape (stages are skipped when the catalogue makes them unnecessary)::
 
-    WITH __rows AS (        -- join, WHERE, public-key filter; clamped values
+    WITH __unit_rows AS (   -- only with a per-unit pre-aggregation (preagg.py): its rows,
+      SELECT <unit> AS __unit, <value> AS __w0, ..., RANDOM() AS __r FROM ... WHERE ...),
+    __unit_bounded AS (     --   at most R of them per unit (only if R > 1)
+      ... ROW_NUMBER() OVER (PARTITION BY __unit ORDER BY __r) <= R),
+    __perunit AS (          --   one row per unit: its values
+      SELECT __unit AS "<unit>", SUM(__w0) AS __p0, ... FROM ... GROUP BY __unit),
+    __rows AS (             -- join, WHERE, public-key filter; clamped values
       SELECT <unit> AS __unit, <key> AS __k0, ..., <value> AS __v0, ...
       FROM ... JOIN ... WHERE ...),
     __groups AS (           -- at most G groups per unit (only if a unit can span more)
@@ -11,8 +17,8 @@ Runner SQL shape (stages are skipped when the catalogue makes them unnecessary):
       ... ROW_NUMBER() OVER (PARTITION BY __unit ORDER BY __r) <= R)
     SELECT __k0 AS "key", ..., COUNT(*) AS "m0", ... FROM <last stage> GROUP BY __k0, ...
 
-Both windows depend only on the unit's own rows, so bounding one unit's contribution
-never changes another's.
+Every window and the per-unit GROUP BY depend only on the unit's own rows, so
+bounding one unit's contribution never changes another's.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from sandbox import hostsql
 from sandbox.compiler import nodes as n_
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.post import Outputs, quote
+from sandbox.compiler.preagg import PER_UNIT_TABLE, PerUnit
 from sandbox.compiler.scope import Scope
 from sandbox.compiler.verify import verify_plan
 from sandbox.errors import QueryRefused, SystemFailure
@@ -78,6 +85,10 @@ def build_plan(
     cap_groups = spans and limit_g < reach
     unit_groups = min(limit_g, reach) if spans else 1
 
+    ctes: list[tuple[str, exp.Select]] = []
+    if isinstance(scope.per_unit, PerUnit):
+        ctes += _per_unit_stages(scope.per_unit)
+        notes.extend(scope.per_unit.notes)
     unit = exp.column(dataset.privacy_unit or "", table=scope.unit_source.alias, quoted=True)
     items: list[exp.Expr] = [n_.alias(unit, "__unit", quote=False)]
     items += [n_.alias(k.node, f"__k{j}", quote=False) for j, k in enumerate(keys)]
@@ -101,7 +112,7 @@ def build_plan(
         joins=relations[1:],
         where=n_.and_(*conds) if conds else None,
     )
-    ctes: list[tuple[str, exp.Select]] = [("__rows", rows)]
+    ctes.append(("__rows", rows))
     key_cols = [f"__k{j}" for j in range(len(keys))]
     if cap_groups:
         order: list[exp.Expr] = [
@@ -124,7 +135,7 @@ def build_plan(
             f"rows per {dataset.privacy_unit} capped at {unit_rows} "
             "(ROW_NUMBER in random order within each unit)"
         )
-    else:
+    elif scope.per_unit is None:
         notes.append(
             f"one row per {dataset.privacy_unit} in every table read; no per-unit window needed"
         )
@@ -160,8 +171,8 @@ def build_plan(
     for n in measures.notes:
         if n not in notes:
             notes.append(n)
-    tables = {s.table.name: s.table.file for s in scope.sources}
-    versions = {s.dataset.id: s.dataset.version for s in scope.sources}
+    tables = {s.table.name: s.table.file for s in scope.read_sources}
+    versions = {s.dataset.id: s.dataset.version for s in scope.read_sources}
     plan = Plan(
         query_sha256=query_sha256,
         dataset=dataset.id,
@@ -184,7 +195,7 @@ def build_plan(
     return plan
 
 
-_STAGES = ("__rows", "__groups", "__bounded")
+_STAGES = ("__unit_rows", "__unit_bounded", PER_UNIT_TABLE, "__rows", "__groups", "__bounded")
 # Every function the compiler can emit, by DuckDB's own name for it. A second, independent
 # check on the generated SQL: the operator's SQL was already whitelisted node by node.
 _FUNCTIONS = frozenset(
@@ -241,6 +252,7 @@ _FUNCTIONS = frozenset(
         "count",
         "count_star",
         "sum",
+        "avg",
         "histogram",
         "hash",
         "random",
@@ -286,6 +298,30 @@ def _check_parse(con: Any, sql: str, tables: set[str]) -> None:
         )
 
 
+def _per_unit_stages(pu: PerUnit) -> list[tuple[str, exp.Select]]:
+    """__unit_rows (the inner query's rows: unit, clamped values), __unit_bounded (at
+    most R rows per unit, if R > 1), __perunit (one row per unit: its values)."""
+    dataset = pu.scope.private_dataset
+    unit_name = dataset.privacy_unit or ""
+    unit = exp.column(unit_name, table=pu.scope.unit_source.alias, quoted=True)
+    items: list[exp.Expr] = [n_.alias(unit, "__unit", quote=False)]
+    items += [
+        n_.alias(n_.try_(node), name, quote=False) for node, name in pu.values.values.values()
+    ]
+    if pu.rows > 1:
+        items.append(n_.alias(exp.Rand(), "__r", quote=False))
+    rows = n_.select(items, pu.relations[0], joins=pu.relations[1:], where=pu.where)
+    stages: list[tuple[str, exp.Select]] = [("__unit_rows", rows)]
+    if pu.rows > 1:
+        window = _window("__unit_rows", exp.RowNumber(), [n_.name("__r")], "__rn", pu.rows)
+        stages.append(("__unit_bounded", window))
+    out = [n_.alias(n_.name("__unit"), unit_name)]
+    out += [n_.alias(agg, name, quote=False) for name, agg in pu.aggs]
+    last = n_.table(stages[-1][0], quote=False)
+    stages.append((PER_UNIT_TABLE, n_.select(out, last, group=[n_.name("__unit")])))
+    return stages
+
+
 def _window(prev: str, func: exp.Expr, order: list[exp.Expr], col: str, limit: int) -> exp.Select:
     """SELECT * FROM (SELECT *, func OVER (PARTITION BY __unit ORDER BY order) AS col
     FROM prev) WHERE col <= limit: at most ``limit`` rows or groups per unit."""
@@ -311,7 +347,7 @@ def _check_plan(con: Any, plan: Plan, scope: Scope) -> None:
     import duckdb
 
     try:
-        for s in scope.sources:
+        for s in scope.read_sources:
             cols = ", ".join(f'"{c.name}" {c.type}' for c in s.table.columns)
             con.execute(f'CREATE TABLE "{s.table.name}" ({cols})')
         rel = con.sql(f"SELECT * FROM ({plan.sql}) LIMIT 0")

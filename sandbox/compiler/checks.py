@@ -159,23 +159,27 @@ def contains_aggregate(node: exp.Expr) -> bool:
     return any(is_aggregate(n) for n in node.walk())
 
 
-def forbid_everywhere(node: exp.Expr) -> None:
-    """Subqueries and window functions are refused wherever they appear."""
+def forbid_everywhere(node: exp.Expr, *, include_self: bool = False) -> None:
+    """Subqueries and window functions are refused wherever they appear (below ``node``,
+    or from ``node`` itself with ``include_self``)."""
     for n in node.walk():
-        if n is node:
+        if n is node and not include_self:
             continue
         if isinstance(n, exp.Window | exp.WindowSpec):
             raise refuse(
                 "WINDOW_FUNCTION",
                 f"Window functions such as '{snippet(n)}' are refused.",
-                "Aggregate with GROUP BY; per-unit windows are applied by the sandbox.",
+                window_hint(n),
                 n,
             )
         if isinstance(n, exp.Subquery | exp.Select | exp.Exists | exp.Union | exp.With):
             raise refuse(
                 "SUBQUERY",
-                f"Subqueries and CTEs such as '{snippet(n)}' are refused.",
-                "Write one SELECT over the catalogue tables; filter with WHERE or HAVING.",
+                f"Subqueries such as '{snippet(n)}' are refused here.",
+                "Write the condition directly in WHERE or HAVING. A share of a total: "
+                "100.0 * COUNT(*) FILTER (WHERE ...) / COUNT(*) in one SELECT. A condition "
+                "on each unit's own total: pre-aggregate per unit in FROM, (SELECT "
+                "person_id, SUM(amount) AS total ... GROUP BY person_id) t WHERE total > ...",
                 n,
             )
         if isinstance(n, exp.Placeholder | exp.Parameter | exp.SessionParameter):
@@ -185,6 +189,31 @@ def forbid_everywhere(node: exp.Expr) -> None:
                 "Write literal values into the query.",
                 n,
             )
+
+
+_GROWTH = (exp.Lag, exp.Lead, exp.FirstValue, exp.LastValue, exp.NthValue)
+_RANKS = (exp.RowNumber, exp.Rank, exp.DenseRank, exp.PercentRank, exp.CumeDist, exp.Ntile)
+
+
+def window_hint(n: exp.Expr) -> str:
+    """What to write instead of a window function: the workaround for its usual aim."""
+    func = n.this if isinstance(n, exp.Window) else None
+    if isinstance(func, _GROWTH):
+        return (
+            "Growth and differences between periods: GROUP BY the period (year) and compute "
+            "the change after download, or in one SELECT: SUM(amount) FILTER (WHERE year = "
+            "2024) / SUM(amount) FILTER (WHERE year = 2023) - 1."
+        )
+    if isinstance(func, _RANKS):
+        return (
+            "Rank the released groups with ORDER BY n DESC LIMIT 10; the sandbox applies its "
+            "own per-unit windows."
+        )
+    return (
+        "Aggregate with GROUP BY. Per-unit totals: a per-unit subquery, (SELECT person_id, "
+        "SUM(amount) AS total ... GROUP BY person_id) t, then AVG(total); running totals "
+        "and shares of a total: compute them after download from the per-group results."
+    )
 
 
 def row_expr(

@@ -7,6 +7,13 @@ BOOLEAN): the compiler then evaluates the key expression over that domain in an
 in-memory DuckDB (no data, no files) and the runner keeps only rows whose key is in
 the list, so no value outside the public list ever leaves the container. Otherwise
 the key is private and its groups go through partition selection.
+
+A *bucket* is a CASE (or IF) whose THEN and ELSE values are all literals, over columns
+whose uses include ``filter`` (``CASE WHEN monthly_income < 2000 THEN 'low' ... END``):
+its public values are those literals, whatever the data, so it is a public key even
+when its columns have no ``group`` use or no public domain. It releases no more than
+one ``COUNT(*) FILTER (WHERE ...)`` column per branch would. A row that matches no
+branch (no ELSE) has a NULL key and is dropped, as every NULL key is.
 """
 
 from __future__ import annotations
@@ -67,11 +74,7 @@ def canonical(node: exp.Expr, scope: Scope) -> str:
 
 def runner_labels(scope: Scope) -> dict[tuple[str, str], str]:
     """(runner alias, column) -> table.column, for columns the compiler wrote."""
-    return {
-        (s.alias, c.name): f"{s.table.name}.{c.name}"
-        for s in scope.sources
-        for c in s.table.columns
-    }
+    return {(s.alias, c.name): s.label(c.name) for s in scope.sources for c in s.table.columns}
 
 
 def _columns_to(tree: exp.Expr, fix: Callable[[exp.Column], exp.Expr]) -> exp.Expr:
@@ -83,8 +86,27 @@ def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | No
 
     ``where`` holds the (rebuilt) WHERE clause's top-level AND terms: those that read
     only the key's own columns narrow its public values (a key no domain value can
-    reach through the filter is never released). This uses the public domain only."""
-    tree, refs = row_expr(expr, scope, Use.GROUP, "GROUP BY")
+    reach through the filter is never released). This uses the public domain only.
+    A bucket (a CASE with literal outputs) whose columns lack ``group`` use, or whose
+    values would be private, is public with its literal outputs as values."""
+    outputs = bucket_outputs(expr)
+    try:
+        tree, refs = row_expr(expr, scope, Use.GROUP, "GROUP BY")
+    except QueryRefused as exc:
+        if outputs is None or exc.code != "COLUMN_NOT_ALLOWED":
+            raise
+        return _bucket_key(expr, scope, name, outputs)
+    key = _new_key(expr, scope, name, tree, refs)
+    key.public = _public_values(tree, refs, scope, key, where or [])
+    if key.public is None and outputs is not None:
+        try:
+            return _bucket_key(expr, scope, name, outputs)
+        except QueryRefused:
+            pass  # a condition column without 'filter' use: the key stays private
+    return key
+
+
+def _new_key(expr: exp.Expr, scope: Scope, name: str, tree: exp.Expr, refs: list[ColumnRef]) -> Key:
     if not refs:
         raise refuse(
             "UNSUPPORTED_GROUP_KEY",
@@ -93,10 +115,13 @@ def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | No
             expr,
         )
     labels = runner_labels(scope)
-    readable = _columns_to(
-        tree, lambda c: exp.column(c.name, table=labels[(c.table, c.name)].split(".")[0])
-    )
-    key = Key(
+
+    def shown(c: exp.Column) -> exp.Expr:
+        table, _, column = labels[(c.table, c.name)].partition(".")
+        return exp.column(column, table=table)
+
+    readable = _columns_to(tree, shown)
+    return Key(
         name=name,
         expr=expr,
         canon=render(tree),
@@ -104,7 +129,69 @@ def make_key(expr: exp.Expr, scope: Scope, name: str, where: list[exp.Expr] | No
         source=render(readable),
         refs=refs,
     )
-    key.public = _public_values(tree, refs, scope, key, where or [])
+
+
+def _plain_literal(e: exp.Expr) -> bool:
+    while isinstance(e, exp.Paren):
+        e = e.this
+    if isinstance(e, exp.Neg):
+        return isinstance(e.this, exp.Literal) and not e.this.is_string
+    return isinstance(e, exp.Literal | exp.Boolean | exp.Null)
+
+
+def bucket_outputs(expr: exp.Expr) -> list[exp.Expr] | None:
+    """The THEN / ELSE values of a CASE or IF whose outputs are all literals, else None."""
+    while isinstance(expr, exp.Paren):
+        expr = expr.this
+    if isinstance(expr, exp.Case):
+        outs = [b.args.get("true") for b in expr.args.get("ifs") or []]
+        outs.append(expr.args.get("default"))
+    elif isinstance(expr, exp.If):
+        outs = [expr.args.get("true"), expr.args.get("false")]
+    else:
+        return None
+    found = [o for o in outs if o is not None]
+    if not found or not all(isinstance(o, exp.Expr) and _plain_literal(o) for o in found):
+        return None
+    return found
+
+
+def _bucket_key(expr: exp.Expr, scope: Scope, name: str, outputs: list[exp.Expr]) -> Key:
+    """A CASE with literal outputs over filter columns: public, its literals as values.
+    The literals are evaluated by DuckDB in a CASE of the same outputs (not of the
+    conditions), so each value has the type the runner's key column will have."""
+    tree, refs = row_expr(expr, scope, Use.FILTER, "a GROUP BY CASE")
+    key = _new_key(expr, scope, name, tree, refs)
+    lits = [rebuild(o, ROW, "a GROUP BY CASE", lambda n: None) for o in outputs]
+    i = n_.name("i")
+    case = n_.cases([(n_.eq(i, n_.num(j)), lit) for j, lit in enumerate(lits)])
+    numbers = n_.select(
+        [n_.alias(n_.name("range"), "i", quote=False)],
+        exp.Table(this=n_.call("range", n_.num(0), n_.num(len(lits)))),
+    )
+    inner = n_.select(
+        [n_.alias(n_.try_(case), "k", quote=False), n_.alias(i.copy(), "o", quote=False)],
+        n_.subquery(numbers, "d"),
+    )
+    outer = n_.select([n_.name("k")], n_.subquery(inner), group=[n_.name("k")])
+    outer.set("order", exp.Order(expressions=[exp.Ordered(this=exp.Min(this=n_.name("o")))]))
+    try:
+        values = _evaluate(render(outer))
+    except QueryRefused as exc:
+        raise refuse(exc.code, exc.message, exc.hint, expr) from exc
+    if values is None:
+        raise refuse(
+            "UNSUPPORTED_GROUP_KEY",
+            f"The CASE key '{snippet(expr)}' has outputs that are not numbers or text.",
+            "Give each branch a text or number literal: THEN 'low'.",
+            expr,
+        )
+    key.public = values
+    cols = ", ".join(sorted({r.label for r in refs}))
+    key.notes.append(
+        f"key {key.name}: public, {len(values)} values, the literal outputs of its CASE "
+        f"over {cols} (filter use); rows that match no branch are dropped"
+    )
     return key
 
 

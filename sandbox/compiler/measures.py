@@ -36,6 +36,7 @@ def _candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
 @dataclass
 class Measures:
     scope: Scope
+    prefix: str = "__v"  # per-row value columns: __v0 ... (a per-unit stage's: __w0 ...)
     measures: list[Measure] = field(default_factory=list)
     aggs: list[exp.Expr] = field(default_factory=list)  # runner aggregate per measure
     values: dict[str, tuple[exp.Expr, str]] = field(default_factory=dict)  # SQL -> node, __vN
@@ -46,7 +47,7 @@ class Measures:
         """The per-row column (__vN) holding ``node``; equal expressions share one."""
         key = render(node)
         if key not in self.values:
-            self.values[key] = (node, f"__v{len(self.values)}")
+            self.values[key] = (node, f"{self.prefix}{len(self.values)}")
         return n_.name(self.values[key][1])
 
     def add(self, dedupe: tuple[object, ...], agg: exp.Expr, **fields: object) -> str:
@@ -81,17 +82,7 @@ class Measures:
 
     def aggregate(self, node: exp.Expr) -> tuple[exp.Expr, OutputKind, list[str]]:
         """Post-processing expression for one aggregate, its output kind, the measures."""
-        cond: exp.Expr | None = None
-        if isinstance(node, exp.Filter):
-            where = node.expression
-            inner = where.this if isinstance(where, exp.Where) else where
-            tree, _ = row_expr(inner, self.scope, Use.FILTER, "an aggregate's FILTER")
-            cond = n_.as_bool(tree)
-            node = node.this
-        alpha_flip = False
-        if isinstance(node, exp.WithinGroup):
-            node, alpha_flip = _within_group(node)
-        node, cond = self._case_as_filter(node, cond)
+        node, cond, alpha_flip = self.filtered(node)
         if isinstance(node, exp.Count):
             return self._count(node, cond)
         if isinstance(node, _QUANTILES):
@@ -112,7 +103,24 @@ class Measures:
             node,
         )
 
-    def _case_as_filter(
+    def filtered(self, node: exp.Expr) -> tuple[exp.Expr, exp.Expr | None, bool]:
+        """The aggregate call, its FILTER condition (FILTER (WHERE ...) or a one-branch
+        CASE inside it) as the compiler's node, and whether WITHIN GROUP ... DESC flips a
+        quantile."""
+        cond: exp.Expr | None = None
+        if isinstance(node, exp.Filter):
+            where = node.expression
+            inner = where.this if isinstance(where, exp.Where) else where
+            tree, _ = row_expr(inner, self.scope, Use.FILTER, "an aggregate's FILTER")
+            cond = n_.as_bool(tree)
+            node = node.this
+        flip = False
+        if isinstance(node, exp.WithinGroup):
+            node, flip = _within_group(node)
+        node, cond = self.case_as_filter(node, cond)
+        return node, cond, flip
+
+    def case_as_filter(
         self, node: exp.Expr, cond: exp.Expr | None
     ) -> tuple[exp.Expr, exp.Expr | None]:
         """SUM(CASE WHEN c THEN x END) is SUM(x) FILTER (WHERE c), the same for COUNT,
@@ -229,7 +237,7 @@ class Measures:
     def _unit(self) -> str:
         return self.scope.private_dataset.privacy_unit or "unit"
 
-    def _bounded(self, node: exp.Expr, arg: exp.Expr | None) -> ColumnRef:
+    def bounded(self, node: exp.Expr, arg: exp.Expr | None) -> ColumnRef:
         while isinstance(arg, exp.Paren):
             arg = arg.this
         if isinstance(arg, exp.Distinct):
@@ -258,9 +266,7 @@ class Measures:
             )
         return ref
 
-    def _clamped(
-        self, ref: ColumnRef, cond: exp.Expr | None
-    ) -> tuple[exp.Expr, float, float, bool]:
+    def clamped(self, ref: ColumnRef, cond: exp.Expr | None) -> tuple[exp.Expr, float, float, bool]:
         lo, hi = ref.column.bounds  # type: ignore[misc]
         integer = ref.column.type in ("INTEGER", "BIGINT")
         lit = _lit(integer)
@@ -273,8 +279,8 @@ class Measures:
     def _moment(
         self, node: exp.Expr, cond: exp.Expr | None
     ) -> tuple[exp.Expr, OutputKind, list[str]]:
-        ref = self._bounded(node, node.this)
-        sql, lo, hi, integer = self._clamped(ref, cond)
+        ref = self.bounded(node, node.this)
+        sql, lo, hi, integer = self.clamped(ref, cond)
         v = self.value(sql)
         s = self.add(
             ("sum", v.name),
@@ -342,8 +348,8 @@ class Measures:
                 )
         if flip:
             alpha = 1.0 - alpha
-        ref = self._bounded(node, node.this)
-        sql, lo, hi, integer = self._clamped(ref, cond)
+        ref = self.bounded(node, node.this)
+        sql, lo, hi, integer = self.clamped(ref, cond)
         cands = _candidates(lo, hi, integer)
         v = self.value(sql)
         slot = _slot_sql(v, cands, self.value)

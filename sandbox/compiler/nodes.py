@@ -27,6 +27,14 @@ _ATOMS = (
 )
 
 
+class PerUnitRef(exp.Expression):
+    """A per-unit pre-aggregation read in FROM/JOIN (``views.expand`` puts it where the
+    operator wrote the subquery or CTE name; ``this`` is its index in the list expand
+    returns). The parser never makes this node, so operator text cannot name one."""
+
+    arg_types = {"this": True, "alias": False}
+
+
 def render(node: exp.Expr, *, pretty: bool = False) -> str:
     return node.sql(dialect="duckdb", comments=False, pretty=pretty)
 

@@ -83,7 +83,7 @@ class Outputs:
         return g, None
 
     def _is_column(self, name: str) -> bool:
-        return any(s.table.column(name.lower()) is not None for s in self.scope.sources)
+        return any(s.column(name.lower()) is not None for s in self.scope.sources)
 
     def key_name(self, expr: exp.Expr, alias: str | None, j: int, items: list[exp.Expr]) -> str:
         if alias:

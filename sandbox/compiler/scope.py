@@ -7,9 +7,11 @@ private dataset may be read (plus public lookup tables joined on a declared key)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlglot import exp
 
@@ -31,10 +33,28 @@ class Source:
     dataset: Dataset
     table: Table
     multi: bool = False  # a unit may have several rows here (so several groups)
+    # a per-unit pre-aggregation (table ``__perunit``): the operator's column names ->
+    # its columns, and how each is shown
+    renames: dict[str, str] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def private(self) -> bool:
         return not self.dataset.is_public
+
+    @property
+    def per_unit(self) -> bool:
+        return self.renames is not None
+
+    def column(self, name: str) -> Column | None:
+        """The column the operator's ``name`` means here (lower case), if any."""
+        if self.renames is None:
+            return self.table.column(name)
+        real = self.renames.get(name)
+        return self.table.column(real) if real is not None else None
+
+    def label(self, column: str) -> str:
+        return self.labels.get(column) or f"{self.table.name}.{column}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,7 @@ class ColumnRef:
 
     @property
     def label(self) -> str:
-        return f"{self.source.table.name}.{self.column.name}"
+        return self.source.label(self.column.name)
 
     def sql(self) -> exp.Column:
         return exp.column(self.column.name, table=self.source.alias, quoted=True)
@@ -56,6 +76,14 @@ class Scope:
     catalog: Catalog
     grant: Grant
     sources: list[Source] = field(default_factory=list)
+    prefix: str = "t"  # runner aliases t0, t1 ... (a per-unit stage's: u0, u1 ...)
+    per_unit: PerUnitLike | None = None  # the per-unit pre-aggregation the query reads
+
+    @property
+    def read_sources(self) -> list[Source]:
+        """The catalogue tables the Plan reads, those inside a per-unit stage too."""
+        inner = self.per_unit.scope.read_sources if self.per_unit is not None else []
+        return [s for s in self.sources if not s.per_unit] + inner
 
     @property
     def private_dataset(self) -> Dataset:
@@ -98,7 +126,7 @@ class Scope:
                 "Qualify columns with a table name or alias that appears in FROM or JOIN.",
                 col,
             )
-        found = [(s, c) for s in candidates if (c := s.table.column(name)) is not None]
+        found = [(s, c) for s in candidates if (c := s.column(name)) is not None]
         if not found:
             where = ", ".join(s.table.name for s in candidates)
             raise refuse(
@@ -116,8 +144,12 @@ class Scope:
                 col,
             )
         source, column = found[0]
-        uses = self.grant.column_uses(
-            column.uses, source.dataset.id, source.table.name, column.name
+        uses = (
+            column.uses
+            if source.per_unit  # derived from the grant's uses by preagg.py
+            else self.grant.column_uses(
+                column.uses, source.dataset.id, source.table.name, column.name
+            )
         )
         return ColumnRef(source, column, uses)
 
@@ -144,16 +176,33 @@ class Scope:
 
 _USE_HINT = {
     Use.FILTER: "Filter only on columns whose uses include 'filter'.",
-    Use.GROUP: "Group only by columns whose uses include 'group'.",
+    Use.GROUP: "Group only by columns whose uses include 'group'. A 'filter' column can be "
+    "bucketed: GROUP BY CASE WHEN col < 2000 THEN 'low' ... ELSE 'high' END (literal THEN "
+    "values), or counted in COUNT(*) FILTER (WHERE ...) columns.",
     Use.AGGREGATE: "Aggregate only columns whose uses include 'aggregate'.",
     Use.IDENTIFIER: "",
 }
 
 
-def build_scope(select: exp.Select, catalog: Catalog, grant: Grant) -> tuple[Scope, list[exp.Expr]]:
+class PerUnitLike(Protocol):
+    """What scope needs of a compiled per-unit stage (preagg.PerUnit)."""
+
+    scope: Scope
+    source: Source
+
+
+def build_scope(
+    select: exp.Select,
+    catalog: Catalog,
+    grant: Grant,
+    *,
+    prefix: str = "t",
+    per_unit: PerUnitLike | None = None,
+) -> tuple[Scope, list[exp.Expr]]:
     """Resolve FROM and JOINs; return the scope and the runner's relations: the first
-    one, then one JOIN node per join."""
-    scope = Scope(catalog, grant)
+    one, then one JOIN node per join. ``per_unit`` is the compiled pre-aggregation a
+    PerUnitRef in FROM/JOIN stands for."""
+    scope = Scope(catalog, grant, prefix=prefix, per_unit=per_unit)
     from_ = select.args.get("from_") or select.args.get("from")
     if from_ is None:
         raise refuse(
@@ -176,6 +225,17 @@ def build_scope(select: exp.Select, catalog: Catalog, grant: Grant) -> tuple[Sco
             "private table (for example persons) joined to them.",
             from_,
         )
+    if per_unit is not None:
+        many = [s for s in scope.sources if s.private and (s.table.rows_per_unit or 1) > 1]
+        if many:
+            raise refuse(
+                "UNSUPPORTED_JOIN",
+                f"A query over a per-unit pre-aggregation reads one row per unit; "
+                f"'{many[0].table.name}' has several rows per unit.",
+                "Join only tables with one row per unit (insured) in the outer query; "
+                "aggregate the others inside the per-unit subquery.",
+                from_,
+            )
     datasets = {s.dataset.id for s in scope.sources if s.private}
     if len(datasets) > 1:
         raise refuse(
@@ -191,6 +251,8 @@ def build_scope(select: exp.Select, catalog: Catalog, grant: Grant) -> tuple[Sco
 def _relation(source: Source) -> exp.Expr:
     """How the runner reads a table. A lookup table is read with one row per lookup
     key, so a duplicated key in public data can never multiply a unit's rows."""
+    if source.per_unit:
+        return n_.table(source.table.name, source.alias, quote=False)
     key = source.table.lookup_key
     if not source.dataset.is_public or key is None:
         return n_.table(source.table.name, source.alias)
@@ -204,6 +266,27 @@ def _relation(source: Source) -> exp.Expr:
 
 
 def _add_source(scope: Scope, node: exp.Expr) -> Source:
+    if isinstance(node, n_.PerUnitRef):
+        if scope.per_unit is None or any(s.per_unit for s in scope.sources):
+            raise refuse(
+                "SUBQUERY",
+                "A query may read one per-unit pre-aggregation, once.",
+                "Compute several per-unit values in one subquery: SELECT person_id, "
+                "SUM(a) AS x, COUNT(*) AS y ... GROUP BY person_id.",
+                node,
+            )
+        names = {(node.alias or "").lower()} - {""}
+        if any(names & s.names for s in scope.sources):
+            raise refuse(
+                "UNSUPPORTED_JOIN",
+                f"The name '{node.alias}' is used twice in FROM/JOIN.",
+                "Give each table its own alias.",
+                node,
+            )
+        made = f"{scope.prefix}{len(scope.sources)}"
+        source = dataclasses.replace(scope.per_unit.source, alias=made, names=names)
+        scope.sources.append(source)
+        return source
     if isinstance(node, exp.Subquery | exp.Select):
         raise refuse(
             "SUBQUERY",
@@ -230,6 +313,14 @@ def _add_source(scope: Scope, node: exp.Expr) -> Source:
             "UNKNOWN_TABLE",
             f"'{snippet(node)}' names a schema or database; only bare table names are accepted.",
             f"Write FROM {node.name}.",
+            node,
+        )
+    if node.args.get("pivots"):
+        raise refuse(
+            "UNSUPPORTED_CLAUSE",
+            f"'{snippet(node)}': PIVOT and UNPIVOT are not supported.",
+            "Pivot with one column per value in one SELECT: SUM(amount) FILTER (WHERE "
+            "year = 2023) AS y2023, SUM(amount) FILTER (WHERE year = 2024) AS y2024.",
             node,
         )
     for key in ("joins", "laterals", "pivots", "sample", "version", "when", "changes"):
@@ -269,7 +360,9 @@ def _add_source(scope: Scope, node: exp.Expr) -> Source:
         raise refuse(
             "UNSUPPORTED_JOIN",
             f"Table '{table.name}' is read twice.",
-            "Read each table once; self-joins are refused.",
+            "Read each table once; self-joins are refused. To compare periods, use one "
+            "SELECT with SUM(amount) FILTER (WHERE year = 2024) and SUM(amount) FILTER "
+            "(WHERE year = 2023) columns, or compute growth after download.",
             node,
         )
     alias = node.alias.lower() if node.alias else None
@@ -283,7 +376,7 @@ def _add_source(scope: Scope, node: exp.Expr) -> Source:
                 node,
             )
     source = Source(
-        alias=f"t{len(scope.sources)}",
+        alias=f"{scope.prefix}{len(scope.sources)}",
         names=names,
         dataset=dataset,
         table=table,

@@ -12,6 +12,7 @@ from sqlglot import exp
 
 __all__ = [
     "and_terms",
+    "case_literals",
     "clamp_bounds",
     "from_of",
     "literal_value",
@@ -117,3 +118,27 @@ def same_bounds(
     return math.isclose(clamp[0], lower, abs_tol=1e-9) and math.isclose(
         clamp[1], upper, rel_tol=1e-12, abs_tol=1e-9
     )
+
+
+def _is_literal(e: exp.Expr) -> bool:
+    if isinstance(e, exp.Neg):
+        return isinstance(e.this, exp.Literal) and not e.this.is_string
+    return isinstance(e, exp.Literal | exp.Boolean | exp.Null)
+
+
+def case_literals(e: exp.Expr) -> list[exp.Expr] | None:
+    """The THEN / ELSE values of TRY(CASE ... END) (or IF) when all are literals: a
+    bucket key, whose values are those literals whatever the data. Else None."""
+    while isinstance(e, exp.Paren | exp.Try):
+        e = e.this
+    if isinstance(e, exp.Case):
+        outs = [b.args.get("true") for b in e.args.get("ifs") or []]
+        outs.append(e.args.get("default"))
+    elif isinstance(e, exp.If):
+        outs = [e.args.get("true"), e.args.get("false")]
+    else:
+        return None
+    found = [o for o in outs if o is not None]
+    if not found or not all(isinstance(o, exp.Expr) and _is_literal(o) for o in found):
+        return None
+    return found

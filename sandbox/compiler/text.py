@@ -52,7 +52,7 @@ def snippet(node: exp.Expr, limit: int = 80) -> str:
     """The operator's own SQL for a node, without comments, shortened for messages."""
     try:
         text = node.sql(dialect="duckdb", comments=False)
-    except RecursionError:
+    except Exception:  # RecursionError; a compiler-made node the generator does not know
         text = type(node).__name__
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

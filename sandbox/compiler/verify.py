@@ -6,7 +6,9 @@ module does not trust that: ``verify_plan`` re-parses ``plan.sql`` and
 
 - the shape: ``__rows`` (join, filter, per-row values), then optional ``__groups``
   and ``__bounded`` windows whose limits are the Plan's ``unit_groups`` and
-  ``unit_rows``, then one GROUP BY over the keys;
+  ``unit_rows``, then one GROUP BY over the keys; a per-unit pre-aggregation comes
+  first, as ``__unit_rows``, ``__unit_bounded`` (R from the catalogue) and
+  ``__perunit`` (GROUP BY __unit), read once by ``__rows`` (see verify_units.py);
 - every column reference: a catalogue column of a Plan table, used only where the
   grant allows it (``__unit`` is the privacy unit; keys and the public-key filter
   need ``group``; WHERE and FILTER conditions need ``filter``; summed and histogram
@@ -31,14 +33,17 @@ from sqlglot import exp
 
 from sandbox.catalog import Catalog, Column, Dataset, Table, Use
 from sandbox.compiler.checks import EXTRACT_PARTS, TRUNC_UNITS
+from sandbox.compiler.preagg import PER_UNIT_TABLE
 from sandbox.compiler.sqlread import (
     and_terms,
+    case_literals,
     clamp_bounds,
     from_of,
     literal_value,
     same_bounds,
     unwrap,
 )
+from sandbox.compiler.verify_units import UNIT_STAGES, unit_stages
 from sandbox.errors import SystemFailure
 from sandbox.grants import Grant
 from sandbox.plan import Plan
@@ -46,7 +51,10 @@ from sandbox.plan import Plan
 _VALUE = re.compile(r"__v\d+")
 _KEY = re.compile(r"__k\d+")
 _ALIAS = re.compile(r"t\d+")
-_INTERNAL = {"__unit", "__r", "__gr", "__rn", "__rows", "__groups", "__bounded"}
+_OUTER = {"__rows", "__groups", "__bounded"}
+_INTERNAL = {"__unit", "__r", "__gr", "__rn", *_OUTER, *UNIT_STAGES}
+# the per-unit stage's own names: values __w0 ..., per-unit values __p0 ..., aliases u0 ...
+_UNIT_NAMES = (re.compile(r"__w\d+"), re.compile(r"__p\d+"), re.compile(r"u\d+"))
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class _Verifier:
         self.aliases: dict[str, tuple[Dataset, Table]] = {}
         self.values: dict[str, _Value] = {}
         self.keys: dict[str, exp.Expr] = {}
+        self.value_re = _VALUE  # the per-row value names of the stage being read
+        self.inner = False  # reading the per-unit stage's rows (no keys there)
+        self.per_unit: tuple[Dataset, Table] | None = None  # __perunit, once read
 
     def bad(self, what: str) -> None:
         self.problems.append(what)
@@ -106,7 +117,14 @@ class _Verifier:
         self._names(post, runner=False)
         ctes = {c.alias: c.this for c in tree.ctes}
         order = [c.alias for c in tree.ctes]
-        if not order or order[0] != "__rows" or any(n not in _INTERNAL for n in order):
+        if len(set(order)) != len(order):
+            return [*self.problems, "stages"]
+        if order and order[0] == UNIT_STAGES[0]:
+            first = unit_stages(self, ctes, order)
+            if first is None:
+                return [*self.problems, "per-unit stages"]
+            order = order[first:]
+        if not order or order[0] != "__rows" or any(n not in _OUTER for n in order):
             return [*self.problems, "stages"]
         rows = ctes["__rows"]
         if not isinstance(rows, exp.Select):
@@ -136,7 +154,7 @@ class _Verifier:
                 self.bad("identifier")
             elif not (
                 name in allowed
-                or (runner and any(r.fullmatch(name) for r in (_VALUE, _KEY, _ALIAS)))
+                or (runner and any(r.fullmatch(name) for r in (_VALUE, _KEY, _ALIAS, *_UNIT_NAMES)))
             ):
                 self.bad(f"identifier {name[:40]!r}")
         for var in tree.find_all(exp.Var):
@@ -166,6 +184,14 @@ class _Verifier:
     def _relation(self, node: exp.Expr) -> None:
         alias = node.alias
         inner = node
+        if isinstance(node, exp.Table) and node.name == PER_UNIT_TABLE and not self.inner:
+            if self.per_unit is None or not _ALIAS.fullmatch(alias or "") or node.args.get("db"):
+                self.bad("per-unit relation")
+            elif any(t is self.per_unit[1] for _, t in self.aliases.values()):
+                self.bad("per-unit relation read twice")
+            else:
+                self.aliases[alias] = self.per_unit
+            return
         if isinstance(node, exp.Subquery):
             sel = node.this
             tables = list(sel.find_all(exp.Table)) if isinstance(sel, exp.Select) else []
@@ -178,13 +204,16 @@ class _Verifier:
             key = found[1].lookup_key if found else None
             if not found or not found[0].is_public or [c.name for c in part] != [key]:
                 self.bad("lookup relation")
-        if not isinstance(inner, exp.Table) or not _ALIAS.fullmatch(alias or ""):
+        pattern = _UNIT_NAMES[2] if self.inner else _ALIAS
+        if not isinstance(inner, exp.Table) or not pattern.fullmatch(alias or ""):
             self.bad("relation")
             return
         found = self.catalog.find_table(inner.name)
         if found is None or inner.name not in self.plan.tables or alias in self.aliases:
             self.bad(f"table {inner.name[:40]}")
             return
+        if not found[0].is_public and found[0].id != self.plan.dataset:
+            self.bad(f"table {inner.name[:40]} is not of the Plan's dataset")
         self.aliases[alias] = found
 
     def _rows(self, rows: exp.Select) -> None:
@@ -199,6 +228,8 @@ class _Verifier:
         self._relation(from_.this)
         for j in joins:
             self._relation(j.this)
+        if not self.inner and self.row_bound() > self.plan.unit_rows:
+            self.bad("rows per unit above the Plan's")
         for j in joins:
             self._join(j.args.get("on"))
         for item in rows.expressions:
@@ -244,11 +275,10 @@ class _Verifier:
         elif name == "__r":
             if not isinstance(e, exp.Rand) or list(e.find_all(exp.Column)):
                 self.bad("__r")
-        elif _KEY.fullmatch(name):
+        elif _KEY.fullmatch(name) and not self.inner:
             self.keys[name] = e
-            for c in e.find_all(exp.Column):
-                self._need(self._col(c), Use.GROUP, "a GROUP BY key")
-        elif _VALUE.fullmatch(name):
+            self._key_columns(name, e, "a GROUP BY key")
+        elif self.value_re.fullmatch(name):
             self.values[name] = self._value(e)
         else:
             self.bad(f"__rows output {name[:40]}")
@@ -259,7 +289,7 @@ class _Verifier:
         while stack:
             n, cond = stack.pop()
             if isinstance(n, exp.Column):
-                if not n.table and _VALUE.fullmatch(n.name):
+                if not n.table and self.value_re.fullmatch(n.name):
                     v.refs.add(n.name)
                 elif cond:
                     self._need(self._col(n), Use.FILTER, "a FILTER condition")
@@ -277,6 +307,37 @@ class _Verifier:
                         stack.append((ch, cond or (isinstance(n, exp.If) and key == "this")))
         return v
 
+    def _key_columns(self, name: str, e: exp.Expr, where: str) -> None:
+        """A key's columns need ``group`` use; in a bucket (a CASE whose outputs are all
+        literals) ``filter`` use suffices, and then the key must be public with values
+        among the CASE's literals."""
+        outs = case_literals(e)
+        bucket = False
+        for c in e.find_all(exp.Column):
+            col = self._col(c)
+            if col is None:
+                continue
+            if outs is not None and Use.GROUP not in col.uses:
+                self._need(col, Use.FILTER, where)
+                bucket = True
+            else:
+                self._need(col, Use.GROUP, where)
+        if bucket:
+            j = int(name[3:])
+            spec = self.plan.keys[j] if j < len(self.plan.keys) else None
+            allowed = {literal_value(o) for o in outs or []}
+            if spec is None or spec.public is None or not set(spec.public) <= allowed:
+                self.bad(f"bucket key {name} is not public over its CASE's literals")
+
+    def row_bound(self) -> int:
+        """Rows one unit can have in the stage being read: the product of its private
+        tables' rows_per_unit (the per-unit table has one)."""
+        bound = 1
+        for dataset, table in self.aliases.values():
+            if not dataset.is_public:
+                bound *= table.rows_per_unit or 1
+        return bound
+
     def _where_term(self, term: exp.Expr) -> None:
         inner = term.this if isinstance(term, exp.Paren) else term
         if isinstance(inner, exp.In):
@@ -292,8 +353,7 @@ class _Verifier:
                     for lit in inner.expressions:
                         if literal_value(lit) not in allowed:
                             self.bad("public key filter lists a value not in the Plan")
-                    for c in inner.this.find_all(exp.Column):
-                        self._need(self._col(c), Use.GROUP, "the public key filter")
+                    self._key_columns(name, inner.this, "the public key filter")
                     return
         for c in term.find_all(exp.Column):
             self._need(self._col(c), Use.FILTER, "WHERE")
@@ -404,8 +464,12 @@ class _Verifier:
             self.bad(f"measure {name} kind")
             return
         for v in clamped:
-            if not same_bounds(self.values[v].clamp, lower, upper):
+            clamp = self.values[v].clamp
+            if not same_bounds(clamp, lower, upper):
                 self.bad(f"measure {name}: {v} is not clamped to the Plan's bounds")
+            for c in self.values[v].cols:  # the column's own bounds (a per-unit value's too)
+                if c.column.bounds is not None and not same_bounds(clamp, *c.column.bounds):
+                    self.bad(f"measure {name}: {v} is not clamped to {c.label}'s bounds")
         for v in closure:
             for c in self.values[v].cols:
                 self._need(c, Use.AGGREGATE, f"measure {name}")
