@@ -7,10 +7,16 @@ node shapes the compiler writes and answers None (or a sentinel) for anything el
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from sqlglot import exp
 
 __all__ = [
+    "CLAUSE_AREAS",
+    "clause_areas",
+    "column_names",
+    "relations",
+    "size",
     "and_terms",
     "case_literals",
     "clamp_bounds",
@@ -142,3 +148,35 @@ def case_literals(e: exp.Expr) -> list[exp.Expr] | None:
     if not found or not all(isinstance(o, exp.Expr) and _is_literal(o) for o in found):
         return None
     return found
+
+
+# the clauses of a SELECT whose expressions may name columns
+CLAUSE_AREAS = ("expressions", "where", "group", "having", "order", "qualify")
+
+
+def column_names(alias: Any) -> list[str]:
+    cols = alias.args.get("columns") if isinstance(alias, exp.TableAlias) else None
+    return [c.name.lower() for c in cols or []]
+
+
+def clause_areas(select: exp.Select) -> list[exp.Expr]:
+    out: list[exp.Expr] = []
+    for key in CLAUSE_AREAS:
+        value = select.args.get(key)
+        out.extend(v for v in (value if isinstance(value, list) else [value]) if v is not None)
+    for join in select.args.get("joins") or []:
+        on = join.args.get("on")
+        if isinstance(on, exp.Expr):
+            out.append(on)
+    return out
+
+
+def size(node: exp.Expr) -> int:
+    return sum(1 for _ in node.walk())
+
+
+def relations(select: exp.Select) -> list[exp.Expr | None]:
+    from_ = select.args.get("from_") or select.args.get("from")
+    return [from_.this if from_ is not None else None] + [
+        j.this for j in select.args.get("joins") or []
+    ]

@@ -24,12 +24,12 @@ JOIN's unmatched rows).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlglot import exp
 
 from sandbox.catalog import Catalog
 from sandbox.compiler import nodes as n_
+from sandbox.compiler import sqlread
 from sandbox.compiler.checks import ROW, contains_aggregate, forbid_everywhere, rebuild
 from sandbox.compiler.nodes import PerUnitRef
 from sandbox.compiler.preagg import PerUnitView, per_unit_view
@@ -39,7 +39,6 @@ __all__ = ["expand", "forbid_nested"]
 
 MAX_INLINED_NODES = 20_000  # per SELECT, after its views are substituted
 # the SELECT parts that hold expressions (FROM/JOIN relations are handled apart)
-_AREAS = ("expressions", "where", "group", "having", "order", "qualify")
 _VIEW_CLAUSES = {
     "distinct": ("DISTINCT", "Remove DISTINCT; the outer query aggregates."),
     "order": ("ORDER BY", "Order the outer query's results instead."),
@@ -66,7 +65,7 @@ class _View:
 
 def forbid_nested(select: exp.Select) -> None:
     """Subqueries, window functions and parameters anywhere but in FROM/JOIN."""
-    for area in _areas(select):
+    for area in sqlread.clause_areas(select):
         forbid_everywhere(area, include_self=True)
 
 
@@ -102,7 +101,9 @@ def expand(select: exp.Select, catalog: Catalog) -> tuple[exp.Select, list[PerUn
                     f"Rename the CTE, e.g. WITH {name}_view AS (...).",
                     cte,
                 )
-            views[name] = ex.view(cte.this, views, name, _column_names(cte.args.get("alias")))
+            views[name] = ex.view(
+                cte.this, views, name, sqlread.column_names(cte.args.get("alias"))
+            )
         select = select.copy()
         select.set("with_", None)
         select.set("with", None)
@@ -113,23 +114,6 @@ _CTE_HINT = (
     "Write WITH name AS (SELECT columns FROM catalogue tables WHERE ...); see "
     "docs/queries.md, 'Views: WITH and subqueries in FROM'."
 )
-
-
-def _column_names(alias: Any) -> list[str]:
-    cols = alias.args.get("columns") if isinstance(alias, exp.TableAlias) else None
-    return [c.name.lower() for c in cols or []]
-
-
-def _areas(select: exp.Select) -> list[exp.Expr]:
-    out: list[exp.Expr] = []
-    for key in _AREAS:
-        value = select.args.get(key)
-        out.extend(v for v in (value if isinstance(value, list) else [value]) if v is not None)
-    for join in select.args.get("joins") or []:
-        on = join.args.get("on")
-        if isinstance(on, exp.Expr):
-            out.append(on)
-    return out
 
 
 class _Expander:
@@ -175,7 +159,7 @@ class _Expander:
         inlined = self.inline(body, views, qualify=True)
         check_tree_depth(inlined)  # a view of views nests their expressions
         if aggregated:
-            if any(isinstance(r, PerUnitRef) for r in _relations(inlined)):
+            if any(isinstance(r, PerUnitRef) for r in sqlread.relations(inlined)):
                 raise refuse(
                     "SUBQUERY",
                     f"'{name}' aggregates a pre-aggregation: nested pre-aggregation is refused.",
@@ -205,9 +189,9 @@ class _Expander:
                 view.ambiguous.add(col)
             else:
                 view.columns[col] = expr
-                view.sizes[col] = _size(expr)
-        view.size = sum(_size(r) for r in [view.first, *view.joins]) + (
-            _size(view.where) if view.where is not None else 0
+                view.sizes[col] = sqlread.size(expr)
+        view.size = sum(sqlread.size(r) for r in [view.first, *view.joins]) + (
+            sqlread.size(view.where) if view.where is not None else 0
         )
         return view
 
@@ -328,7 +312,7 @@ class _Expander:
     ) -> _View | PerUnitView | None:
         if isinstance(node, exp.Subquery):
             name = (node.alias or "subquery").lower()
-            return self.view(node.this, views, name, _column_names(node.args.get("alias")))
+            return self.view(node.this, views, name, sqlread.column_names(node.args.get("alias")))
         if (
             isinstance(node, exp.Table)
             and isinstance(node.this, exp.Identifier)
@@ -336,7 +320,7 @@ class _Expander:
             and not node.args.get("catalog")
             and node.name.lower() in views
         ):
-            if _column_names(node.args.get("alias")):
+            if sqlread.column_names(node.args.get("alias")):
                 raise refuse(
                     "SUBQUERY",
                     f"Column aliases on '{node.name}' are not supported.",
@@ -371,7 +355,7 @@ class _Expander:
                     quals[q] = (rel, view)
         found: list[tuple[exp.Column, exp.Expr | None]] = []
         order = select.args.get("order")
-        for area in _areas(select):
+        for area in sqlread.clause_areas(select):
             for col in list(area.find_all(exp.Column)):
                 if isinstance(col.this, exp.Star) or col.args.get("db") or col.args.get("catalog"):
                     continue
@@ -508,17 +492,6 @@ class _Expander:
         return select
 
 
-def _size(node: exp.Expr) -> int:
-    return sum(1 for _ in node.walk())
-
-
 def _any_column(n: exp.Expr) -> exp.Expr | None:
     """Grammar check only: a column is checked against the grant where it is used."""
     return n.copy() if isinstance(n, exp.Column) else None
-
-
-def _relations(select: exp.Select) -> list[exp.Expr | None]:
-    from_ = select.args.get("from_") or select.args.get("from")
-    return [from_.this if from_ is not None else None] + [
-        j.this for j in select.args.get("joins") or []
-    ]

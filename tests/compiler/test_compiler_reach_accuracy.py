@@ -121,9 +121,10 @@ def _cells(name: str, con: Any, catalog: Catalog, grants: Grants) -> tuple[int, 
     for i, row in enumerate(noisy.table.to_pylist()):
         exact = truth.get(tuple(row[k] for k in keys))
         for out, cells in noisy.accuracy.items():
-            interval = cells[i].get("interval_95")
-            if interval is None:
-                continue
+            hw, released = cells[i].get("accuracy_95"), row.get(out)
+            if not isinstance(hw, int | float) or not isinstance(released, int | float):
+                continue  # a quantile (rank error), a suppressed or unbounded cell
+            interval = (released - hw, released + hw)  # the noisy value ± its 95% half-width
             if exact is None:  # an empty public group: its count is 0, nothing else known
                 if kinds[out] not in ("count", "count_units"):
                     continue
