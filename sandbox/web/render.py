@@ -22,6 +22,27 @@ from sandbox.review import is_wide
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
+
+# the audit verifier's warnings (English, for the CLI) as message keys of the console's
+# catalogues, so a zh-CN page shows them in Chinese; an unknown one is shown as it is
+_AUDIT_WARNINGS = (
+    ("there is no signed checkpoint", "audit.warn_no_checkpoint"),
+    ("after the last signed checkpoint", "audit.warn_unsigned_tail"),
+    ("public key inside the export itself", "audit.warn_export_key"),
+)
+
+
+def audit_warning(text: str, verify: Any) -> tuple[str | None, dict[str, Any]]:
+    """(message key, its parameters) for one of the verifier's warnings, or (None, {})."""
+    get = verify.get if isinstance(verify, dict) else (lambda k, d=None: getattr(verify, k, d))
+    for needle, key in _AUDIT_WARNINGS:
+        if needle in str(text):
+            last, signed = get("last_seq", 0) or 0, get("signed_size", 0) or 0
+            n = get("unsigned_entries", 0) or max(0, last - signed)
+            return key, {"n": n, "first": signed + 1, "last": last}
+    return None, {}
+
+
 __all__ = [
     "ENV",
     "budget_bar",
@@ -51,6 +72,7 @@ def _env() -> Environment:
     env.filters.update(num=fmt_num, loss=fmt_loss, when=fmt_when, short=fmt_short)
     # noisy values to the precision their ± supports, shares of a job's budget, percents
     env.filters.update(estimate=fmt_estimate, halfwidth=fmt_halfwidth, pct=fmt_pct)
+    env.filters["audit_warning"] = audit_warning
     env.filters["share_of"] = display.loss_share
     env.filters["job_loss"] = display.job_loss
     env.filters["whenshort"] = fmt_when_short

@@ -309,3 +309,30 @@ def test_job_page_shows_suppressed_rows(console: Console) -> None:
     assert suppressed == sum(1 for r in shown if r["suppressed"])
     assert detail["disclosure_control"]["suppressed_rows"] >= suppressed
     assert f"{len(shown)} of {detail['preview']['total_rows']} rows shown" in page
+
+
+def test_the_audit_pages_warnings_speak_the_pages_language(console: Console) -> None:
+    # issue 16: the zh-CN audit page showed the verifier's warnings in English
+    from sandbox import audit, store
+
+    job = _in_review(console)  # events after the last checkpoint: an unsigned tail
+    conn = console.service.conn()
+    with store.transaction(conn):
+        audit.append(
+            conn,
+            actor="supervisor-li",
+            role="supervisor",
+            action="grant.changed",
+            subject=job,
+            details={},
+        )
+    console.sign_in("supervisor-li")
+    warnings = {}
+    for lang in ("zh-CN", "en"):
+        page = console.client.get("/console/audit", headers={"Accept-Language": lang}).text
+        warnings[lang] = re.findall(r'<p class="hint warning">(.*?)</p>', page, re.S)
+    assert warnings["en"] and len(warnings["zh-CN"]) == len(warnings["en"])
+    assert any("not verified" in w for w in warnings["en"])
+    for w in warnings["zh-CN"]:
+        assert re.search(r"[\u4e00-\u9fff]", w), w  # Chinese, not the CLI's English
+        assert "entries after" not in w and "signed checkpoint" not in w
