@@ -245,6 +245,55 @@ def sign_manifest(manifest: dict[str, Any], key: Ed25519PrivateKey) -> dict[str,
     }
 
 
+def manifest_head(job: dict[str, Any]) -> dict[str, Any]:
+    """The fields every product manifest (SQL or analysis) opens with: who, what, which job."""
+    return {
+        "version": MANIFEST_VERSION,
+        "product": job["id"],
+        "job": job["id"],
+        "operator": job["operator"],
+        "scenario": job["scenario"],
+        "grant": job["grant_id"],
+        "dataset": job["dataset"],
+        "grade": job["grade"],
+    }
+
+
+def manifest_tail(
+    *,
+    job: dict[str, Any],
+    reviewers: list[dict[str, Any]],
+    released_at: str,
+    fmt: str,
+    media_type: str,
+    data: bytes,
+) -> dict[str, Any]:
+    """The fields every product manifest closes with: the reviewers, the times and the
+    result file (its format, size and SHA-256)."""
+    return {
+        "reviewers": [
+            {"reviewer": r["reviewer"], "decision": r["decision"], "decided_at": r["decided_at"]}
+            for r in reviewers
+        ],
+        "times": {"submitted": job["created_at"], "released": released_at},
+        "result": {
+            "file": f"result.{fmt}",
+            "format": fmt,
+            "media_type": media_type,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+    }
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any], key: Ed25519PrivateKey) -> None:
+    """Sign ``manifest`` and write it beside its result file (``result.<fmt>.manifest.json``)."""
+    signed = sign_manifest(manifest, key)
+    _write(
+        folder / f"result.{manifest['result']['format']}.manifest.json", canonical(signed) + b"\n"
+    )
+
+
 def build_manifest(
     *,
     job: dict[str, Any],
@@ -260,14 +309,7 @@ def build_manifest(
     plan = json.loads(job["plan_json"])
     cost = json.loads(job["cost_json"]) if job.get("cost_json") else {}
     return {
-        "version": MANIFEST_VERSION,
-        "product": job["id"],
-        "job": job["id"],
-        "operator": job["operator"],
-        "scenario": job["scenario"],
-        "grant": job["grant_id"],
-        "dataset": job["dataset"],
-        "grade": job["grade"],
+        **manifest_head(job),
         "query_sha256": plan.get("query_sha256", job["sql_sha256"]),
         "plan_digest": job["plan_digest"],
         "dataset_versions": plan.get("dataset_versions", {}),
@@ -280,18 +322,14 @@ def build_manifest(
         "mechanisms": json.loads(job["mechanisms"] or "[]"),
         "disclosure_control": sdc,
         "accuracy": accuracy or {},
-        "reviewers": [
-            {"reviewer": r["reviewer"], "decision": r["decision"], "decided_at": r["decided_at"]}
-            for r in reviewers
-        ],
-        "times": {"submitted": job["created_at"], "released": released_at},
-        "result": {
-            "file": f"result.{fmt}",
-            "format": fmt,
-            "media_type": FORMATS[fmt],
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        },
+        **manifest_tail(
+            job=job,
+            reviewers=reviewers,
+            released_at=released_at,
+            fmt=fmt,
+            media_type=FORMATS[fmt],
+            data=data,
+        ),
     }
 
 
@@ -322,8 +360,7 @@ def release_product(
             sdc=sdc,
             accuracy=summary,
         )
-        signed = sign_manifest(manifest, key)
-        _write(folder / f"result.{fmt}.manifest.json", canonical(signed) + b"\n")
+        write_manifest(folder, manifest, key)
         if fmt != "parquet":
             _write(folder / f"result.{fmt}", data)
         else:

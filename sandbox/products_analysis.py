@@ -20,14 +20,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sandbox.products import (
-    MANIFEST_VERSION,
-    _write,
-    canonical,
-    product_dir,
-    sign_manifest,
+    _invalid as invalid,
 )
 from sandbox.products import (
-    _invalid as invalid,
+    _write,
+    manifest_head,
+    manifest_tail,
+    product_dir,
+    write_manifest,
 )
 
 ANALYSIS_FORMAT = "zip"
@@ -83,15 +83,8 @@ def release_analysis_product(
             )
     data = buf.getvalue()
     manifest = {
-        "version": MANIFEST_VERSION,
+        **manifest_head(job),
         "kind": "analysis",
-        "product": job["id"],
-        "job": job["id"],
-        "operator": job["operator"],
-        "scenario": job["scenario"],
-        "grant": job["grant_id"],
-        "dataset": job["dataset"],
-        "grade": job["grade"],
         "script_sha256": script["script_sha256"],
         "tables": sorted(script["tables"]),
         "acro_version": manifest_in.get("acro_version", ""),
@@ -100,23 +93,18 @@ def release_analysis_product(
         "guarantee": "statistical disclosure control (ACRO) and human review; no DP",
         "outputs": listed,
         "refused_custom_outputs": len(manifest_in.get("refused", [])),
-        "reviewers": [
-            {"reviewer": r["reviewer"], "decision": r["decision"], "decided_at": r["decided_at"]}
-            for r in reviewers
-        ],
-        "times": {"submitted": job["created_at"], "released": released_at},
-        "result": {
-            "file": f"result.{ANALYSIS_FORMAT}",
-            "format": ANALYSIS_FORMAT,
-            "media_type": ANALYSIS_MEDIA_TYPE,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        },
+        **manifest_tail(
+            job=job,
+            reviewers=reviewers,
+            released_at=released_at,
+            fmt=ANALYSIS_FORMAT,
+            media_type=ANALYSIS_MEDIA_TYPE,
+            data=data,
+        ),
     }
     folder = product_dir(products_dir, job["id"])
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    signed = sign_manifest(manifest, key)
-    _write(folder / f"result.{ANALYSIS_FORMAT}.manifest.json", canonical(signed) + b"\n")
+    write_manifest(folder, manifest, key)
     _write(folder / f"result.{ANALYSIS_FORMAT}", data)
     return {ANALYSIS_FORMAT: manifest["result"]["sha256"]}
 

@@ -9,7 +9,6 @@ its signed manifest; check them with ``sandbox product verify``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +76,14 @@ def register(app: typer.Typer) -> None:
 
         api = _client(ctx)
         path = output or Path(f"{job_id}.zip")
-        data = api.request("GET", f"/v1/analysis-jobs/{job_id}/product").content
-        manifest = api.get(f"/v1/analysis-jobs/{job_id}/manifest")
-        path.write_bytes(data)
-        manifest_path = path.with_name(path.name + ".manifest.json")
-        manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
-        summary = {
-            "file": str(path),
-            "manifest": str(manifest_path),
-            "bytes": len(data),
-            "sha256": manifest["manifest"]["result"]["sha256"],
-            "outputs": len(manifest["manifest"]["outputs"]),
-        }
+        manifest, summary = api.download(
+            path, f"/v1/analysis-jobs/{job_id}/product", f"/v1/analysis-jobs/{job_id}/manifest"
+        )
+        summary["outputs"] = len(manifest["manifest"]["outputs"])
         if as_json:
             print_json(summary)
         else:
             console.print(
-                f"wrote {path} ({len(data)} bytes, {summary['outputs']} outputs) and "
-                f"{manifest_path.name}; check it with `sandbox product verify {path}`"
+                f"wrote {path} ({summary['bytes']} bytes, {summary['outputs']} outputs) and "
+                f"{Path(summary['manifest']).name}; check it with `sandbox product verify {path}`"
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from sandbox.errors import AuthError, BadInput, Refused, SandboxError, SystemFailure
@@ -83,6 +84,24 @@ class ApiClient:
         resp = self.request("POST", "/v1/jobs", retry=True, json=body, headers=headers)
         job: dict[str, Any] = resp.json()
         return job, resp.headers.get(REPLAYED_HEADER) == "true"
+
+    def download(
+        self, path: Path, product: str, manifest: str, params: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """GET a released product into ``path`` and its signed manifest beside it
+        (``<path>.manifest.json``): (the signed manifest, a summary of what was written)."""
+        data = self.request("GET", product, params=params).content
+        signed: dict[str, Any] = self.get(manifest, params=params)
+        path.write_bytes(data)
+        manifest_path = path.with_name(path.name + ".manifest.json")
+        manifest_path.write_text(json.dumps(signed, ensure_ascii=False, indent=2) + "\n")
+        summary = {
+            "file": str(path),
+            "manifest": str(manifest_path),
+            "bytes": len(data),
+            "sha256": signed["manifest"]["result"]["sha256"],
+        }
+        return signed, summary
 
 
 def _error_from(resp: Any) -> SandboxError:

@@ -9,7 +9,6 @@ and retries with it when the connection fails (docs/api.md, idempotent submissio
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -394,22 +393,17 @@ def register(app: typer.Typer) -> None:
         """Download a released product: FILE and FILE.manifest.json (the signed certificate)."""
         api = _client(ctx)
         path = output or Path(f"{job_id}.{fmt}")
-        data = api.request("GET", f"/v1/jobs/{job_id}/product", params={"format": fmt}).content
-        manifest = api.get(f"/v1/products/{job_id}/manifest", params={"format": fmt})
-        path.write_bytes(data)
-        manifest_path = path.with_name(path.name + ".manifest.json")
-        manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
-        summary = {
-            "file": str(path),
-            "manifest": str(manifest_path),
-            "bytes": len(data),
-            "sha256": manifest["manifest"]["result"]["sha256"],
-        }
+        _, summary = api.download(
+            path,
+            f"/v1/jobs/{job_id}/product",
+            f"/v1/products/{job_id}/manifest",
+            params={"format": fmt},
+        )
         if as_json:
             print_json(summary)
         else:
             console.print(
-                f"wrote {path} ({len(data)} bytes) and {manifest_path.name}; "
+                f"wrote {path} ({summary['bytes']} bytes) and {Path(summary['manifest']).name}; "
                 f"check it with `{_verify_command(ctx, api, path)}`",
                 soft_wrap=True,
             )

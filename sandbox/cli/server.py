@@ -38,6 +38,13 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings(ctx)
 
 
+def _listen_settings(ctx: typer.Context, host: str | None, port: int | None) -> Settings:
+    """The settings with ``--host`` / ``--port`` where given (``serve``, ``up``)."""
+    return _settings(ctx).replace(
+        **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+
+
 SERVER_WARM_RUNNERS = 2
 
 
@@ -125,9 +132,7 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(None, "--port", help="Port (env SANDBOX_PORT)."),
     ) -> None:
         """Serve the REST API (and the console) on localhost."""
-        settings = _settings(ctx).replace(
-            **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-        )
+        settings = _listen_settings(ctx, host, port)
         console.print(f"Serving on [bold]{_url(settings)}[/] (state in {settings.home})")
         serve_app(settings)
 
@@ -150,9 +155,7 @@ def register(app: typer.Typer) -> None:
         from sandbox.ops.engine import ensure_docker
         from sandbox.ops.runner_image import ensure_image
 
-        settings = _settings(ctx).replace(
-            **{k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-        )
+        settings = _listen_settings(ctx, host, port)
         started = time.monotonic()
         _say("checking the Docker engine")
         ensure_docker(install=install, progress=_say)

@@ -33,7 +33,14 @@ from sandbox import store
 from sandbox.catalog import Catalog
 from sandbox.errors import Conflict, Refused, SystemFailure
 from sandbox.grants import Grant, Grants, find_grant
-from sandbox.jobs.records import Job, create_job, get_job, join_transaction, transition
+from sandbox.jobs.records import (
+    Job,
+    create_job,
+    get_job,
+    join_transaction,
+    register_release,
+    transition,
+)
 from sandbox.jobs.states import S
 from sandbox.review import ReviewRules
 
@@ -336,7 +343,7 @@ def release(
     """in_review → released: the approved ACRO outputs signed into a product
     (``products.release_analysis_product``), registered and audited with the move.
     The caller (``JobWorker``) holds the release lock and has checked the state."""
-    from sandbox import audit, products
+    from sandbox import products
     from sandbox.jobs.records import now_iso
 
     released_at = now_iso()
@@ -350,35 +357,16 @@ def release(
         script=script,
         outputs=outputs_of(conn, job.id),
     )
-
-    def register(c: store.Connection, j: Job) -> None:
-        if effects is not None:
-            effects(c, j)
-        audit.append(
-            c,
-            actor=actor,
-            role=role,
-            action="product.released",
-            subject=j.id,
-            scenario=j.scenario,
-            details={
-                "job": j.id,
-                "kind": KIND,
-                "dataset": j["dataset"],
-                "files": files,
-                "script_sha256": script["script_sha256"],
-            },
-        )
-        products.record_product(
-            c, job_id=j.id, operator=j.operator, released_at=released_at, key=key, files=files
-        )
-
-    return transition(
+    return register_release(
         conn,
         job,
-        S.RELEASED,
+        files=files,
+        released_at=released_at,
+        key=key,
+        reviewers=reviewers,
         actor=actor,
         role=role,
-        details={"kind": KIND, "files": files, "reviewers": [r["reviewer"] for r in reviewers]},
-        effects=register,
+        effects=effects,
+        kind=KIND,
+        audit_details={"script_sha256": script["script_sha256"]},
     )

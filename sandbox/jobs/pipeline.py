@@ -35,7 +35,7 @@ from sandbox.jobs.incidents import (
     new_incident_id,
     record_incident,
 )
-from sandbox.jobs.records import Job, get_job, now_iso, transition
+from sandbox.jobs.records import Job, get_job, now_iso, register_release, transition
 from sandbox.jobs.states import ALLOWED, BEFORE_RUNNING, TERMINAL, S
 from sandbox.plan import Plan
 from sandbox.settings import Settings
@@ -360,37 +360,16 @@ class JobPipeline:
             sdc=json.loads(job["sdc"] or "{}"),
         )
 
-        def register(c: store.Connection, j: Job) -> None:
-            from sandbox import audit
-
-            if effects is not None:
-                effects(c, j)
-            audit.append(
-                c,
-                actor=actor,
-                role=role,
-                action="product.released",
-                subject=j.id,
-                scenario=j.scenario,
-                details={"job": j.id, "dataset": j["dataset"], "files": files},
-            )
-            products.record_product(
-                c,
-                job_id=j.id,
-                operator=j.operator,
-                released_at=released_at,
-                key=self.product_key,
-                files=files,
-            )
-
-        return transition(
+        return register_release(
             conn,
             job,
-            S.RELEASED,
+            files=files,
+            released_at=released_at,
+            key=self.product_key,
+            reviewers=reviewers,
             actor=actor,
             role=role,
-            details={"files": files, "reviewers": [r["reviewer"] for r in reviewers]},
-            effects=register,
+            effects=effects,
         )
 
     def fail(self, conn: store.Connection, job_id: str, exc: BaseException, *, stage: str) -> None:

@@ -392,3 +392,58 @@ def transition(
             details={"from": current.state.value, **(details or {})},
         )
     return get_job(conn, job_id)
+
+
+def register_release(
+    conn: store.Connection,
+    job: Job,
+    *,
+    files: dict[str, str],
+    released_at: str,
+    key: Any,
+    reviewers: list[dict[str, Any]],
+    actor: str,
+    role: str,
+    effects: Callable[[store.Connection, Job], None] | None = None,
+    kind: str | None = None,
+    audit_details: dict[str, Any] | None = None,
+) -> Job:
+    """in_review/noised → released, once the product files are written: the move, the
+    ``product.released`` audit event and the product's registration, in one transaction.
+    ``kind`` (an analysis job's) goes on the move and the event; ``audit_details`` after
+    the files on the event."""
+    from sandbox import audit, products
+
+    tag = {"kind": kind} if kind is not None else {}
+
+    def register(c: store.Connection, j: Job) -> None:
+        if effects is not None:
+            effects(c, j)
+        audit.append(
+            c,
+            actor=actor,
+            role=role,
+            action="product.released",
+            subject=j.id,
+            scenario=j.scenario,
+            details={
+                "job": j.id,
+                **tag,
+                "dataset": j["dataset"],
+                "files": files,
+                **(audit_details or {}),
+            },
+        )
+        products.record_product(
+            c, job_id=j.id, operator=j.operator, released_at=released_at, key=key, files=files
+        )
+
+    return transition(
+        conn,
+        job,
+        S.RELEASED,
+        actor=actor,
+        role=role,
+        details={**tag, "files": files, "reviewers": [r["reviewer"] for r in reviewers]},
+        effects=register,
+    )

@@ -58,7 +58,7 @@ class AnalysisJobs:
         def grants(self) -> Grants: ...
         def conn(self) -> store.Connection: ...
         def maybe_checkpoint(self) -> None: ...
-        def _audit(self, actor: str, role: str, action: str, **kw: Any) -> None: ...
+        def _audit_download(self, p: Principal, job: Job, fmt: str) -> None: ...
         def _job_view(self, p: Principal, job: Job, *, detail: bool = False) -> dict[str, Any]: ...
 
     def submit_analysis(
@@ -153,14 +153,7 @@ class AnalysisJobs:
         path = product_dir(self.settings.products_dir, job.id) / f"result.{ANALYSIS_FORMAT}"
         if job.record.get("kind") != analysis.KIND or not path.is_file():
             raise NotFound(f"Job {job_id} has no analysis product.")
-        self._audit(
-            p.name,
-            p.role.value,
-            "product.downloaded",
-            subject=job.id,
-            scenario=job.scenario,
-            details={"format": ANALYSIS_FORMAT},
-        )
+        self._audit_download(p, job, ANALYSIS_FORMAT)
         return path, ANALYSIS_MEDIA_TYPE, f"{job.id}.{ANALYSIS_FORMAT}"
 
     def analysis_manifest(self, p: Principal, job_id: str) -> dict[str, Any]:

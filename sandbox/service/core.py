@@ -101,6 +101,17 @@ class Service(Submissions, AnalysisJobs):
         with store.transaction(self.conn()) as c:
             audit.append(c, actor=actor, role=role, action=action, **kw)
 
+    def _audit_download(self, p: Principal, job: Job, fmt: str) -> None:
+        """The ``product.downloaded`` event of a product file handed out (SQL or analysis)."""
+        self._audit(
+            p.name,
+            p.role.value,
+            "product.downloaded",
+            subject=job.id,
+            scenario=job.scenario,
+            details={"format": fmt},
+        )
+
     def start(self) -> None:
         """Start the job worker (recovering unfinished jobs) and record the start."""
         if self.started:
@@ -265,14 +276,7 @@ class Service(Submissions, AnalysisJobs):
         path = products.product_file(self.settings.products_dir, job.id, fmt)
         if not path.is_file():
             raise NotFound(f"The product of job {job_id} is missing.")
-        self._audit(
-            p.name,
-            p.role.value,
-            "product.downloaded",
-            subject=job.id,
-            scenario=job.scenario,
-            details={"format": fmt},
-        )
+        self._audit_download(p, job, fmt)
         return path, products.FORMATS[fmt], f"{job.id}.{fmt}"
 
     def product_manifest(self, p: Principal, job_id: str, fmt: str = "csv") -> dict[str, Any]:

@@ -17,7 +17,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
 from sandbox.errors import NotFound
-from sandbox.web.context import OPERATOR, SECURITY_HEADERS, SUPERVISOR, Ctx, page
+from sandbox.web.context import (
+    OPERATOR,
+    SECURITY_HEADERS,
+    SUPERVISOR,
+    Ctx,
+    manifest_download,
+    page,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -107,14 +114,9 @@ def my_analysis_product(request: Request, job_id: str) -> Response:
 @router.get("/console/my/jobs/{job_id}/analysis.manifest.json")
 def my_analysis_manifest(request: Request, job_id: str) -> Response:
     """Its signed manifest {manifest, signature} (`sandbox product verify` checks it)."""
-    import json
 
     def build(ctx: Ctx) -> Response:
         manifest = ctx.svc.analysis_manifest(ctx.principal, job_id)
-        body = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
-        disposition = f'attachment; filename="{job_id}.zip.manifest.json"'
-        return Response(
-            body, media_type="application/json", headers={"Content-Disposition": disposition}
-        )
+        return manifest_download(manifest, f"{job_id}.zip.manifest.json")
 
     return page(request, OPERATOR, build)

@@ -9,6 +9,7 @@ the security headers and the session cookie. Nothing here is a business rule.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -189,6 +190,16 @@ def error_page(ctx: Ctx, exc: SandboxError) -> HTMLResponse:
         code=exc.code,
         message=exc.message,
         hint=exc.hint,
+    )
+
+
+def manifest_download(manifest: dict[str, Any], filename: str) -> Response:
+    """A product's signed manifest {manifest, signature} as a JSON attachment."""
+    body = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
+    return Response(
+        body,
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 

@@ -17,7 +17,6 @@ session's CSRF token first; a role that may not see a page gets a 403 page.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from sandbox.web.context import (
     SUPERVISOR,
     Ctx,
     home_for,
+    manifest_download,
     page,
     redirect,
     safe_next,
@@ -419,11 +419,6 @@ def my_product(request: Request, job_id: str, fmt: str) -> Response:
 def my_manifest(request: Request, job_id: str) -> Response:
     def build(ctx: Ctx) -> Response:
         manifest = ctx.svc.product_manifest(ctx.principal, job_id)
-        body = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
-        return Response(
-            body,
-            media_type="application/json",
-            headers={"Content-Disposition": f'attachment; filename="{job_id}.manifest.json"'},
-        )
+        return manifest_download(manifest, f"{job_id}.manifest.json")
 
     return page(request, OPERATOR, build)
