@@ -23,11 +23,12 @@ import hashlib
 from sqlglot import exp
 
 from sandbox.catalog import Catalog, Use
+from sandbox.compiler import nofail
 from sandbox.compiler.build import build_plan
 from sandbox.compiler.checks import contains_aggregate, forbid_everywhere, row_expr
 from sandbox.compiler.groupkeys import make_key
 from sandbox.compiler.measures import Measures, quantile_candidates
-from sandbox.compiler.nodes import PerUnitRef, as_bool
+from sandbox.compiler.nodes import PerUnitRef
 from sandbox.compiler.post import Outputs
 from sandbox.compiler.preagg import compile_per_unit
 from sandbox.compiler.scope import build_scope
@@ -134,8 +135,9 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     if where is not None:
         cond, _ = row_expr(where.this, scope, Use.FILTER, "WHERE")
         # TRY: a row whose expression fails (overflow, bad cast) is dropped, never an
-        # engine error that would end the run after the data was read
-        where_node = as_bool(cond)
+        # engine error that would end the run after the data was read; a predicate that
+        # cannot fail (plain columns against literals) goes without, for pushdown
+        where_node = nofail.as_bool(cond, nofail.column_types(scope))
         terms = _and_terms(cond)
 
     group = select.args.get("group")

@@ -16,6 +16,7 @@ from sqlglot import exp
 
 from sandbox.catalog import NUMERIC_TYPES, Use
 from sandbox.compiler import nodes as n_
+from sandbox.compiler import nofail
 from sandbox.compiler.checks import row_expr
 from sandbox.compiler.nodes import render
 from sandbox.compiler.scope import ColumnRef, Scope
@@ -112,7 +113,7 @@ class Measures:
             where = node.expression
             inner = where.this if isinstance(where, exp.Where) else where
             tree, _ = row_expr(inner, self.scope, Use.FILTER, "an aggregate's FILTER")
-            cond = n_.as_bool(tree)
+            cond = nofail.as_bool(tree, nofail.column_types(self.scope))
             node = node.this
         flip = False
         if isinstance(node, exp.WithinGroup):
@@ -154,7 +155,7 @@ class Measures:
                 node, exp.Sum | exp.Count))):  # fmt: skip
             return node, cond
         tree, _ = row_expr(when, self.scope, Use.FILTER, "a CASE inside an aggregate")
-        sql = n_.as_bool(tree)
+        sql = nofail.as_bool(tree, nofail.column_types(self.scope))
         new: exp.Expr = exp.Count(this=exp.Star()) if one else node.copy()
         if not one and then is not None:
             new.set("this", then.copy())
