@@ -79,15 +79,21 @@ _CLAUSE_NAMES = {
 }
 
 
-def compile_query(sql: str, *, catalog: Catalog, grant: Grant) -> Plan:
-    """Compile operator SQL into a Plan, or raise QueryRefused (code, message, hint)."""
+def compile_query(
+    sql: str, *, catalog: Catalog, grant: Grant, unit_rows_checked: bool = True
+) -> Plan:
+    """Compile operator SQL into a Plan, or raise QueryRefused (code, message, hint).
+
+    ``unit_rows_checked``: the tables read have passed sandbox/datacheck.py (one row per
+    unit where declared), so a units count may be COUNT(__unit); the check's own query
+    passes False and gets COUNT(DISTINCT __unit)."""
     try:
-        return _compile(sql, catalog, grant)
+        return _compile(sql, catalog, grant, unit_rows_checked)
     except RecursionError as exc:
         raise too_deep() from exc
 
 
-def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
+def _compile(sql: str, catalog: Catalog, grant: Grant, unit_rows_checked: bool) -> Plan:
     text = check_text(sql)
     stmt = parse_statement(text)
     select = _as_select(stmt)
@@ -106,7 +112,7 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
         )
     per_unit = compile_per_unit(views[int(refs[0].this.this)], catalog, grant) if refs else None
     scope, relations = build_scope(select, catalog, grant, per_unit=per_unit)
-    measures = Measures(scope)
+    measures = Measures(scope, unit_rows_checked=unit_rows_checked)
     outputs = Outputs(scope, measures)
 
     items = list(select.expressions)

@@ -43,6 +43,7 @@ class Measures:
     values: dict[str, tuple[exp.Expr, str]] = field(default_factory=dict)  # SQL -> node, __vN
     index: dict[tuple[object, ...], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unit_rows_checked: bool = True  # see compile_query
 
     def value(self, node: exp.Expr) -> exp.Column:
         """The per-row column (__vN) holding ``node``; equal expressions share one."""
@@ -73,11 +74,28 @@ class Measures:
                 return name
         return self.add(
             ("selection",),
-            _count_distinct(n_.name("__unit")),
+            self._count_units(n_.name("__unit")),
             name="__units",
             kind="count_units",
             selection=True,
         )
+
+    def _count_units(self, e: exp.Expr) -> exp.Expr:
+        """COUNT(DISTINCT e), or COUNT(e) where they are equal: the runner reads one
+        private table of one row per unit (sandbox/datacheck.py checks it before any
+        query; no NULL unit) and nothing else, so a unit has at most one row per group.
+        COUNT(DISTINCT) hashes every row; COUNT does not (issue 17)."""
+        s = self.scope
+        once = (
+            self.unit_rows_checked
+            and self.prefix == "__v"
+            and len(s.sources) == 1
+            and s.per_unit is None
+            and not s.sources[0].per_unit
+            and s.sources[0].private
+            and s.sources[0].table.rows_per_unit == 1
+        )
+        return exp.Count(this=e) if once else _count_distinct(e)
 
     # -- one aggregate call ------------------------------------------------------------
 
@@ -184,10 +202,10 @@ class Measures:
                     node,
                 )
             if cond is None:
-                agg = _count_distinct(n_.name("__unit"))
+                agg = self._count_units(n_.name("__unit"))
             else:
                 flag = self.value(n_.when(cond, n_.num(1)))
-                agg = _count_distinct(n_.when(n_.eq(flag, n_.num(1)), n_.name("__unit")))
+                agg = self._count_units(n_.when(n_.eq(flag, n_.num(1)), n_.name("__unit")))
             name = self.add(
                 ("count_units", _key(cond)),
                 agg,
