@@ -137,7 +137,10 @@ class DataChecks:
 
         unit = dataset.privacy_unit
         sql = f'SELECT COUNT(*) AS n, COUNT(DISTINCT "{unit}") AS units FROM "{table.name}"'
-        plan = compile_query(sql, catalog=self.catalog, grant=_system_grant(dataset))
+        # the real COUNT(DISTINCT): what is checked here is that it equals COUNT(*)
+        plan = compile_query(
+            sql, catalog=self.catalog, grant=_system_grant(dataset), unit_rows_checked=False
+        )
         exact = executor.run(plan, data_root=data_root, job_id=run_id)
         try:
             kinds = {m.kind: exact.table.column(m.name)[0].as_py() for m in plan.measures}

@@ -23,11 +23,12 @@ import hashlib
 from sqlglot import exp
 
 from sandbox.catalog import Catalog, Use
+from sandbox.compiler import nofail
 from sandbox.compiler.build import build_plan
 from sandbox.compiler.checks import contains_aggregate, forbid_everywhere, row_expr
 from sandbox.compiler.groupkeys import make_key
 from sandbox.compiler.measures import Measures, quantile_candidates
-from sandbox.compiler.nodes import PerUnitRef, as_bool
+from sandbox.compiler.nodes import PerUnitRef
 from sandbox.compiler.post import Outputs
 from sandbox.compiler.preagg import compile_per_unit
 from sandbox.compiler.scope import build_scope
@@ -78,15 +79,21 @@ _CLAUSE_NAMES = {
 }
 
 
-def compile_query(sql: str, *, catalog: Catalog, grant: Grant) -> Plan:
-    """Compile operator SQL into a Plan, or raise QueryRefused (code, message, hint)."""
+def compile_query(
+    sql: str, *, catalog: Catalog, grant: Grant, unit_rows_checked: bool = True
+) -> Plan:
+    """Compile operator SQL into a Plan, or raise QueryRefused (code, message, hint).
+
+    ``unit_rows_checked``: the tables read have passed sandbox/datacheck.py (one row per
+    unit where declared), so a units count may be COUNT(__unit); the check's own query
+    passes False and gets COUNT(DISTINCT __unit)."""
     try:
-        return _compile(sql, catalog, grant)
+        return _compile(sql, catalog, grant, unit_rows_checked)
     except RecursionError as exc:
         raise too_deep() from exc
 
 
-def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
+def _compile(sql: str, catalog: Catalog, grant: Grant, unit_rows_checked: bool) -> Plan:
     text = check_text(sql)
     stmt = parse_statement(text)
     select = _as_select(stmt)
@@ -105,7 +112,7 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
         )
     per_unit = compile_per_unit(views[int(refs[0].this.this)], catalog, grant) if refs else None
     scope, relations = build_scope(select, catalog, grant, per_unit=per_unit)
-    measures = Measures(scope)
+    measures = Measures(scope, unit_rows_checked=unit_rows_checked)
     outputs = Outputs(scope, measures)
 
     items = list(select.expressions)
@@ -134,8 +141,9 @@ def _compile(sql: str, catalog: Catalog, grant: Grant) -> Plan:
     if where is not None:
         cond, _ = row_expr(where.this, scope, Use.FILTER, "WHERE")
         # TRY: a row whose expression fails (overflow, bad cast) is dropped, never an
-        # engine error that would end the run after the data was read
-        where_node = as_bool(cond)
+        # engine error that would end the run after the data was read; a predicate that
+        # cannot fail (plain columns against literals) goes without, for pushdown
+        where_node = nofail.as_bool(cond, nofail.column_types(scope))
         terms = _and_terms(cond)
 
     group = select.args.get("group")

@@ -31,6 +31,7 @@ from sqlglot import exp
 
 from sandbox import hostsql
 from sandbox.compiler import nodes as n_
+from sandbox.compiler import nofail
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.post import Outputs, quote
 from sandbox.compiler.preagg import PER_UNIT_TABLE, PerUnit
@@ -94,7 +95,12 @@ def build_plan(
     items += [n_.alias(k.node, f"__k{j}", quote=False) for j, k in enumerate(keys)]
     # TRY: a row value that fails (overflow, bad cast) is NULL, never a failed job whose
     # outcome depends on one row's value (issue 20)
-    items += [n_.alias(n_.try_(node), name, quote=False) for node, name in measures.values.values()]
+    # (a plain column or a clamp of one cannot fail: no TRY, which would block pushdown)
+    types = nofail.column_types(scope)
+    items += [
+        n_.alias(nofail.try_(node, types), name, quote=False)
+        for node, name in measures.values.values()
+    ]
     if unit_rows > 1:  # DuckDB refuses volatile window ORDER BY
         items.append(n_.alias(exp.Rand(), "__r", quote=False))
     conds = [where] if where is not None else []
@@ -305,8 +311,10 @@ def _per_unit_stages(pu: PerUnit) -> list[tuple[str, exp.Select]]:
     unit_name = dataset.privacy_unit or ""
     unit = exp.column(unit_name, table=pu.scope.unit_source.alias, quoted=True)
     items: list[exp.Expr] = [n_.alias(unit, "__unit", quote=False)]
+    types = nofail.column_types(pu.scope)
     items += [
-        n_.alias(n_.try_(node), name, quote=False) for node, name in pu.values.values.values()
+        n_.alias(nofail.try_(node, types), name, quote=False)
+        for node, name in pu.values.values.values()
     ]
     if pu.rows > 1:
         items.append(n_.alias(exp.Rand(), "__r", quote=False))

@@ -30,6 +30,7 @@ from sqlglot import exp
 from sandbox import hostsql
 from sandbox.catalog import Catalog, Use
 from sandbox.compiler import nodes as n_
+from sandbox.compiler import nofail
 from sandbox.compiler.checks import ROW, rebuild, row_expr
 from sandbox.compiler.nodes import render
 from sandbox.compiler.scope import ColumnRef, Scope
@@ -125,7 +126,7 @@ def _new_key(expr: exp.Expr, scope: Scope, name: str, tree: exp.Expr, refs: list
         name=name,
         expr=expr,
         canon=render(tree),
-        node=n_.try_(tree),  # a row that fails gives NULL
+        node=nofail.try_(tree, nofail.column_types(scope)),  # a row that fails gives NULL
         source=render(readable),
         refs=refs,
     )

@@ -36,6 +36,7 @@ from sqlglot import exp
 
 from sandbox.catalog import MAX_INTEGER_SQUARES, Catalog, Column, Table, Use
 from sandbox.compiler import nodes as n_
+from sandbox.compiler import nofail
 from sandbox.compiler.checks import is_aggregate, row_expr
 from sandbox.compiler.measures import Measures
 from sandbox.compiler.scope import Scope, Source, build_scope
@@ -155,7 +156,7 @@ def compile_per_unit(view: PerUnitView, catalog: Catalog, grant: Grant) -> PerUn
     cond = None
     if where is not None:
         tree, _ = row_expr(where.this, scope, Use.FILTER, "WHERE")
-        cond = n_.as_bool(tree)
+        cond = nofail.as_bool(tree, nofail.column_types(scope))
     values = Measures(scope, prefix="__w")
     rows = scope.unit_rows
     unit_col = scope.unit_source.table.column(unit)

@@ -101,6 +101,9 @@ class _Verifier:
         self.value_re = _VALUE  # the per-row value names of the stage being read
         self.inner = False  # reading the per-unit stage's rows (no keys there)
         self.per_unit: tuple[Dataset, Table] | None = None  # __perunit, once read
+        # __rows reads one private table with one row per unit and no join: a unit has at
+        # most one row per group, so COUNT(__unit) may stand for COUNT(DISTINCT __unit)
+        self.unit_once = False
 
     def bad(self, what: str) -> None:
         self.problems.append(what)
@@ -230,6 +233,14 @@ class _Verifier:
             self._relation(j.this)
         if not self.inner and self.row_bound() > self.plan.unit_rows:
             self.bad("rows per unit above the Plan's")
+        if not self.inner:
+            self.unit_once = (
+                not joins
+                and self.per_unit is None
+                and self.plan.unit_rows == 1
+                and len(self.aliases) == 1
+                and all(not d.is_public and t.rows_per_unit == 1 for d, t in self.aliases.values())
+            )
         for j in joins:
             self._join(j.args.get("on"))
         for item in rows.expressions:
@@ -442,6 +453,8 @@ class _Verifier:
         if kind == "count_units":
             if not isinstance(e, exp.Count) or "__unit" not in refs:
                 self.bad(f"measure {name} is not a count of units")
+            elif not isinstance(e.this, exp.Distinct) and not self.unit_once:
+                self.bad(f"measure {name} counts rows, not units (a unit can repeat)")
             return
         if kind == "count":
             if not isinstance(e, exp.Count) or "__unit" in refs:

@@ -152,8 +152,8 @@ _GUARD = '"t0"."monthly_income" IS NULL'
         (_QUERIES[0], _GUARD, '"t0"."monthly_income" > 0', "not clamped"),
         (
             _QUERIES[1],
-            f"{_GUARD}\n          THEN NULL",
-            f"{_GUARD}\n          THEN 1",
+            f"{_GUARD}\n        THEN NULL",
+            f"{_GUARD}\n        THEN 1",
             "not clamped",
         ),
         (_QUERIES[0], '"t0"."age" > ', 'length("t0"."id_number") > ', "without 'filter'"),
