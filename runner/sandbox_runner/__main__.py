@@ -55,7 +55,13 @@ def main() -> int:
         with open(spec_path, "rb") as fh:
             spec = json.loads(fh.read(c.SPEC_MAX_BYTES))
         max_out = env.get(c.ENV_OUTPUT_MAX_BYTES)
-        if isinstance(spec, dict) and spec.get("kind") == c.ANALYSIS_KIND:
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind == c.PROJECT_KIND:
+            from sandbox_runner.project import execute_projection
+
+            execute_projection(spec, data_dir=data_dir, out_dir=out_dir)
+            return _exit_code(out_dir)
+        if kind == c.ANALYSIS_KIND:
             from sandbox_runner.analysis import execute_analysis
 
             execute_analysis(
@@ -66,9 +72,7 @@ def main() -> int:
                 scratch=scratch,
                 output_max_bytes=int(max_out) if max_out else 8 * 1024 * 1024,
             )
-            with open(out_dir / c.STATUS_FILE, "rb") as fh:
-                status = json.loads(fh.read(c.STATUS_MAX_BYTES))
-            return c.EXIT_OK if status.get("status") == c.STATUS_OK else c.EXIT_FAILED
+            return _exit_code(out_dir)
         execute(
             spec,
             data_dir,
@@ -79,11 +83,20 @@ def main() -> int:
             max_temp_size=env.get(c.ENV_MAX_TEMP_SIZE),
             output_max_bytes=int(max_out) if max_out else None,
         )
-        with open(out_dir / c.STATUS_FILE, "rb") as fh:
-            status = json.loads(fh.read(c.STATUS_MAX_BYTES))
-        return c.EXIT_OK if status.get("status") == c.STATUS_OK else c.EXIT_FAILED
+        return _exit_code(out_dir)
     except BaseException:  # noqa: BLE001 - nothing may escape to stderr
         return EXIT_CRASHED
+
+
+def _exit_code(out_dir: Path) -> int:
+    """EXIT_OK if the job's status.json says ok, else EXIT_FAILED."""
+    import json
+
+    from sandbox_runner import contract as c
+
+    with open(out_dir / c.STATUS_FILE, "rb") as fh:
+        status = json.loads(fh.read(c.STATUS_MAX_BYTES))
+    return c.EXIT_OK if status.get("status") == c.STATUS_OK else c.EXIT_FAILED
 
 
 def _wait_for(path: Path, wait_s: float) -> bool:

@@ -54,6 +54,10 @@ ANALYSIS_SCRIPT_DIR: Final = "script"  # in PLAN_DIR: the script's files (read-o
 ANALYSIS_MANIFEST: Final = "manifest.json"  # in OUT_DIR: the checked outputs, by the runner
 ANALYSIS_FILES_DIR: Final = "files"  # in OUT_DIR: the output files the manifest names
 ANALYSIS_MAX_OUTPUTS: Final = 50  # ACRO outputs one job may return
+# Its projection step (sandbox_runner.project): a spec with "kind": PROJECT_KIND writes
+# each table's usable columns to OUT_DIR/PROJECT_DIR/<n>.parquet, in the spec's order.
+PROJECT_KIND: Final = "project"
+PROJECT_DIR: Final = "tables"
 
 # Exit codes of ``python3 -m sandbox_runner``.
 EXIT_OK: Final = 0  # OUT_DIR/RESULT_FILE is there

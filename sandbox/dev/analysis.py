@@ -50,7 +50,7 @@ def run_script(
 ) -> dict[str, Any]:
     """Run the script in the runner container on synthetic data; ACRO's outputs, their
     verdicts and checks, what review would need. ``out_dir``: write the output files."""
-    from sandbox.executors.docker.analysis import analysis_spec, run_analysis
+    from sandbox.executors.docker.analysis import analysis_spec, run_analysis, split_tables
     from sandbox.jobs import analysis
     from sandbox.review import load_rules
 
@@ -63,7 +63,8 @@ def run_script(
             hint="Ask the bureau for a grant with analysis_jobs, or write SQL.",
         )
     data = analysis.check_script(files, entry)
-    tables, grades = analysis.analysis_tables(ctx.catalog, grant)
+    given, grades = analysis.analysis_tables(ctx.catalog, grant)
+    tables, columns = split_tables(given)
     if not tables:
         raise Refused(f"The grant {grant.id!r} has no table a script may read.",
                       code="ANALYSIS_NOT_GRANTED")  # fmt: skip
@@ -86,6 +87,7 @@ def run_script(
                 data_root=root,
                 job_id="dev-analysis",
                 allow_synthetic=True,
+                columns=columns,
             )
     finally:
         if own:

@@ -16,9 +16,10 @@ Stored: the script (``analysis_scripts``) and ACRO's checked outputs
 not raw rows and not exact DP aggregates. Audited: the script's SHA-256, every
 output file's SHA-256, ACRO's verdicts per output, refused custom outputs.
 
-Tables: a script is Python, so it can read every column of a table it is given.
-Only tables whose every column has a declared use are given; a table with a
-column no use allows (a name, an ID number) is never mounted for an analysis job.
+Tables: a script is Python, so it can read every column of a table it is given. A
+table is given with only its columns that have a declared use: a table holding a
+column no use allows (a name, an ID number) is projected by a runner container first
+(``executors.docker.projection``) and never mounted raw for an analysis job.
 """
 
 from __future__ import annotations
@@ -117,17 +118,30 @@ def script_sha256(files: dict[str, bytes]) -> str:
     return digest.hexdigest()
 
 
-def analysis_tables(catalog: Catalog, grant: Grant) -> tuple[dict[str, str], list[str]]:
-    """(table -> file, the grades) of the grant's tables a script may read."""
-    tables: dict[str, str] = {}
+def analysis_tables(catalog: Catalog, grant: Grant) -> tuple[dict[str, Any], list[str]]:
+    """(table -> what the script gets of it, the grades) of the grant's tables.
+
+    A table whose every column has a declared use is given as its file
+    (``dataset/file``). A table holding columns no use allows (a name, an ID number) is
+    given as ``{"file", "columns"}``: the script sees a projection holding only the
+    usable columns, cut by a runner container (``executors.docker.projection``), never
+    the raw file. A table with no usable column is not given."""
+    tables: dict[str, Any] = {}
     grades: list[str] = []
     for ds_id in grant.datasets:
         ds = catalog.dataset(ds_id)
         if ds is None:
             continue
-        given = [t for t in ds.tables if all(c.uses for c in t.columns)]
-        for table in given:
-            tables[table.name] = table.file
+        given = False
+        for table in ds.tables:
+            usable = [c.name for c in table.columns if c.uses]
+            if not usable:
+                continue
+            given = True
+            if len(usable) == len(table.columns):
+                tables[table.name] = table.file
+            else:
+                tables[table.name] = {"file": table.file, "columns": usable}
         if given:
             grades.append(ds.grade.value)
     return tables, grades
@@ -199,7 +213,16 @@ def submit(
             S.COMPILED,
             actor=actor,
             role=role,
-            details={"kind": KIND, "script_sha256": digest, "tables": sorted(tables)},
+            details={
+                "kind": KIND,
+                "script_sha256": digest,
+                "tables": sorted(tables),
+                "projected": {
+                    name: value["columns"]
+                    for name, value in sorted(tables.items())
+                    if isinstance(value, dict)
+                },
+            },
             updates={
                 "grant_id": grant.id,
                 "grade": grade,
@@ -272,7 +295,7 @@ def execute(
     role: str = "system",
 ) -> Job:
     """budget_reserved → running → (the container) → in_review; ExecutionFailed on failure."""
-    from sandbox.executors.docker.analysis import analysis_spec, run_analysis
+    from sandbox.executors.docker.analysis import analysis_spec, run_analysis, split_tables
 
     job = get_job(conn, job_id)
     script = script_of(conn, job_id)
@@ -281,8 +304,9 @@ def execute(
     except Conflict:
         return get_job(conn, job_id)  # cancelled meanwhile
     files = {name: text.encode("utf-8") for name, text in script["files"].items()}
-    spec = analysis_spec(entry=script["entry"], tables=script["tables"], acro=script["acro"])
-    out = run_analysis(executor, spec, files, data_root=data_root, job_id=job_id)
+    tables, columns = split_tables(script["tables"])
+    spec = analysis_spec(entry=script["entry"], tables=tables, acro=script["acro"])
+    out = run_analysis(executor, spec, files, data_root=data_root, job_id=job_id, columns=columns)
     summary = [
         {
             "uid": o["uid"],

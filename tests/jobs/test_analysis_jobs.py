@@ -69,12 +69,16 @@ def test_bad_scripts_are_refused(
     assert info.value.code == "SCRIPT_INVALID"
 
 
-def test_tables_with_unusable_columns_are_never_given(catalog: Catalog, grants: Grants):
+def test_tables_with_unusable_columns_are_given_only_projected(catalog: Catalog, grants: Grants):
     grant = grants.grant("g-huaxin-sme")
     assert grant is not None
     tables, _grades = analysis.analysis_tables(catalog, grant)
-    assert "enterprises" not in tables  # its name and credit code have no use
-    assert tables == {"divisions": "divisions/divisions.parquet"}
+    assert tables["divisions"] == "divisions/divisions.parquet"  # every column usable
+    given = tables["enterprises"]  # its name and credit code have no use
+    assert isinstance(given, dict) and given["file"] == "enterprises/enterprises.parquet"
+    assert "name" not in given["columns"] and "credit_code" not in given["columns"]
+    usable = [c.name for c in catalog.dataset("enterprises").tables[0].columns if c.uses]
+    assert given["columns"] == usable
 
 
 def test_submit_records_the_kind_and_hash_and_charges_nothing(

@@ -28,6 +28,7 @@ from sandbox_runner import contract
 
 from sandbox.errors import ExecutionFailed, Refused
 from sandbox.executors.docker import containers
+from sandbox.executors.docker.projection import projected
 from sandbox.executors.output import _read_regular, read_status, status_category
 
 if TYPE_CHECKING:
@@ -46,6 +47,22 @@ class AnalysisOutput:
     files: dict[str, bytes]
     wall_s: float
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+def split_tables(tables: dict[str, Any]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """A job's stored tables as (table -> ``dataset/file``, ``dataset/file`` -> columns).
+
+    A stored table is its file (every column usable) or ``{"file", "columns"}`` (only
+    those columns may reach the script: ``sandbox.executors.docker.projection``)."""
+    files: dict[str, str] = {}
+    columns: dict[str, list[str]] = {}
+    for name, value in tables.items():
+        if isinstance(value, dict):
+            files[name] = str(value["file"])
+            columns[files[name]] = [str(c) for c in value["columns"]]
+        else:
+            files[name] = str(value)
+    return files, columns
 
 
 def analysis_spec(*, entry: str, tables: dict[str, str], acro: dict[str, Any]) -> dict[str, Any]:
@@ -96,12 +113,19 @@ def run_analysis(
     data_root: Path,
     job_id: str,
     allow_synthetic: bool = False,
+    columns: dict[str, list[str]] | None = None,
 ) -> AnalysisOutput:
-    """Run one analysis spec in a fresh container; raise ExecutionFailed(category)."""
+    """Run one analysis spec in a fresh container; raise ExecutionFailed(category).
+
+    ``columns`` (``dataset/file`` -> usable columns): tables the script sees only
+    projected to those columns (``projection``: a runner container cuts them first)."""
     mounts = table_mounts(spec["tables"], Path(data_root), allow_synthetic=allow_synthetic)
     executor.start()
     settings = executor.settings
-    with executor._slots.slot():  # noqa: SLF001 - the executor's own fair slots
+    with (
+        executor._slots.slot(),  # noqa: SLF001 - the executor's own fair slots
+        projected(executor, mounts, columns or {}, job_id=job_id) as mounts,
+    ):
         began = time.monotonic()
         stats: dict[str, Any] = {"limits": executor.limits, "kind": contract.ANALYSIS_KIND}
         runner = containers.launch(

@@ -101,15 +101,18 @@ def launch(
     spec: dict[str, Any] | None,
     entrypoint: list[str] | None = None,
     files: dict[str, bytes] | None = None,
+    out_cap: int | None = None,
 ) -> Runner:
     """Create and start one runner container: with its spec (cold) or waiting (warm).
 
     ``files`` (an analysis job's script: relative name -> bytes) go, read-only, into
-    ``/plan/<contract.ANALYSIS_SCRIPT_DIR>/`` before the spec."""
+    ``/plan/<contract.ANALYSIS_SCRIPT_DIR>/`` before the spec. ``out_cap``: the size of
+    ``/out`` (default 2 × ``output_max_bytes`` + 1 MiB)."""
     import docker.errors
     import requests.exceptions
 
-    out_cap = 2 * settings.output_max_bytes + (1 << 20)
+    if out_cap is None:
+        out_cap = 2 * settings.output_max_bytes + (1 << 20)
     runner = Runner(run=hostfs.new_run(runs_dir, backing, out_cap), datasets=dict(datasets))
     try:
         if files:
