@@ -5,7 +5,8 @@ non-root, every limit from Settings, the fair slots), with three differences:
 
 - each granted table FILE is mounted alone, read-only, at ``/data/<dataset>/<file>``
   (a script is Python, not locked-down DuckDB: it could open any file it can see,
-  so it sees only the grant's tables);
+  so it sees only the grant's tables); a table with columns of no declared use is
+  mounted as its projection to the usable ones (``projection``), never raw;
 - the script's files go read-only into ``/plan/script``;
 - what comes back is ``manifest.json`` and ``files/`` (sandbox_runner.analysis),
   read here without trusting any of it: regular files only, capped, the manifest's
