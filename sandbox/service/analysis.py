@@ -11,6 +11,8 @@ product: mixed into ``Service`` as ``submission.Submissions`` is.
 - ``analysis_output``: one output file's bytes (the console shows tables and figures
   from them); supervisors only.
 - ``analysis_product_file`` / ``analysis_manifest``: the released, signed product.
+- ``review_summary``: what the review queue shows of an analysis job (its entry file,
+  how many outputs, how many ACRO flagged) instead of SQL and ε.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import NotFound, Refused
-from sandbox.jobs import State, analysis
+from sandbox.jobs import State, analysis, analysis_selection
 from sandbox.service import auth
 from sandbox.service.auth import OPERATOR, SUPERVISOR, require
 from sandbox.service.ratelimit import check_active_jobs
@@ -123,8 +125,22 @@ class AnalysisJobs:
             "acro_version": (manifest or {}).get("acro_version"),
             "outputs": (manifest or {}).get("outputs") if manifest else None,
             "refused": (manifest or {}).get("refused") if manifest else None,
+            # which outputs each approving supervisor chose (jobs.analysis_selection)
+            "selections": analysis_selection.selections(self.conn(), job.id) if shown else None,
         }
         return view
+
+    def review_summary(self, job: Job) -> dict[str, Any]:
+        """An analysis job as the review queue shows it: the entry file, the number of
+        outputs and of flagged outputs (ACRO's verdict not ``pass``). A supervisor's view."""
+        script = analysis.script_of(self.conn(), job.id)
+        outputs = (script["manifest"] or {}).get("outputs") or []
+        return {
+            "entry": script["entry"],
+            "files": len(script["files"]),
+            "outputs": len(outputs),
+            "flagged": sum(1 for o in outputs if o.get("status") != "pass"),
+        }
 
     def analysis_output(self, p: Principal, job_id: str, name: str) -> tuple[bytes, str]:
         """One stored output file (bytes, media type), for a supervisor's review."""
