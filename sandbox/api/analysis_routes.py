@@ -90,6 +90,7 @@ class AnalysisDetail(m.View):
     outputs: list[AnalysisOutputView] | None  # None until shown (see docs/api.md)
     refused: list[dict[str, str]] | None
     selections: dict[str, list[str]] | None = None  # approving reviewer -> chosen output uids
+    withheld_outputs: list[str] = []  # once released: the uids not released
 
 
 class AnalysisJobView(m.JobView):

@@ -7,7 +7,8 @@ product: mixed into ``Service`` as ``submission.Submissions`` is.
   anything is recorded).
 - ``analysis_detail``: the script, and ACRO's outputs with their verdicts, checks and
   exception requests. A supervisor sees them while the job waits for review and after;
-  the operator sees its own script always, the outputs only once released.
+  the operator sees its own script always, the outputs only once released, and then
+  only the released ones (a withheld output by its uid, ``withheld_outputs``).
 - ``analysis_output``: one output file's bytes (the console shows tables and figures
   from them); supervisors only.
 - ``analysis_product_file`` / ``analysis_manifest``: the released, signed product.
@@ -116,6 +117,16 @@ class AnalysisJobs:
             p.role == Role.SUPERVISOR or job.state == State.RELEASED
         )
         manifest = script["manifest"] if shown else None
+        outputs = (manifest or {}).get("outputs") if manifest else None
+        withheld: list[str] = []
+        if outputs is not None and job.state == State.RELEASED:
+            # what the product holds; the operator never sees a withheld output's facts
+            # (its verdicts, cells or hashes), only its uid (jobs.analysis_selection)
+            released, withheld, _chosen = analysis_selection.released_outputs(
+                self.conn(), job.id, view.get("decisions") or []
+            )
+            if p.role == Role.OPERATOR:
+                outputs = [o for o in outputs if o.get("uid") in released]
         view["analysis"] = {
             "entry": script["entry"],
             "files": script["files"],
@@ -123,7 +134,8 @@ class AnalysisJobs:
             "tables": sorted(script["tables"]),
             "acro": script["acro"],
             "acro_version": (manifest or {}).get("acro_version"),
-            "outputs": (manifest or {}).get("outputs") if manifest else None,
+            "outputs": outputs,
+            "withheld_outputs": withheld,
             "refused": (manifest or {}).get("refused") if manifest else None,
             # which outputs each approving supervisor chose (jobs.analysis_selection)
             "selections": analysis_selection.selections(self.conn(), job.id) if shown else None,
