@@ -83,20 +83,28 @@ class AnalysisJobs:
                 hint="Ask the bureau; a server with SANDBOX_EXECUTOR=docker runs them.",
                 http_status=409,
             )
+        from sandbox import store
+
         conn = self.conn()
         check_active_jobs(conn, p.name)
-        job = analysis.submit(
-            conn,
-            catalog=self.catalog,
-            grants=self.grants,
-            rules=self.rules,
-            operator=p.name,
-            scenario=scenario,
-            files=files,
-            entry=entry,
-            actor=p.name,
-            role=p.role.value,
-        )
+        with store.transaction(conn):
+            job = analysis.submit(
+                conn,
+                catalog=self.catalog,
+                grants=self.grants,
+                rules=self.rules,
+                operator=p.name,
+                scenario=scenario,
+                files=files,
+                entry=entry,
+                actor=p.name,
+                role=p.role.value,
+            )
+            # claimed by this server, as a SQL job is (jobs.leases): an unclaimed job is
+            # an orphan to the lease loop, which failed it mid-run as JOB_INTERRUPTED
+            conn.execute(
+                "UPDATE jobs SET claimed_by = ? WHERE id = ?", (self.worker.server_id, job.id)
+            )
         self.maybe_checkpoint()
         self.worker.enqueue(job.id)
         return self._job_view(p, job)

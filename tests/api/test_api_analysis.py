@@ -74,6 +74,7 @@ def live(
         pids=64,
         warm_runners=0,
         rate_per_minute=10_000,
+        lease_s=1.5,  # the lease loop ticks every 0.5 s: a run outlasts many ticks
     )
     executor = DockerExecutor(settings, client=docker_client, image=runner_image)
     service = Service(settings, executor=executor)
@@ -167,6 +168,11 @@ def test_supervisors_release_only_the_outputs_both_chose(live: Live, tmp_path: P
     assert out.exit_code == 0, out.stdout + out.stderr
     job = json.loads(out.stdout)
     assert job["state"] == "in_review", job
+    # claimed by the server that took it (an unclaimed job was failed by the lease loop
+    # as JOB_INTERRUPTED whenever its run outlasted the next lease tick)
+    claim = live.service.conn().execute("SELECT claimed_by FROM jobs WHERE id = ?", (job["id"],))
+    assert claim.fetchone()[0] == live.service.worker.server_id
+    assert live.service.worker.lease.orphans(live.service.conn(), ["running", "in_review"]) == []
 
     (queued,) = live.call("GET", "/v1/review", "supervisor-li").json()
     assert queued["kind"] == "analysis"
