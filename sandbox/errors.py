@@ -96,6 +96,9 @@ CODES: dict[str, str] = {
     "IDEMPOTENCY_KEY_REUSED": "The Idempotency-Key was already used for a different submission.",
     "SELF_REVIEW": "A reviewer may not review a job they submitted, nor review it twice.",
     "REASON_REQUIRED": "A review decision needs a reason.",
+    "OUTPUT_SELECTION_INVALID": "The outputs chosen for release are unknown or none, or "
+    "cannot be chosen (a SQL job, a rejection, a job without outputs, or nothing left "
+    "with the other approvals' choices).",
     "CSRF_FAILED": "The form's CSRF token is missing or wrong.",
     "LOCAL_DATA_NOT_SYNTHETIC": "The local executor only reads synthetic data.",
     "SYNTHETIC_DATA_REFUSED": "The sandbox refuses data marked synthetic.",

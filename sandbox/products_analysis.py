@@ -8,6 +8,11 @@ SHA-256, the tables, ACRO's version and thresholds, every output with ACRO's ver
 its checks, whether an exception was requested and each file's SHA-256, the
 reviewers and the times. ``products.verify_product`` checks the archive's hash and
 then that it holds exactly the listed files with the listed hashes.
+
+A partial release (sandbox/jobs/analysis_selection.py): ``outputs`` lists only the
+released outputs and the archive holds only their files; ``withheld_outputs`` names
+the others by uid (nothing of their content, not even their hashes) and
+``selections`` says which outputs each approving supervisor chose.
 """
 
 from __future__ import annotations
@@ -44,18 +49,27 @@ def release_analysis_product(
     released_at: str,
     script: dict[str, Any],
     outputs: dict[str, bytes],
+    released: list[str] | None = None,
+    selections: dict[str, list[str]] | None = None,
 ) -> dict[str, str]:
     """An approved analysis job's product (issue 18): ``result.zip`` (ACRO's output
     files, deterministic) and ``result.zip.manifest.json``, signed as SQL products are.
     The manifest lists each output with ACRO's verdict and checks and each file's
-    SHA-256 (``verify_product`` checks the archive against them). {"zip": sha256}"""
+    SHA-256 (``verify_product`` checks the archive against them). ``released``: the
+    uids of the outputs to release (None: all); the others are withheld, named in the
+    manifest by uid only. ``selections``: approving reviewer → the uids they chose.
+    {"zip": sha256}"""
     import zipfile
 
     manifest_in = script.get("manifest") or {}
+    every = [out["uid"] for out in manifest_in.get("outputs", [])]
+    keep = set(every if released is None else released)
     listed = []
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         for out in manifest_in.get("outputs", []):
+            if out["uid"] not in keep:
+                continue
             files = []
             for item in out["files"]:
                 data = outputs[item["name"]]
@@ -92,6 +106,11 @@ def release_analysis_product(
         "privacy_loss": {"epsilon": 0, "delta": 0, "rho": None, "definition": None},
         "guarantee": "statistical disclosure control (ACRO) and human review; no DP",
         "outputs": listed,
+        "withheld_outputs": [uid for uid in every if uid not in keep],
+        "selections": [
+            {"reviewer": reviewer, "outputs": list(chosen)}
+            for reviewer, chosen in sorted((selections or {}).items())
+        ],
         "refused_custom_outputs": len(manifest_in.get("refused", [])),
         **manifest_tail(
             job=job,

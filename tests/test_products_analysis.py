@@ -141,3 +141,46 @@ def test_an_archive_holding_other_files_than_listed_fails_even_if_signed(tmp_pat
     with pytest.raises(BadInput) as info:
         products.verify_product(data, products.canonical(resigned), key.public_key())
     assert "do not match" in info.value.message
+
+
+def test_a_partial_release_holds_only_the_released_outputs_and_names_the_withheld(
+    tmp_path: Path,
+):
+    """Partial release (jobs.analysis_selection): the archive and the manifest's
+    ``outputs`` hold only the released outputs; ``withheld_outputs`` names the others
+    by uid, nothing of their content (not their file names, not their hashes);
+    ``selections`` says who chose what; and the product still verifies."""
+    key = Ed25519PrivateKey.generate()
+    chosen = {"supervisor-li": ["output_1"], "supervisor-wang": ["output_0", "output_1"]}
+    files = products.release_analysis_product(
+        tmp_path,
+        job=JOB,
+        key=key,
+        reviewers=REVIEWERS,
+        released_at="2025-01-02T00:00:00+00:00",
+        script=SCRIPT,
+        outputs={"1_0.csv": CSV, "1_1.png": PNG},
+        released=["output_1"],
+        selections=chosen,
+    )
+    path = tmp_path / "j-analysis" / "result.zip"
+    manifest = products.verify_files(path, key.public_key())
+    assert files == {"zip": manifest["result"]["sha256"]}
+    assert [o["uid"] for o in manifest["outputs"]] == ["output_1"]
+    assert manifest["withheld_outputs"] == ["output_0"]
+    assert manifest["selections"] == [
+        {"reviewer": "supervisor-li", "outputs": ["output_1"]},
+        {"reviewer": "supervisor-wang", "outputs": ["output_0", "output_1"]},
+    ]
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == ["1_1.png"]
+    text = (tmp_path / "j-analysis" / "result.zip.manifest.json").read_text()
+    assert "1_0.csv" not in text and hashlib.sha256(CSV).hexdigest() not in text
+    assert "MinimumThresholdCheck" not in text  # nor the withheld output's checks
+
+
+def test_a_full_release_withholds_nothing(tmp_path: Path):
+    key = Ed25519PrivateKey.generate()
+    _release(tmp_path, key)
+    manifest = products.verify_files(tmp_path / "j-analysis" / "result.zip", key.public_key())
+    assert manifest["withheld_outputs"] == [] and manifest["selections"] == []

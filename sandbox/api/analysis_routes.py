@@ -89,6 +89,8 @@ class AnalysisDetail(m.View):
     acro_version: str | None
     outputs: list[AnalysisOutputView] | None  # None until shown (see docs/api.md)
     refused: list[dict[str, str]] | None
+    selections: dict[str, list[str]] | None = None  # approving reviewer -> chosen output uids
+    withheld_outputs: list[str] = []  # once released: the uids not released
 
 
 class AnalysisJobView(m.JobView):
@@ -113,7 +115,9 @@ class AnalysisManifest(m.View):
     acro_thresholds: dict[str, Any]
     privacy_loss: dict[str, Any]
     guarantee: str
-    outputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]  # the released outputs only
+    withheld_outputs: list[str] = []  # uids the approving supervisors did not all choose
+    selections: list[dict[str, Any]] = []  # {reviewer, outputs}: who chose what
     refused_custom_outputs: int
     reviewers: list[dict[str, Any]]
     times: dict[str, Any]

@@ -367,9 +367,20 @@ class JobView(View):
     product: ProductLink | None = None
 
 
+class ReviewAnalysis(View):
+    """An analysis job in the queue: its entry file, how many files, outputs, and
+    outputs ACRO flagged (verdict fail or review)."""
+
+    entry: str
+    files: int
+    outputs: int
+    flagged: int
+
+
 class ReviewItem(JobView):
     you_decided: bool
     may_decide: bool
+    analysis: ReviewAnalysis | None = None  # analysis jobs only (kind "analysis")
 
 
 class DecisionOutcome(View):

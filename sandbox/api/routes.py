@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
@@ -71,6 +71,12 @@ class SubmitRequest(_Body):
 class DecisionRequest(_Body):
     decision: Literal["approve", "reject"]
     reason: str = Field(default="", max_length=2000, description="Why (required).")
+    outputs: list[Annotated[str, Field(max_length=80)]] | None = Field(
+        default=None,
+        max_length=200,
+        description="An analysis job's approval only: the uids of the outputs to release "
+        "(default all). Released are the outputs every approving supervisor chose.",
+    )
 
 
 class TokenRequest(_Body):
@@ -253,8 +259,10 @@ def review_queue(p: Principal = Caller, svc: Service = Svc) -> list[dict[str, An
 def decide(
     job_id: str, body: DecisionRequest, p: Principal = Caller, svc: Service = Svc
 ) -> dict[str, Any]:
-    """Approve or reject a job in review, with a reason (supervisors only)."""
-    return svc.decide(p, job_id, decision=body.decision, reason=body.reason)
+    """Approve or reject a job in review, with a reason (supervisors only). Approving
+    an analysis job may choose its ``outputs`` to release (OUTPUT_SELECTION_INVALID for
+    an unknown uid, none, a SQL job, a rejection, or a job without outputs)."""
+    return svc.decide(p, job_id, decision=body.decision, reason=body.reason, outputs=body.outputs)
 
 
 @router.get("/audit", tags=["audit"], **returns(list[mo.AuditEventView]))

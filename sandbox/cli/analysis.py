@@ -4,7 +4,8 @@
 them, ``--entry`` naming the one to run, default main.py) to POST /v1/analysis-jobs;
 with ``--wait`` (the default) it shows the job until it waits for review or ends.
 ``sandbox script-result JOB`` downloads a released analysis product (result.zip and
-its signed manifest; check them with ``sandbox product verify``).
+its signed manifest; check them with ``sandbox product verify``). ``queue_kind`` is
+how ``sandbox review list`` shows a queued job's kind.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ def read_script(path: Path, entry: str | None) -> dict[str, Any]:
             raise BadInput(f"The folder {str(path)!r} holds no .py file.")
         return {"files": files, "entry": entry or "main.py"}
     raise BadInput(f"No file {str(path)!r}.", hint="Pass a .py file or a folder of them.")
+
+
+def queue_kind(job: dict[str, Any]) -> str:
+    """What a queued job is (``sandbox review list``): an analysis script with its entry
+    file, outputs and flagged outputs, or SQL with its ε."""
+    from sandbox.display import fmt_amount
+
+    a = job.get("analysis")
+    if job.get("kind") == "analysis" and a:
+        return f"analysis script\n  {a['entry']}\n  {a['outputs']} outputs, {a['flagged']} flagged"
+    return f"SQL\n  ε {fmt_amount(job.get('epsilon'))}"
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from sandbox.cli.analysis import queue_kind
 from sandbox.cli.apiclient import ApiClient
 from sandbox.cli.common import (
     JsonOption,
@@ -438,22 +439,26 @@ def register(app: typer.Typer) -> None:
             print_json(queue)
             return
         print_table(
-            ("job / operator", "scenario / dataset", "grade", "approvals", "flags"),
+            ("job / operator", "scenario / dataset", "kind", "grade", "approvals", "flags"),
             [
                 (
                     f"{j['id']}\n  {j['operator']}",
                     f"{j['scenario']}\n  {j['dataset']}",
+                    queue_kind(j),
                     j["grade"],
                     f"{j['approvals']} of {j['required_approvals']}",
                     ", ".join(f["code"] for f in j["flags"]) or "-",
                 )
                 for j in queue
             ],
-            keep=("job / operator", "scenario / dataset", "grade", "approvals"),
+            keep=("job / operator", "scenario / dataset", "kind", "grade", "approvals"),
         )
 
-    def _decide(ctx: typer.Context, job_id: str, decision: str, reason: str, as_json: bool) -> None:
-        out = _client(ctx).post(f"/v1/review/{job_id}", {"decision": decision, "reason": reason})
+    def _decide(
+        ctx: typer.Context, job_id: str, decision: str, reason: str, as_json: bool, **outputs: Any
+    ) -> None:
+        body = {"decision": decision, "reason": reason, **outputs}  # outputs: analysis jobs
+        out = _client(ctx).post(f"/v1/review/{job_id}", body)
         if as_json:
             print_json(out)
             return
@@ -466,10 +471,17 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         job_id: str = typer.Argument(..., help="The job id."),
         reason: str = typer.Option(..., "--reason", "-r", help="Why (kept in the audit log)."),
+        output: list[str] = typer.Option(
+            None,
+            "--output",
+            "-o",
+            help="An analysis job's output to release (its uid, e.g. output_0); repeat it. "
+            "Default: all. Released are the outputs every approving supervisor chose.",
+        ),
         as_json: bool = JsonOption,
     ) -> None:
-        """Approve a job's release."""
-        _decide(ctx, job_id, "approve", reason, as_json)
+        """Approve a job's release (of an analysis job: all outputs, or those --output names)."""
+        _decide(ctx, job_id, "approve", reason, as_json, **({"outputs": output} if output else {}))
 
     @review_app.command("reject")
     @handle_errors

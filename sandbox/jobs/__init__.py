@@ -20,6 +20,8 @@ Modules (imports only go down this list, no cycles):
   server is dead, so that another takes its jobs over (several servers, one database).
 - ``recovery``: what a server does with the jobs a dead server left (at its start,
   and whenever its lease loop finds one).
+- ``analysis`` / ``analysis_selection``: analysis jobs (operators' scripts, ACRO
+  outputs) and which of their outputs the approving supervisors chose to release.
 - ``worker``: ``JobWorker``, the stages on a bounded thread pool, recovery at start,
   the lease loop.
 
@@ -28,6 +30,7 @@ Importers use this package's names (``from sandbox.jobs import State``).
 
 from __future__ import annotations
 
+from sandbox.jobs import analysis_selection  # noqa: F401 - registers its table
 from sandbox.jobs.incidents import (
     STAGES,
     StageMark,

@@ -366,12 +366,17 @@ def release(
 ) -> Job:
     """in_review → released: the approved ACRO outputs signed into a product
     (``products.release_analysis_product``), registered and audited with the move.
+    Only the outputs every approving supervisor chose are in it
+    (``analysis_selection.released_outputs``); the manifest and the audit event name
+    the withheld ones (uids only) and who chose what.
     The caller (``JobWorker``) holds the release lock and has checked the state."""
     from sandbox import products
+    from sandbox.jobs import analysis_selection
     from sandbox.jobs.records import now_iso
 
     released_at = now_iso()
     script = script_of(conn, job.id)
+    chosen, withheld, choices = analysis_selection.released_outputs(conn, job.id, reviewers)
     files = products.release_analysis_product(
         products_dir,
         job=job.record,
@@ -380,6 +385,8 @@ def release(
         released_at=released_at,
         script=script,
         outputs=outputs_of(conn, job.id),
+        released=chosen,
+        selections=choices,
     )
     return register_release(
         conn,
@@ -392,5 +399,10 @@ def release(
         role=role,
         effects=effects,
         kind=KIND,
-        audit_details={"script_sha256": script["script_sha256"]},
+        audit_details={
+            "script_sha256": script["script_sha256"],
+            "released_outputs": chosen,
+            "withheld_outputs": withheld,
+            "selections": choices,
+        },
     )

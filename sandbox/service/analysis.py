@@ -7,10 +7,13 @@ product: mixed into ``Service`` as ``submission.Submissions`` is.
   anything is recorded).
 - ``analysis_detail``: the script, and ACRO's outputs with their verdicts, checks and
   exception requests. A supervisor sees them while the job waits for review and after;
-  the operator sees its own script always, the outputs only once released.
+  the operator sees its own script always, the outputs only once released, and then
+  only the released ones (a withheld output by its uid, ``withheld_outputs``).
 - ``analysis_output``: one output file's bytes (the console shows tables and figures
   from them); supervisors only.
 - ``analysis_product_file`` / ``analysis_manifest``: the released, signed product.
+- ``review_summary``: what the review queue shows of an analysis job (its entry file,
+  how many outputs, how many ACRO flagged) instead of SQL and ε.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import NotFound, Refused
-from sandbox.jobs import State, analysis
+from sandbox.jobs import State, analysis, analysis_selection
 from sandbox.service import auth
 from sandbox.service.auth import OPERATOR, SUPERVISOR, require
 from sandbox.service.ratelimit import check_active_jobs
@@ -80,20 +83,28 @@ class AnalysisJobs:
                 hint="Ask the bureau; a server with SANDBOX_EXECUTOR=docker runs them.",
                 http_status=409,
             )
+        from sandbox import store
+
         conn = self.conn()
         check_active_jobs(conn, p.name)
-        job = analysis.submit(
-            conn,
-            catalog=self.catalog,
-            grants=self.grants,
-            rules=self.rules,
-            operator=p.name,
-            scenario=scenario,
-            files=files,
-            entry=entry,
-            actor=p.name,
-            role=p.role.value,
-        )
+        with store.transaction(conn):
+            job = analysis.submit(
+                conn,
+                catalog=self.catalog,
+                grants=self.grants,
+                rules=self.rules,
+                operator=p.name,
+                scenario=scenario,
+                files=files,
+                entry=entry,
+                actor=p.name,
+                role=p.role.value,
+            )
+            # claimed by this server, as a SQL job is (jobs.leases): an unclaimed job is
+            # an orphan to the lease loop, which failed it mid-run as JOB_INTERRUPTED
+            conn.execute(
+                "UPDATE jobs SET claimed_by = ? WHERE id = ?", (self.worker.server_id, job.id)
+            )
         self.maybe_checkpoint()
         self.worker.enqueue(job.id)
         return self._job_view(p, job)
@@ -114,6 +125,16 @@ class AnalysisJobs:
             p.role == Role.SUPERVISOR or job.state == State.RELEASED
         )
         manifest = script["manifest"] if shown else None
+        outputs = (manifest or {}).get("outputs") if manifest else None
+        withheld: list[str] = []
+        if outputs is not None and job.state == State.RELEASED:
+            # what the product holds; the operator never sees a withheld output's facts
+            # (its verdicts, cells or hashes), only its uid (jobs.analysis_selection)
+            released, withheld, _chosen = analysis_selection.released_outputs(
+                self.conn(), job.id, view.get("decisions") or []
+            )
+            if p.role == Role.OPERATOR:
+                outputs = [o for o in outputs if o.get("uid") in released]
         view["analysis"] = {
             "entry": script["entry"],
             "files": script["files"],
@@ -121,10 +142,25 @@ class AnalysisJobs:
             "tables": sorted(script["tables"]),
             "acro": script["acro"],
             "acro_version": (manifest or {}).get("acro_version"),
-            "outputs": (manifest or {}).get("outputs") if manifest else None,
+            "outputs": outputs,
+            "withheld_outputs": withheld,
             "refused": (manifest or {}).get("refused") if manifest else None,
+            # which outputs each approving supervisor chose (jobs.analysis_selection)
+            "selections": analysis_selection.selections(self.conn(), job.id) if shown else None,
         }
         return view
+
+    def review_summary(self, job: Job) -> dict[str, Any]:
+        """An analysis job as the review queue shows it: the entry file, the number of
+        outputs and of flagged outputs (ACRO's verdict not ``pass``). A supervisor's view."""
+        script = analysis.script_of(self.conn(), job.id)
+        outputs = (script["manifest"] or {}).get("outputs") or []
+        return {
+            "entry": script["entry"],
+            "files": len(script["files"]),
+            "outputs": len(outputs),
+            "flagged": sum(1 for o in outputs if o.get("status") != "pass"),
+        }
 
     def analysis_output(self, p: Principal, job_id: str, name: str) -> tuple[bytes, str]:
         """One stored output file (bytes, media type), for a supervisor's review."""

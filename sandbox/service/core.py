@@ -308,7 +308,8 @@ class Service(Submissions, AnalysisJobs):
     # --- review --------------------------------------------------------------------
 
     def review_queue(self, p: Principal) -> list[dict[str, Any]]:
-        """Jobs waiting for review, oldest first, with what each still needs."""
+        """Jobs waiting for review, oldest first, with what each still needs; an analysis
+        job with ``analysis`` (``review_summary``: entry file, outputs, flagged)."""
         require(p, SUPERVISOR)
         waiting = jobs.list_jobs(self.conn(), states=[State.IN_REVIEW.value], limit=1000)
         out = []
@@ -316,11 +317,22 @@ class Service(Submissions, AnalysisJobs):
             view = self._job_view(p, job)
             view["you_decided"] = any(d["reviewer"] == p.name for d in view["decisions"])
             view["may_decide"] = not view["you_decided"] and job.operator != p.name
+            if view.get("kind") == "analysis":  # its script and outputs, not SQL and ε
+                view["analysis"] = self.review_summary(job)
             out.append(view)
         return out
 
-    def decide(self, p: Principal, job_id: str, *, decision: str, reason: str) -> dict[str, Any]:
-        """One supervisor's decision; enough approvals release, one rejection rejects."""
+    def decide(
+        self,
+        p: Principal,
+        job_id: str,
+        *,
+        decision: str,
+        reason: str,
+        outputs: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """One supervisor's decision; enough approvals release, one rejection rejects.
+        ``outputs``: an analysis job's outputs this approval releases (None: all)."""
         require(p, SUPERVISOR)
         conn = self.conn()
         outcome = record_review(
@@ -331,6 +343,7 @@ class Service(Submissions, AnalysisJobs):
             job_id,
             decision=decision,
             reason=reason,
+            outputs=outputs,
         )
         self.maybe_checkpoint()
         return {"outcome": outcome, "job": self._job_view(p, jobs.get_job(conn, job_id))}

@@ -1,5 +1,7 @@
 """A supervisor's review decision: recorded and audited in one transaction; one
-rejection rejects the job (its product is discarded), enough approvals release it."""
+rejection rejects the job (its product is discarded), enough approvals release it.
+An approval of an analysis job may choose which outputs to release
+(``jobs.analysis_selection``: what every approving supervisor chose is released)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,15 @@ def record_review(
     *,
     decision: str,
     reason: str,
+    outputs: list[str] | None = None,
 ) -> review.Outcome:
     """Record ``p``'s decision on a job in review; the outcome (``review.record_decision``).
 
-    The caller has checked the supervisor role; it signs a checkpoint afterwards."""
+    ``outputs``: the uids of the analysis job's outputs this approval releases (None:
+    all of them). The caller has checked the supervisor role; it signs a checkpoint
+    afterwards."""
     from sandbox import audit
+    from sandbox.jobs import analysis_selection
 
     now = datetime.now(UTC)
     with store.transaction(conn):
@@ -45,6 +51,15 @@ def record_review(
             reason=reason,
             now=now,
         )
+        chosen = analysis_selection.choose(
+            conn,
+            job_id=job.id,
+            kind=str(job.record.get("kind") or "sql"),
+            decision=decision,
+            chosen=outputs,
+        )
+        if chosen is not None and decision == "approve":
+            analysis_selection.record(conn, job_id=job.id, reviewer=p.name, outputs=chosen)
         audit.append(
             conn,
             actor=p.name,
@@ -52,7 +67,11 @@ def record_review(
             action="review.approved" if decision == "approve" else "review.rejected",
             subject=job.id,
             scenario=job.scenario,
-            details={"reason": reason.strip()[:500], "outcome": outcome},
+            details={
+                "reason": reason.strip()[:500],
+                "outcome": outcome,
+                **({"outputs": chosen} if chosen is not None else {}),
+            },
         )
         if outcome == "rejected":
             job = jobs.transition(

@@ -6,7 +6,9 @@ cells marked; a figure as an image from ``/console/jobs/{id}/outputs/{name}``),
 ACRO's verdict and per-check results and its summary (the reasons), the operator's
 exception request and comments, the script (escaped, in ``<pre>``), refused custom
 outputs; approve or reject posts to the same ``/console/jobs/{id}/decision`` as any
-job (two supervisors for important data: the Service's rule).
+job (two supervisors for important data: the Service's rule), with a checkbox per
+output (all ticked; an approval releases the ticked ones, and only the outputs every
+approving supervisor ticked are released; the page says who withheld which).
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ def _flagged(item: dict[str, Any]) -> set[tuple[int, int]]:
 
 
 def shown_outputs(ctx: Ctx, job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each output with what the page draws for each of its files."""
+    """Each output with what the page draws for each of its files, and the approving
+    supervisors who did not choose to release it (``withheld_by``)."""
     out = []
+    chosen = job["analysis"].get("selections") or {}
     for output in job["analysis"]["outputs"] or []:
         files = []
         for item in output["files"]:
@@ -58,7 +62,8 @@ def shown_outputs(ctx: Ctx, job: dict[str, Any]) -> list[dict[str, Any]]:
                 files.append({**item, "table": {**table, "rows": rows}})
             else:
                 files.append({**item, "src": f"/console/jobs/{job['id']}/outputs/{item['name']}"})
-        out.append({**output, "shown": files})
+        withheld_by = sorted(who for who, uids in chosen.items() if output["uid"] not in uids)
+        out.append({**output, "shown": files, "withheld_by": withheld_by})
     return out
 
 

@@ -265,7 +265,12 @@ def decide(
     csrf: str = Form(""),
     decision: str = Form(""),
     reason: str = Form(""),
+    choose_outputs: str = Form(""),
+    outputs: list[str] = Form([]),
 ) -> Response:
+    """A decision; an analysis job's page sends ``choose_outputs`` and a checkbox per
+    output (``outputs``): an approval releases the ticked ones (all ticked by default)."""
+
     def build(ctx: Ctx) -> Response:
         session.check_csrf(ctx.session, csrf)
         if decision not in ("approve", "reject"):
@@ -275,8 +280,13 @@ def decide(
             return _job_page(ctx, job_id, status=422, error="review.reason_required")
         if len(text) > MAX_REASON:
             return _job_page(ctx, job_id, status=422, error="review.reason_too_long")
+        chosen = list(outputs) if choose_outputs and decision == "approve" else None
+        if chosen == []:
+            return _job_page(ctx, job_id, status=422, error="analysis.none_chosen")
         try:
-            out = ctx.svc.decide(ctx.principal, job_id, decision=decision, reason=text)
+            out = ctx.svc.decide(
+                ctx.principal, job_id, decision=decision, reason=text, outputs=chosen
+            )
         except SandboxError as exc:
             if exc.http_status >= 500:
                 raise

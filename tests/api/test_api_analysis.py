@@ -55,7 +55,7 @@ class Live:
         return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
 
     def cli(self, who: str, *args: str, home: Path) -> Any:
-        env = {"SANDBOX_URL": self.url, "SANDBOX_TOKEN": self.tokens[who]}
+        env = {"SANDBOX_URL": self.url, "SANDBOX_TOKEN": self.tokens[who], "COLUMNS": "200"}
         return CliRunner().invoke(cli, ["--home", str(home), *args], env=env)
 
 
@@ -74,6 +74,7 @@ def live(
         pids=64,
         warm_runners=0,
         rate_per_minute=10_000,
+        lease_s=1.5,  # the lease loop ticks every 0.5 s: a run outlasts many ticks
     )
     executor = DockerExecutor(settings, client=docker_client, image=runner_image)
     service = Service(settings, executor=executor)
@@ -152,6 +153,88 @@ def test_a_script_goes_from_the_cli_through_review_to_a_verified_product(
         )
     ]
     assert actions.count("review.approved") == 2 and "product.released" in actions
+
+
+@pytest.mark.container
+def test_supervisors_release_only_the_outputs_both_chose(live: Live, tmp_path: Path):
+    """Partial release end to end: the queue shows the job as an analysis script (API
+    and `sandbox review list`); an unknown uid is refused; `sandbox review approve J
+    --output output_1` and an API approval choosing both outputs release only
+    output_1; the product verifies and its manifest and audit name output_0 withheld."""
+    home = tmp_path / "c"
+    script = tmp_path / "analysis.py"
+    script.write_text(SCRIPT, encoding="utf-8")
+    out = live.cli("op-jinshu", "submit-script", str(script), "-s", SCENARIO, "--json", home=home)
+    assert out.exit_code == 0, out.stdout + out.stderr
+    job = json.loads(out.stdout)
+    assert job["state"] == "in_review", job
+    # claimed by the server that took it (an unclaimed job was failed by the lease loop
+    # as JOB_INTERRUPTED whenever its run outlasted the next lease tick)
+    claim = live.service.conn().execute("SELECT claimed_by FROM jobs WHERE id = ?", (job["id"],))
+    assert claim.fetchone()[0] == live.service.worker.server_id
+    assert live.service.worker.lease.orphans(live.service.conn(), ["running", "in_review"]) == []
+
+    (queued,) = live.call("GET", "/v1/review", "supervisor-li").json()
+    assert queued["kind"] == "analysis"
+    assert queued["analysis"] == {"entry": "main.py", "files": 1, "outputs": 2, "flagged": 1}
+    listed = live.cli("supervisor-li", "review", "list", home=home)
+    assert listed.exit_code == 0, listed.stdout + listed.stderr
+    assert "analysis script" in listed.stdout and "main.py" in listed.stdout
+    assert "2 outputs, 1 flagged" in listed.stdout
+    assert "SELECT" not in listed.stdout
+
+    wrong = live.call(
+        "POST", f"/v1/review/{job['id']}", "supervisor-li",
+        json={"decision": "approve", "reason": "ok", "outputs": ["output_7"]},
+    )  # fmt: skip
+    assert wrong.status_code == 422
+    assert wrong.json()["error"]["code"] == "OUTPUT_SELECTION_INVALID"
+    assert "output_7" in wrong.json()["error"]["message"]
+
+    first = live.cli(
+        "supervisor-li", "review", "approve", job["id"], "--output", "output_1",
+        "-r", "the crosstab's small cells stay in", "--json", home=home,
+    )  # fmt: skip
+    assert first.exit_code == 0, first.stdout + first.stderr
+    assert json.loads(first.stdout)["outcome"] == "pending"
+    second = live.call(
+        "POST", f"/v1/review/{job['id']}", "supervisor-wang",
+        json={"decision": "approve", "reason": "both fine", "outputs": ["output_0", "output_1"]},
+    )  # fmt: skip
+    assert second.status_code == 200 and second.json()["job"]["state"] == "released"
+
+    got = live.cli(
+        "op-jinshu", "script-result", job["id"], "-o", str(tmp_path / "p.zip"), "--json",
+        home=home,
+    )  # fmt: skip
+    assert got.exit_code == 0, got.stdout + got.stderr
+    seen = live.call("GET", f"/v1/analysis-jobs/{job['id']}", "supervisor-li").json()
+    by_uid = {o["uid"]: {f["name"] for f in o["files"]} for o in seen["analysis"]["outputs"]}
+    with zipfile.ZipFile(tmp_path / "p.zip") as archive:
+        assert set(archive.namelist()) == by_uid["output_1"]
+    pem = tmp_path / "products.pub"
+    pem.write_text(live.call("GET", "/v1/keys/products", "op-jinshu").text)
+    verified = live.cli(
+        "op-jinshu", "product", "verify", str(tmp_path / "p.zip"), "-k", str(pem), home=home
+    )
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+    manifest = json.loads((tmp_path / "p.zip.manifest.json").read_text())["manifest"]
+    assert [o["uid"] for o in manifest["outputs"]] == ["output_1"]
+    assert manifest["withheld_outputs"] == ["output_0"]
+    assert manifest["selections"] == [
+        {"reviewer": "supervisor-li", "outputs": ["output_1"]},
+        {"reviewer": "supervisor-wang", "outputs": ["output_0", "output_1"]},
+    ]
+    mine = live.call("GET", f"/v1/analysis-jobs/{job['id']}", "op-jinshu").json()["analysis"]
+    assert [o["uid"] for o in mine["outputs"]] == ["output_1"]
+    assert mine["withheld_outputs"] == ["output_0"]
+
+    events = live.call(
+        "GET", "/v1/audit", "supervisor-li", params={"action": "product.released"}
+    ).json()
+    (released,) = [e for e in events if e["subject"] == job["id"]]
+    assert released["details"]["withheld_outputs"] == ["output_0"]
+    assert released["details"]["selections"]["supervisor-li"] == ["output_1"]
 
 
 @pytest.mark.container

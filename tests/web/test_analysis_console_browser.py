@@ -6,7 +6,9 @@ The operator submits through POST /v1/analysis-jobs with its own token, as `sand
 submit-script` does; everything the supervisors do goes through the pages: the queue,
 each output (ACRO's CSV as a table with the flagged cells marked, the histogram as an
 image), ACRO's verdicts and reasons, the exception request, the escaped script, then
-two approvals (important data) that release the signed product.
+two approvals (important data) that release the signed product. The queue shows the
+job as an analysis script (English and zh-CN); the first supervisor unticks the
+histogram (partial release), so the released archive lacks it.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def server(
     service.stop()
 
 
-def _sign_in(browser: Any, server: Server, who: str) -> Any:
-    ctx = browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 900})
+def _sign_in(browser: Any, server: Server, who: str, locale: str = "en-GB") -> Any:
+    ctx = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900})
     ctx.set_default_timeout(20_000)
     page = ctx.new_page()
     page.goto(server.url + "/console")
@@ -101,11 +103,21 @@ def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
         assert time.monotonic() < deadline
         time.sleep(0.2)
         job = server.api("GET", f"/v1/jobs/{job['id']}", "op-jinshu")
-    assert job["state"] == "in_review", job
+    assert job["state"] == "in_review", job.get("error")
+
+    zh = _sign_in(browser, server, "supervisor-zhao", locale="zh-CN")
+    zh_row = zh.locator(f'#queue tr[data-job="{job["id"]}"]')
+    assert "分析脚本" in zh_row.inner_text() and "2 个输出 · 1 个被标记" in zh_row.inner_text()
+    zh.context.close()
 
     page = _sign_in(browser, server, "supervisor-li")
     assert page.url.endswith("/console/review")
     row = page.locator(f'#queue tr[data-job="{job["id"]}"]')
+    # the queue shows an analysis job as one: its kind, entry file, outputs, flagged
+    cell = row.locator("td.analysis-cell")
+    assert "analysis script" in cell.inner_text() and "main.py" in cell.inner_text()
+    assert "2 outputs · 1 flagged" in cell.inner_text()
+    assert "ε" not in row.inner_text() and "import jinyu" not in row.inner_text()
     row.locator("a.btn").click()
     page.wait_for_url(f"**/console/jobs/{job['id']}")
     assert "Analysis job" in page.inner_text("h1")
@@ -131,7 +143,20 @@ def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
     assert page.locator("#script script").count() == 0
 
     assert "0 of 2 approvals" in page.inner_text("#decision")
-    page.fill("#reason", "Checked the rare band: published; the histogram bins are large.")
+    boxes = page.locator("#outputs input[type=checkbox][name=outputs]")
+    assert boxes.count() == 2 and all(boxes.nth(i).is_checked() for i in range(2))
+    # unticking every output is not an approval
+    for i in range(2):
+        boxes.nth(i).uncheck()
+    page.fill("#reason", "Nothing.")
+    with page.expect_navigation():
+        page.click("#approve")
+    assert "Tick at least one output" in page.inner_text("#decision-error")
+    assert "0 of 2 approvals" in page.inner_text("#decision")
+    # withhold the histogram, release the crosstab
+    page.locator('article[data-uid="output_1"] input[name=outputs]').uncheck()
+    assert page.locator('article[data-uid="output_0"] input[name=outputs]').is_checked()
+    page.fill("#reason", "Checked the rare band: published. The histogram is not needed.")
     with page.expect_navigation():
         page.click("#approve")
     assert "waits for another supervisor" in page.inner_text(".flash-ok")
@@ -140,7 +165,10 @@ def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
     second = _sign_in(browser, server, "supervisor-wang")
     second.goto(f"{server.url}/console/jobs/{job['id']}")
     assert "1 of 2 approvals" in second.inner_text("#decision")
-    second.fill("#reason", "Agree: release both outputs.")
+    withheld = second.locator('article[data-uid="output_1"] .withheld-by')
+    assert "Withheld by supervisor-li" in withheld.inner_text()
+    assert second.locator('article[data-uid="output_0"] .withheld-by').count() == 0
+    second.fill("#reason", "Agree: release the crosstab.")
     with second.expect_navigation():
         second.click("#approve")
     assert f"Job {job['id']} approved and released" in second.inner_text(".flash-ok")
@@ -150,7 +178,9 @@ def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
 
     released = server.api("GET", f"/v1/analysis-jobs/{job['id']}", "op-jinshu")
     assert released["state"] == "released"
-    assert [o["status"] for o in released["analysis"]["outputs"]] == ["fail", "pass"]
+    # the operator sees the released output only; the histogram by its uid
+    assert [o["uid"] for o in released["analysis"]["outputs"]] == ["output_0"]
+    assert released["analysis"]["withheld_outputs"] == ["output_1"]
     assert released["product"]["formats"] == ["zip"]
 
     # the operator downloads the product and its manifest from its own page; they verify
@@ -170,4 +200,11 @@ def test_supervisors_review_a_code_jobs_outputs_and_approve_it(
         saved["analysis.manifest.json"].read_bytes(),
         server.service.product_key.public_key(),
     )
-    assert manifest["kind"] == "analysis" and len(manifest["outputs"]) == 2
+    assert manifest["kind"] == "analysis"
+    assert [o["uid"] for o in manifest["outputs"]] == ["output_0"]
+    assert manifest["withheld_outputs"] == ["output_1"]
+    import zipfile
+
+    with zipfile.ZipFile(saved["analysis.zip"]) as archive:
+        names = archive.namelist()
+    assert names and all(n.endswith(".csv") for n in names)  # the histogram's PNG is not in it
