@@ -149,17 +149,23 @@ def _show_rows(job: dict[str, Any]) -> None:
     )
 
 
+def _waiting(job: dict[str, Any]) -> bool:
+    """Still running, or (an operator's analysis job) held until the decision."""
+    return job["state"] in WAITING or bool(job.get("held"))
+
+
 def wait_for(api: ApiClient, job_id: str, *, show: bool, poll_s: float = 0.5) -> dict[str, Any]:
-    """Poll a job until it leaves the running states; a spinner shows the state."""
+    """Poll a job until it leaves the running states (an operator's analysis job: until
+    the supervisors decide); a spinner shows the state."""
     job: dict[str, Any] = api.get(f"/v1/jobs/{job_id}")
     if not show:
-        while job["state"] in WAITING:
+        while _waiting(job):
             time.sleep(poll_s)
             job = api.get(f"/v1/jobs/{job_id}")
         return job
     started = time.monotonic()
     with err_console.status(f"{job_id}: {job['state']}", spinner="dots") as status:
-        while job["state"] in WAITING:
+        while _waiting(job):
             time.sleep(poll_s)
             job = api.get(f"/v1/jobs/{job_id}")
             status.update(f"{job_id}: {job['state']} ({time.monotonic() - started:.0f} s)")

@@ -41,7 +41,7 @@ from sandbox.jobs.records import (
     register_release,
     transition,
 )
-from sandbox.jobs.states import S
+from sandbox.jobs.states import HELD, SHOWN_HELD, S, State
 from sandbox.review import ReviewRules
 
 SCHEMA = """
@@ -79,6 +79,18 @@ ACRO_DEFAULTS: dict[str, float | int | bool] = {
     "check_missing_values": False,
     "zeros_are_disclosive": True,
 }
+
+
+def is_held(job: Job) -> bool:
+    """Whether an operator is shown this job as held for review: an analysis job not
+    yet decided (``states.HELD``)."""
+    return job.record.get("kind") == KIND and job.state in HELD
+
+
+def shown_state(job: Job, *, operator_view: bool) -> State:
+    """The state the caller is shown: a held analysis job is ``in_review`` to its
+    operator from submission to the decision; supervisors see the truth."""
+    return SHOWN_HELD if operator_view and is_held(job) else job.state
 
 
 def check_script(files: dict[str, str], entry: str) -> dict[str, bytes]:
@@ -154,8 +166,12 @@ def submit(
     entry: str,
     actor: str,
     role: str,
+    idempotency_key: str | None = None,
+    request_sha256: str | None = None,
 ) -> Job:
-    """Check and record an analysis job; it waits in ``budget_reserved`` for a worker."""
+    """Check and record an analysis job; it waits in ``budget_reserved`` for a worker.
+    With an ``idempotency_key`` already used by the operator, ``store.IntegrityError``
+    and nothing is written (``create_job``)."""
     grant = find_grant(grants, operator, scenario)
     if not grant.analysis_jobs:
         raise Refused(
@@ -186,6 +202,8 @@ def submit(
             weights=None,
             actor=actor,
             role=role,
+            idempotency_key=idempotency_key,
+            request_sha256=request_sha256,
         )
         conn.execute("UPDATE jobs SET kind = ? WHERE id = ?", (KIND, job.id))
         conn.execute(
@@ -329,6 +347,59 @@ def execute(
         )
 
 
+def hold_failure(
+    conn: store.Connection,
+    job: Job,
+    exc: BaseException,
+    *,
+    stage: str,
+    actor: str,
+    role: str,
+) -> Job:
+    """running → in_review with the run's failure: its code and category on the job,
+    an incident (facts, never a message) for the supervisors, the ``job.in_review``
+    event saying ``run_failed``. The operator is shown nothing of it until the
+    decision (``release`` closes it as ``failed``; a rejection as ``rejected``)."""
+    from sandbox.jobs.incidents import (
+        error_columns,
+        incident_facts,
+        log_incident,
+        new_incident_id,
+        record_incident,
+    )
+    from sandbox.jobs.records import now_iso
+
+    cols = error_columns(exc)
+    incident = new_incident_id()
+    facts = incident_facts(exc, stage=stage)
+    log_incident(incident, job.id, facts, exc, job.state.value)
+
+    def note(c: store.Connection, j: Job) -> None:
+        record_incident(c, incident, j.id, facts, now_iso())
+
+    return transition(
+        conn,
+        job,
+        S.IN_REVIEW,
+        actor=actor,
+        role=role,
+        details={
+            "kind": KIND,
+            "required_approvals": job["required_approvals"],
+            "run_failed": True,
+            "incident": incident,
+            **facts,
+        },
+        updates=cols,
+        effects=note,
+    )
+
+
+def run_failed(job: Job) -> bool:
+    """Whether the job's run failed (it waits for review, or was closed, with it)."""
+    return job.record.get("kind") == KIND and bool(job["error_code"])
+
+
 def release(
     conn: store.Connection,
     job: Job,
@@ -342,10 +413,29 @@ def release(
 ) -> Job:
     """in_review → released: the approved ACRO outputs signed into a product
     (``products.release_analysis_product``), registered and audited with the move.
-    The caller (``JobWorker``) holds the release lock and has checked the state."""
+    The caller (``JobWorker``) holds the release lock and has checked the state.
+    A job whose run failed (``hold_failure``) has nothing to release: approving it
+    closes it as ``failed`` with its category, which its operator then sees."""
     from sandbox import products
     from sandbox.jobs.records import now_iso
 
+    if run_failed(job):
+        # approved: the supervisors let the operator see that (and how) the run
+        # failed; nothing else is released
+        return transition(
+            conn,
+            job,
+            S.FAILED,
+            actor=actor,
+            role=role,
+            details={
+                "kind": KIND,
+                "decided": True,
+                "category": job["error_category"],
+                "reviewers": [r["reviewer"] for r in reviewers],
+            },
+            effects=effects,
+        )
     released_at = now_iso()
     script = script_of(conn, job.id)
     files = products.release_analysis_product(
