@@ -83,6 +83,11 @@ def _show_job(job: dict[str, Any]) -> None:
     )
     if job.get("error"):
         e = job["error"]
+        if state == "in_review":  # a supervisor's view of an analysis run that failed
+            console.print(
+                f"  [red]the run failed: {e.get('category') or e['code']}[/] (nothing to "
+                "release; approving closes it as failed, rejecting as rejected)"
+            )
         extra = f" ({e['category']})" if e.get("category") else ""
         console.print(f"  [red]{e['code']}[/]{extra}: {e['message']}")
         if e.get("incident"):
