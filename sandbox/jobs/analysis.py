@@ -168,6 +168,7 @@ def submit(
     role: str,
     idempotency_key: str | None = None,
     request_sha256: str | None = None,
+    claimed_by: str | None = None,
 ) -> Job:
     """Check and record an analysis job; it waits in ``budget_reserved`` for a worker.
     With an ``idempotency_key`` already used by the operator, ``store.IntegrityError``
@@ -204,6 +205,7 @@ def submit(
             role=role,
             idempotency_key=idempotency_key,
             request_sha256=request_sha256,
+            claimed_by=claimed_by,
         )
         conn.execute("UPDATE jobs SET kind = ? WHERE id = ?", (KIND, job.id))
         conn.execute(
@@ -288,14 +290,20 @@ def execute(
     data_root: Path,
     actor: str = "system",
     role: str = "system",
+    server_id: str | None = None,
 ) -> Job:
-    """budget_reserved → running → (the container) → in_review; ExecutionFailed on failure."""
+    """budget_reserved → running → (the container) → in_review; ExecutionFailed on failure.
+    ``server_id``: the worker's lease, which claims the job it runs (``leases``): a
+    job no live server claims is taken over as interrupted."""
     from sandbox.executors.docker.analysis import analysis_spec, run_analysis
 
     job = get_job(conn, job_id)
     script = script_of(conn, job_id)
     try:
-        job = transition(conn, job, S.RUNNING, actor=actor, role=role, details={"kind": KIND})
+        claim = {"claimed_by": server_id} if server_id is not None else {}
+        job = transition(
+            conn, job, S.RUNNING, actor=actor, role=role, details={"kind": KIND}, updates=claim
+        )
     except Conflict:
         return get_job(conn, job_id)  # cancelled meanwhile
     files = {name: text.encode("utf-8") for name, text in script["files"].items()}

@@ -162,6 +162,7 @@ class JobWorker(JobPipeline):
             job_id,
             executor=analysis.docker_executor(self.executor),
             data_root=self.settings.data_dir,
+            server_id=self.server_id,
         )
 
     def fail(self, conn: store.Connection, job_id: str, exc: BaseException, *, stage: str) -> None:
@@ -172,6 +173,11 @@ class JobWorker(JobPipeline):
         job = get_job(conn, job_id)
         if job["kind"] == analysis.KIND and job.state == S.RUNNING:
             analysis.hold_failure(conn, job, exc, stage=stage, actor=SYSTEM_ACTOR, role=SYSTEM_ROLE)
+            return
+        if job["kind"] == analysis.KIND and job.state == S.IN_REVIEW and stage != "release":
+            # the run ended after another server took the job over (and held it as
+            # interrupted): what is recorded stands, for the supervisors to decide
+            log.warning("analysis.run_after_takeover", extra={"fields": {"job": job_id}})
             return
         super().fail(conn, job_id, exc, stage=stage)
 

@@ -113,6 +113,7 @@ class AnalysisJobs:
                 role=p.role.value,
                 idempotency_key=key,
                 request_sha256=digest if key is not None else None,
+                claimed_by=self.worker.server_id,
             ),
         )
         if replayed:  # a concurrent request with the key made it first
