@@ -41,6 +41,12 @@ class Settings:
         "", "SANDBOX_RUNNER_IMAGE", "Runner image tag (default: the content-hashed tag)."
     )
     concurrency: int = _field(2, "SANDBOX_CONCURRENCY", "Jobs that run at once.")
+    analysis_slots: int = _field(
+        1,
+        "SANDBOX_ANALYSIS_SLOTS",
+        "Analysis jobs (scripts) that run at once, in their own lane beside the "
+        "SANDBOX_CONCURRENCY SQL jobs: a script never holds or delays a SQL job's slot.",
+    )
     lease_s: float = _field(
         30.0,
         "SANDBOX_LEASE_SECONDS",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,9 +14,9 @@ from sandbox.api import models as m
 from sandbox.api import models_oversight as mo
 from sandbox.api.deps import get_principal, get_service
 from sandbox.api.limits import StrictJSONRoute
-from sandbox.api.routes import ERRORS, returns
+from sandbox.api.routes import ERRORS, REPLAY, IdempotencyKey, returns
 from sandbox.jobs.analysis import MAX_FILES, MAX_SCRIPT_BYTES
-from sandbox.service import Service
+from sandbox.service import Service, idempotency
 from sandbox.service.analysis import DEFAULT_ENTRY
 from sandbox.tokens import Principal
 
@@ -129,16 +129,41 @@ class AnalysisSignedManifest(m.View):
     signature: mo.Signature
 
 
-@router.post("/analysis-jobs", tags=["analysis"], status_code=201, **returns(m.JobView))
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    **REPLAY,
+    201: {"description": "The job, recorded and queued; held for review (`held: true`)."},
+}
+
+
+@router.post(
+    "/analysis-jobs", tags=["analysis"], status_code=201, responses=SUBMITTED, **returns(m.JobView)
+)
 def submit_analysis(
-    body: AnalysisJobRequest, p: Principal = Caller, svc: Service = Svc
+    body: AnalysisJobRequest,
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = IdempotencyKey,  # read below: every one sent is checked
+    p: Principal = Caller,
+    svc: Service = Svc,
 ) -> dict[str, Any]:
     """Submit a Python script (operators with a grant that allows analysis jobs). It
     runs in the runner container on the grant's tables; only ACRO's checked outputs
     come back, and they always wait for supervisors' review. No budget is charged (no
-    differential privacy); poll GET /v1/analysis-jobs/{id}."""
+    differential privacy). Until the supervisors decide, the operator sees the job
+    held as `in_review` (`held: true`), whatever its run did and however long it took.
+    Send an Idempotency-Key to make a retry safe, as for POST /v1/jobs."""
     files, entry = body.script_files()
-    return svc.submit_analysis(p, scenario=body.scenario, files=files, entry=entry)
+    submission = svc.submit_analysis(
+        p,
+        scenario=body.scenario,
+        files=files,
+        entry=entry,
+        idempotency_key=idempotency.parse_header(request.headers.getlist(idempotency.HEADER)),
+    )
+    if submission.replayed:
+        response.status_code = 200
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return submission.job
 
 
 @router.get("/analysis-jobs/{job_id}", tags=["analysis"], **returns(AnalysisJobView))

@@ -365,6 +365,9 @@ class JobView(View):
     review_reasons: list[ReviewReason] | None = None  # when it needs approval
     preview: Preview | None = None
     product: ProductLink | None = None
+    # operators, analysis jobs: held for review until the supervisors decide (shown as
+    # in_review whatever the run did; docs/analysis-jobs.md)
+    held: bool | None = None
 
 
 class ReviewAnalysis(View):

@@ -1,8 +1,10 @@
 """CLI commands for analysis jobs (issue 18): ``submit-script`` and ``script-result``.
 
 ``sandbox submit-script FILE --scenario S`` sends one ``.py`` file (or a folder of
-them, ``--entry`` naming the one to run, default main.py) to POST /v1/analysis-jobs;
-with ``--wait`` (the default) it shows the job until it waits for review or ends.
+them, ``--entry`` naming the one to run, default main.py) to POST /v1/analysis-jobs,
+with an idempotency key (retried with it when the connection fails, as ``submit``).
+The job is held for review until the supervisors decide, so there is nothing to
+watch: it says so and exits 0; ``--wait`` waits for the decision.
 ``sandbox script-result JOB`` downloads a released analysis product (result.zip and
 its signed manifest; check them with ``sandbox product verify``). ``queue_kind`` is
 how ``sandbox review list`` shows a queued job's kind.
@@ -10,12 +12,13 @@ how ``sandbox review list`` shows a queued job's kind.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from sandbox.cli.common import JsonOption, console, handle_errors, print_json
+from sandbox.cli.common import JsonOption, console, err_console, handle_errors, print_json
 from sandbox.errors import BadInput
 
 
@@ -55,23 +58,54 @@ def register(app: typer.Typer) -> None:
         path: Path = typer.Argument(..., help="A .py file, or a folder of .py files."),
         scenario: str = typer.Option(..., "--scenario", "-s", help="The scenario (应用场景)."),
         entry: str = typer.Option(None, "--entry", help="With a folder: the file to run."),
-        wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait while the job runs."),
+        wait: bool = typer.Option(
+            False,
+            "--wait/--no-wait",
+            help="Wait until the supervisors decide (default: say it is held and exit 0).",
+        ),
+        idempotency_key: str = typer.Option(
+            None,
+            "--idempotency-key",
+            help="Sent as the Idempotency-Key (default: a fresh UUID each run). Run again "
+            "with the key a failed submit-script printed: the server returns the job it "
+            "made, if it made one, and never makes a second.",
+        ),
         as_json: bool = JsonOption,
     ) -> None:
         """Submit an analysis job (a Python script; outputs only through ACRO, always
-        reviewed, no privacy budget charged). See docs/analysis-jobs.md."""
+        reviewed, no privacy budget charged). The job is held for review from
+        submission until the supervisors decide: nothing about its run shows before.
+        See docs/analysis-jobs.md."""
         from sandbox.cli.client import _client, _exit_for, _show_job, wait_for
+        from sandbox.errors import SystemFailure
+        from sandbox.service.idempotency import check_key
 
+        key = check_key(idempotency_key) or str(uuid.uuid4())
         api = _client(ctx)
         body = {"scenario": scenario, **read_script(path, entry)}
-        job = api.post("/v1/analysis-jobs", body)
+        try:
+            job, replayed = api.submit(body, idempotency_key=key, path="/v1/analysis-jobs")
+        except SystemFailure as exc:  # the job may exist: the same key finds it
+            exc.hint = " ".join(
+                filter(None, [exc.hint, f"Retry with --idempotency-key {key} (no second job)."])
+            )
+            raise
+        if replayed and not as_json:
+            err_console.print(
+                f"[dim]{job['id']} was submitted before with this idempotency key: no new job.[/]"
+            )
         if wait:
             job = wait_for(api, job["id"], show=not as_json)
         if as_json:
             print_json(job)
+            _exit_for(job)
             return
         _show_job(job)
-        if job["state"] == "in_review":
+        if job.get("held"):
+            console.print(
+                f"  held for review: nothing of the run shows until the supervisors decide; "
+                f"`sandbox status {job['id']} --wait` waits for the decision"
+            )
             console.print("  [dim]no budget charged: analysis jobs have no DP guarantee[/]")
         _exit_for(job)
 

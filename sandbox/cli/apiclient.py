@@ -75,13 +75,16 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body or {}).json()
 
-    def submit(self, body: dict[str, Any], *, idempotency_key: str) -> tuple[dict[str, Any], bool]:
-        """POST /v1/jobs with the key, retried on connection failures (each retry with
-        the same key): (the job, whether the server answered with a replay)."""
+    def submit(
+        self, body: dict[str, Any], *, idempotency_key: str, path: str = "/v1/jobs"
+    ) -> tuple[dict[str, Any], bool]:
+        """POST a submission (``/v1/jobs``, or ``/v1/analysis-jobs``) with the key,
+        retried on connection failures (each retry with the same key): (the job,
+        whether the server answered with a replay)."""
         from sandbox.service.idempotency import HEADER, REPLAYED_HEADER, header_value
 
         headers = {HEADER: header_value(idempotency_key)}
-        resp = self.request("POST", "/v1/jobs", retry=True, json=body, headers=headers)
+        resp = self.request("POST", path, retry=True, json=body, headers=headers)
         job: dict[str, Any] = resp.json()
         return job, resp.headers.get(REPLAYED_HEADER) == "true"
 

@@ -84,6 +84,11 @@ def _show_job(job: dict[str, Any]) -> None:
     )
     if job.get("error"):
         e = job["error"]
+        if state == "in_review":  # a supervisor's view of an analysis run that failed
+            console.print(
+                f"  [red]the run failed: {e.get('category') or e['code']}[/] (nothing to "
+                "release; approving closes it as failed, rejecting as rejected)"
+            )
         extra = f" ({e['category']})" if e.get("category") else ""
         console.print(f"  [red]{e['code']}[/]{extra}: {e['message']}")
         if e.get("incident"):
@@ -150,17 +155,23 @@ def _show_rows(job: dict[str, Any]) -> None:
     )
 
 
+def _waiting(job: dict[str, Any]) -> bool:
+    """Still running, or (an operator's analysis job) held until the decision."""
+    return job["state"] in WAITING or bool(job.get("held"))
+
+
 def wait_for(api: ApiClient, job_id: str, *, show: bool, poll_s: float = 0.5) -> dict[str, Any]:
-    """Poll a job until it leaves the running states; a spinner shows the state."""
+    """Poll a job until it leaves the running states (an operator's analysis job: until
+    the supervisors decide); a spinner shows the state."""
     job: dict[str, Any] = api.get(f"/v1/jobs/{job_id}")
     if not show:
-        while job["state"] in WAITING:
+        while _waiting(job):
             time.sleep(poll_s)
             job = api.get(f"/v1/jobs/{job_id}")
         return job
     started = time.monotonic()
     with err_console.status(f"{job_id}: {job['state']}", spinner="dots") as status:
-        while job["state"] in WAITING:
+        while _waiting(job):
             time.sleep(poll_s)
             job = api.get(f"/v1/jobs/{job_id}")
             status.update(f"{job_id}: {job['state']} ({time.monotonic() - started:.0f} s)")

@@ -42,7 +42,7 @@ from sandbox.jobs.records import (
     register_release,
     transition,
 )
-from sandbox.jobs.states import S
+from sandbox.jobs.states import HELD, SHOWN_HELD, S, State
 from sandbox.review import ReviewRules
 
 SCHEMA = """
@@ -80,6 +80,18 @@ ACRO_DEFAULTS: dict[str, float | int | bool] = {
     "check_missing_values": False,
     "zeros_are_disclosive": True,
 }
+
+
+def is_held(job: Job) -> bool:
+    """Whether an operator is shown this job as held for review: an analysis job not
+    yet decided (``states.HELD``)."""
+    return job.record.get("kind") == KIND and job.state in HELD
+
+
+def shown_state(job: Job, *, operator_view: bool) -> State:
+    """The state the caller is shown: a held analysis job is ``in_review`` to its
+    operator from submission to the decision; supervisors see the truth."""
+    return SHOWN_HELD if operator_view and is_held(job) else job.state
 
 
 def check_script(files: dict[str, str], entry: str) -> dict[str, bytes]:
@@ -168,8 +180,13 @@ def submit(
     entry: str,
     actor: str,
     role: str,
+    idempotency_key: str | None = None,
+    request_sha256: str | None = None,
+    claimed_by: str | None = None,
 ) -> Job:
-    """Check and record an analysis job; it waits in ``budget_reserved`` for a worker."""
+    """Check and record an analysis job; it waits in ``budget_reserved`` for a worker.
+    With an ``idempotency_key`` already used by the operator, ``store.IntegrityError``
+    and nothing is written (``create_job``)."""
     grant = find_grant(grants, operator, scenario)
     if not grant.analysis_jobs:
         raise Refused(
@@ -200,6 +217,9 @@ def submit(
             weights=None,
             actor=actor,
             role=role,
+            idempotency_key=idempotency_key,
+            request_sha256=request_sha256,
+            claimed_by=claimed_by,
         )
         conn.execute("UPDATE jobs SET kind = ? WHERE id = ?", (KIND, job.id))
         conn.execute(
@@ -293,14 +313,20 @@ def execute(
     data_root: Path,
     actor: str = "system",
     role: str = "system",
+    server_id: str | None = None,
 ) -> Job:
-    """budget_reserved → running → (the container) → in_review; ExecutionFailed on failure."""
+    """budget_reserved → running → (the container) → in_review; ExecutionFailed on failure.
+    ``server_id``: the worker's lease, which claims the job it runs (``leases``): a
+    job no live server claims is taken over as interrupted."""
     from sandbox.executors.docker.analysis import analysis_spec, run_analysis, split_tables
 
     job = get_job(conn, job_id)
     script = script_of(conn, job_id)
     try:
-        job = transition(conn, job, S.RUNNING, actor=actor, role=role, details={"kind": KIND})
+        claim = {"claimed_by": server_id} if server_id is not None else {}
+        job = transition(
+            conn, job, S.RUNNING, actor=actor, role=role, details={"kind": KIND}, updates=claim
+        )
     except Conflict:
         return get_job(conn, job_id)  # cancelled meanwhile
     files = {name: text.encode("utf-8") for name, text in script["files"].items()}
@@ -353,6 +379,59 @@ def execute(
         )
 
 
+def hold_failure(
+    conn: store.Connection,
+    job: Job,
+    exc: BaseException,
+    *,
+    stage: str,
+    actor: str,
+    role: str,
+) -> Job:
+    """running → in_review with the run's failure: its code and category on the job,
+    an incident (facts, never a message) for the supervisors, the ``job.in_review``
+    event saying ``run_failed``. The operator is shown nothing of it until the
+    decision (``release`` closes it as ``failed``; a rejection as ``rejected``)."""
+    from sandbox.jobs.incidents import (
+        error_columns,
+        incident_facts,
+        log_incident,
+        new_incident_id,
+        record_incident,
+    )
+    from sandbox.jobs.records import now_iso
+
+    cols = error_columns(exc)
+    incident = new_incident_id()
+    facts = incident_facts(exc, stage=stage)
+    log_incident(incident, job.id, facts, exc, job.state.value)
+
+    def note(c: store.Connection, j: Job) -> None:
+        record_incident(c, incident, j.id, facts, now_iso())
+
+    return transition(
+        conn,
+        job,
+        S.IN_REVIEW,
+        actor=actor,
+        role=role,
+        details={
+            "kind": KIND,
+            "required_approvals": job["required_approvals"],
+            "run_failed": True,
+            "incident": incident,
+            **facts,
+        },
+        updates=cols,
+        effects=note,
+    )
+
+
+def run_failed(job: Job) -> bool:
+    """Whether the job's run failed (it waits for review, or was closed, with it)."""
+    return job.record.get("kind") == KIND and bool(job["error_code"])
+
+
 def release(
     conn: store.Connection,
     job: Job,
@@ -369,11 +448,30 @@ def release(
     Only the outputs every approving supervisor chose are in it
     (``analysis_selection.released_outputs``); the manifest and the audit event name
     the withheld ones (uids only) and who chose what.
-    The caller (``JobWorker``) holds the release lock and has checked the state."""
+    The caller (``JobWorker``) holds the release lock and has checked the state.
+    A job whose run failed (``hold_failure``) has nothing to release: approving it
+    closes it as ``failed`` with its category, which its operator then sees."""
     from sandbox import products
     from sandbox.jobs import analysis_selection
     from sandbox.jobs.records import now_iso
 
+    if run_failed(job):
+        # approved: the supervisors let the operator see that (and how) the run
+        # failed; nothing else is released
+        return transition(
+            conn,
+            job,
+            S.FAILED,
+            actor=actor,
+            role=role,
+            details={
+                "kind": KIND,
+                "decided": True,
+                "category": job["error_category"],
+                "reviewers": [r["reviewer"] for r in reviewers],
+            },
+            effects=effects,
+        )
     released_at = now_iso()
     script = script_of(conn, job.id)
     chosen, withheld, choices = analysis_selection.released_outputs(conn, job.id, reviewers)

@@ -19,7 +19,7 @@ from typing import Any
 
 from sandbox import review, store
 from sandbox.errors import GENERIC_FAILURE, Conflict, NotFound, SystemFailure
-from sandbox.jobs.states import ALLOWED, TERMINAL, S, State
+from sandbox.jobs.states import ALLOWED, HELD, SHOWN_HELD, TERMINAL, S, State
 from sandbox.plan import Plan
 
 SCHEMA = """
@@ -239,14 +239,27 @@ def list_jobs(
     states: list[str] | None = None,
     limit: int = 100,
     offset: int = 0,
+    shown: bool = False,
 ) -> list[Job]:
+    """Jobs, newest first. ``shown``: ``states`` are the states an operator is shown,
+    so a held analysis job (``states.HELD``) is found as ``in_review`` and never as
+    running (or as anything else its run would tell)."""
     where: list[str] = []
     args: list[Any] = []
     if operator is not None:
         where.append("operator = ?")
         args.append(operator)
     if states:
-        where.append(f"state IN ({','.join('?' * len(states))})")
+        marks = ",".join("?" * len(states))
+        if shown:
+            held = sorted(s.value for s in HELD)
+            where.append(
+                f"(CASE WHEN kind = ? AND state IN ({','.join('?' * len(held))}) THEN ?"
+                f" ELSE state END) IN ({marks})"
+            )
+            args.extend(["analysis", *held, SHOWN_HELD.value])
+        else:
+            where.append(f"state IN ({marks})")
         args.extend(states)
     sql = "SELECT * FROM jobs"
     if where:

@@ -42,3 +42,11 @@ ALLOWED: dict[State | None, frozenset[State]] = {
 TERMINAL = frozenset(s for s, nxt in ALLOWED.items() if s is not None and not nxt)
 # a job in these states has read no data: its reservation is returned if it ends
 BEFORE_RUNNING = frozenset({S.SUBMITTED, S.COMPILED, S.BUDGET_RESERVED})
+# an analysis job (sandbox.jobs.analysis) is HELD in these states: until a supervisor
+# decides, its operator sees it as ``in_review`` (``SHOWN_HELD``), whatever its run did
+# and however long it took (docs/analysis-jobs.md, "Held until the decision")
+HELD = frozenset({S.SUBMITTED, S.COMPILED, S.BUDGET_RESERVED, S.RUNNING, S.IN_REVIEW})
+SHOWN_HELD = S.IN_REVIEW
+# the moves an operator is shown of an analysis job: never when its run started or
+# ended (the run's length can depend on the data), only submission and the decision
+HIDDEN_MOVES = frozenset({S.RUNNING, S.NOISED, S.IN_REVIEW})

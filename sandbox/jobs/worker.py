@@ -7,6 +7,13 @@ servers on one database). ``enqueue`` hands a reserved job to the pool; a worker
 records any failure on the job itself. ``execute`` and the release dispatch by the
 job's ``kind``: an analysis job (sandbox/jobs/analysis.py) runs its script and is
 released as an analysis product.
+
+Analysis jobs have their own lane: their own pool of ``SANDBOX_ANALYSIS_SLOTS``
+threads (and, in the Docker executor, their own container slots), so a script that
+runs long, for as long as its data tells it to, never holds a SQL job's slot or
+delays one in the queue. A run that fails after it started (it may have read data)
+does not fail the job: it waits for review with its failure (``analysis.hold_failure``),
+and the supervisors' decision closes it (``analysis.release``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from sandbox.grants import Grants
 from sandbox.jobs import analysis
 from sandbox.jobs.incidents import StageMark
 from sandbox.jobs.leases import Lease
-from sandbox.jobs.pipeline import JobPipeline
+from sandbox.jobs.pipeline import SYSTEM_ACTOR, SYSTEM_ROLE, JobPipeline
 from sandbox.jobs.records import Job, get_job
 from sandbox.jobs.recovery import recover
 from sandbox.jobs.states import S
@@ -59,6 +66,7 @@ class JobWorker(JobPipeline):
         self._connect = connect
         self._after_job = after_job
         self._pool: ThreadPoolExecutor | None = None
+        self._analysis_pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self.lease = Lease(settings.lease_s)
         self.server_id = self.lease.server_id
@@ -74,6 +82,9 @@ class JobWorker(JobPipeline):
             self._pool = ThreadPoolExecutor(
                 max_workers=max(1, self.settings.concurrency), thread_name_prefix="job"
             )
+            self._analysis_pool = ThreadPoolExecutor(
+                max_workers=max(1, self.settings.analysis_slots), thread_name_prefix="analysis"
+            )
         self.lease.register(self._connect())
         self.recover()
         self._lease_stop.clear()
@@ -85,11 +96,14 @@ class JobWorker(JobPipeline):
     def stop(self, *, wait: bool = True) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            lane, self._analysis_pool = self._analysis_pool, None
         self.stopping.set()
         self._lease_stop.set()
         thread, self._lease_thread = self._lease_thread, None
         if thread is not None:
             thread.join()
+        if lane is not None:
+            lane.shutdown(wait=wait, cancel_futures=True)
         if pool is not None:
             pool.shutdown(wait=wait, cancel_futures=True)
             # the jobs it never ran (and, with wait=False, those still running) are
@@ -97,10 +111,14 @@ class JobWorker(JobPipeline):
             self.lease.stop(self._connect())
 
     def enqueue(self, job_id: str) -> None:
+        """Hand a job to its lane: an analysis job to the analysis pool, others to the
+        job pool."""
+        kind = get_job(self._connect(), job_id)["kind"]
         with self._lock:
-            if self._pool is None:
+            pool = self._analysis_pool if kind == analysis.KIND else self._pool
+            if pool is None:
                 return  # picked up by recover() at the next start
-            self._pool.submit(self._run_safely, job_id)
+            pool.submit(self._run_safely, job_id)
 
     def _run_safely(self, job_id: str) -> None:
         """A worker: run the job; any failure is recorded on it (and logged), none escapes.
@@ -144,7 +162,24 @@ class JobWorker(JobPipeline):
             job_id,
             executor=analysis.docker_executor(self.executor),
             data_root=self.settings.data_dir,
+            server_id=self.server_id,
         )
+
+    def fail(self, conn: store.Connection, job_id: str, exc: BaseException, *, stage: str) -> None:
+        """A failure; an analysis job's run that failed (or was interrupted) after it
+        started waits for review with it instead (``analysis.hold_failure``): whether
+        and when a script fails can depend on the data, so only a supervisor's
+        decision shows it to the operator."""
+        job = get_job(conn, job_id)
+        if job["kind"] == analysis.KIND and job.state == S.RUNNING:
+            analysis.hold_failure(conn, job, exc, stage=stage, actor=SYSTEM_ACTOR, role=SYSTEM_ROLE)
+            return
+        if job["kind"] == analysis.KIND and job.state == S.IN_REVIEW and stage != "release":
+            # the run ended after another server took the job over (and held it as
+            # interrupted): what is recorded stands, for the supervisors to decide
+            log.warning("analysis.run_after_takeover", extra={"fields": {"job": job_id}})
+            return
+        super().fail(conn, job_id, exc, stage=stage)
 
     def _release(
         self,

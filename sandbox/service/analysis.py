@@ -3,8 +3,9 @@ product: mixed into ``Service`` as ``submission.Submissions`` is.
 
 - ``submit_analysis`` (operators): the script is checked and the job recorded by
   ``jobs.analysis.submit`` (a refusal records nothing); the worker runs it. Analysis
-  jobs run only with the Docker executor (``DOCKER_UNAVAILABLE`` otherwise, before
-  anything is recorded).
+  jobs run only with the Docker executor (``ANALYSIS_UNAVAILABLE`` otherwise, before
+  anything is recorded). An ``Idempotency-Key`` makes a retry find the job, as for
+  SQL jobs.
 - ``analysis_detail``: the script, and ACRO's outputs with their verdicts, checks and
   exception requests. A supervisor sees them while the job waits for review and after;
   the operator sees its own script always, the outputs only once released, and then
@@ -26,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import NotFound, Refused
 from sandbox.jobs import State, analysis, analysis_selection
-from sandbox.service import auth
+from sandbox.service import auth, idempotency
 from sandbox.service.auth import OPERATOR, SUPERVISOR, require
+from sandbox.service.idempotency import Submission
 from sandbox.service.ratelimit import check_active_jobs
 from sandbox.tokens import Principal, Role
 
@@ -71,11 +73,23 @@ class AnalysisJobs:
         scenario: str,
         files: dict[str, str],
         entry: str = DEFAULT_ENTRY,
-    ) -> dict[str, Any]:
-        """Record an analysis job (no budget: no DP) and queue it; its job view."""
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """Record an analysis job (no budget: no DP) and queue it; its job view.
+
+        With an idempotency key this operator already used, the job it made comes back
+        as a replay (nothing checked or recorded again), or 409 IDEMPOTENCY_KEY_REUSED
+        if the request differs: as ``submit`` (``sandbox/service/idempotency.py``)."""
         from sandbox.executors.docker import DockerExecutor
 
         require(p, OPERATOR)
+        key = idempotency.check_key(idempotency_key)
+        digest = idempotency.analysis_fingerprint(scenario=scenario, files=files, entry=entry)
+        conn = self.conn()
+        # a replay first: the job it finds counts among the operator's active jobs
+        earlier = idempotency.earlier_job(conn, p.name, key, digest) if key is not None else None
+        if earlier is not None:
+            return Submission(self._job_view(p, earlier), replayed=True)
         if not isinstance(self.worker.executor, DockerExecutor):
             raise Refused(
                 "This server runs no analysis jobs: they need the Docker executor.",
@@ -83,12 +97,13 @@ class AnalysisJobs:
                 hint="Ask the bureau; a server with SANDBOX_EXECUTOR=docker runs them.",
                 http_status=409,
             )
-        from sandbox import store
-
-        conn = self.conn()
         check_active_jobs(conn, p.name)
-        with store.transaction(conn):
-            job = analysis.submit(
+        job, replayed = idempotency.create_once(
+            conn,
+            p.name,
+            key,
+            digest,
+            lambda: analysis.submit(
                 conn,
                 catalog=self.catalog,
                 grants=self.grants,
@@ -99,15 +114,16 @@ class AnalysisJobs:
                 entry=entry,
                 actor=p.name,
                 role=p.role.value,
-            )
-            # claimed by this server, as a SQL job is (jobs.leases): an unclaimed job is
-            # an orphan to the lease loop, which failed it mid-run as JOB_INTERRUPTED
-            conn.execute(
-                "UPDATE jobs SET claimed_by = ? WHERE id = ?", (self.worker.server_id, job.id)
-            )
+                idempotency_key=key,
+                request_sha256=digest if key is not None else None,
+                claimed_by=self.worker.server_id,
+            ),
+        )
+        if replayed:  # a concurrent request with the key made it first
+            return Submission(self._job_view(p, job), replayed=True)
         self.maybe_checkpoint()
         self.worker.enqueue(job.id)
-        return self._job_view(p, job)
+        return Submission(self._job_view(p, job))
 
     def _analysis_job(self, p: Principal, job_id: str) -> Job:
         job = auth.own_job(self.conn(), p, job_id)

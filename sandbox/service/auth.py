@@ -81,10 +81,13 @@ def own_job(conn: store.Connection, p: Principal, job_id: str) -> Job:
 
 def released_job(conn: store.Connection, p: Principal, job_id: str) -> Job:
     """The caller's job (``own_job``) if it is released; Conflict otherwise."""
+    from sandbox.jobs.analysis import shown_state
+
     job = own_job(conn, p, job_id)
     if job.state != State.RELEASED:
+        shown = shown_state(job, operator_view=p.role == Role.OPERATOR)
         raise Conflict(
-            f"Job {job_id} is {job.state.value}; only released jobs have a product.",
+            f"Job {job_id} is {shown.value}; only released jobs have a product.",
             hint="`sandbox status JOB` shows where the job is.",
         )
     return job

@@ -253,6 +253,9 @@ class Service(Submissions, AnalysisJobs):
             states=[state] if state else None,
             limit=max(1, min(limit, 1000)),
             offset=max(0, offset),
+            # an operator filters on the states it is shown (a held analysis job is
+            # in_review, never running: docs/analysis-jobs.md)
+            shown=p.role == Role.OPERATOR,
         )
         return [self._job_view(p, j) for j in found]
 

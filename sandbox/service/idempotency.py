@@ -1,9 +1,10 @@
 """Idempotent submissions: a retry with the same key finds the job, never makes a second.
 
-A client sends an idempotency key with ``POST /v1/jobs`` (the ``Idempotency-Key``
-header of draft-ietf-httpapi-idempotency-key-header; ``sandbox submit`` sends a fresh
-one per invocation). The key is stored on the job with the digest of the request
-(``request_fingerprint``), and keys are the operator's own: one job per (operator, key),
+A client sends an idempotency key with ``POST /v1/jobs`` or ``POST /v1/analysis-jobs``
+(the ``Idempotency-Key`` header of draft-ietf-httpapi-idempotency-key-header; ``sandbox
+submit`` and ``sandbox submit-script`` send a fresh one per invocation). The key is
+stored on the job with the digest of the request (``request_fingerprint``,
+``analysis_fingerprint``), and keys are the operator's own: one job per (operator, key),
 kept so by a UNIQUE index (``sandbox/jobs/records.py``). A second submission with the
 key is a *replay* when it asks for the same thing (the same job comes back, nothing is
 reserved again), and refused (409 IDEMPOTENCY_KEY_REUSED) when it asks for anything
@@ -112,6 +113,21 @@ def request_fingerprint(
         "epsilon": float(epsilon),
         "delta": float(delta) if delta is not None else None,
         "weights": {k: float(v) for k, v in weights.items()} if weights is not None else None,
+    }
+    text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def analysis_fingerprint(*, scenario: str, files: dict[str, str], entry: str) -> str:
+    """SHA-256 of what an analysis submission asks for (``POST /v1/analysis-jobs``):
+    the scenario, the entry and every file; one script sent as ``script`` or as
+    ``files`` with ``main.py`` is one request. Never equal to a SQL request's digest
+    (a key used for a query and then for a script is refused as reused)."""
+    request: dict[str, Any] = {
+        "kind": "analysis",
+        "scenario": scenario,
+        "entry": entry,
+        "files": dict(sorted(files.items())),
     }
     text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

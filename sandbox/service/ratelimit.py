@@ -9,9 +9,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from sandbox import jobs, store
+from sandbox import store
 from sandbox.errors import RateLimited
 from sandbox.jobs import State
+from sandbox.jobs.analysis import KIND as ANALYSIS_KIND
+from sandbox.jobs.states import HELD
 
 # jobs one operator may have waiting or running at once: a flood of tiny-ε queries must
 # not queue without bound in front of everyone else's
@@ -94,18 +96,24 @@ class TimeBudget:
 
 
 def check_active_jobs(conn: store.Connection, operator: str) -> None:
-    """Refuse a new job while the operator has ``MAX_ACTIVE_JOBS`` waiting or running."""
-    active = len(
-        jobs.list_jobs(
-            conn,
-            operator=operator,
-            states=[s.value for s in ACTIVE_STATES],
-            limit=MAX_ACTIVE_JOBS,
-        )
-    )
+    """Refuse a new job while the operator has ``MAX_ACTIVE_JOBS`` waiting or running.
+
+    An analysis job counts until a supervisor decides on it (``states.HELD``, in
+    review included): its run's end, which can depend on the data, never lowers the
+    count (docs/analysis-jobs.md)."""
+    active_states = [s.value for s in ACTIVE_STATES]
+    held_states = sorted(s.value for s in HELD)
+    row = conn.execute(
+        "SELECT COUNT(*) FROM jobs WHERE operator = ? AND (state IN"
+        f" ({','.join('?' * len(active_states))}) OR (kind = ? AND state IN"
+        f" ({','.join('?' * len(held_states))})))",
+        (operator, *active_states, ANALYSIS_KIND, *held_states),
+    ).fetchone()
+    active = int(row[0])
     if active >= MAX_ACTIVE_JOBS:
         raise RateLimited(
-            f"{active} of your jobs are waiting or running; at most {MAX_ACTIVE_JOBS} may be.",
+            f"{active} of your jobs are waiting, running or held for review; at most "
+            f"{MAX_ACTIVE_JOBS} may be.",
             code="TOO_MANY_JOBS",
             hint="Wait for some to finish (`sandbox jobs`), then submit again.",
             details={"retry_after": 30},

@@ -17,7 +17,8 @@ from sandbox import display, jobs, ledger, products, review, store
 from sandbox.catalog import Catalog, Dataset
 from sandbox.errors import BadInput
 from sandbox.grants import Grant, Grants
-from sandbox.jobs import Job, State
+from sandbox.jobs import Job, State, analysis
+from sandbox.jobs.states import HIDDEN_MOVES, SHOWN_HELD
 from sandbox.tokens import Principal, Role
 
 TIME_FIELDS = ("created_at", "updated_at", "finished_at")
@@ -104,7 +105,10 @@ def job_view(
     view = job.public(
         operator_view=p.role == Role.OPERATOR,
         transitions=jobs.transitions(conn, job.id) if detail else None,
-        incident=jobs.incident_for(conn, job.id) if job.state == State.FAILED else None,
+        # an analysis run that failed waits for review with its incident (supervisors)
+        incident=jobs.incident_for(conn, job.id)
+        if job.state == State.FAILED or job["error_code"]
+        else None,
     )
     if p.role == Role.OPERATOR:
         coarsen_times(view)
@@ -132,6 +136,8 @@ def job_view(
         except FileNotFoundError:
             view["preview"] = None
     view["kind"] = job.record.get("kind") or "sql"
+    if p.role == Role.OPERATOR and view["kind"] == analysis.KIND:
+        hold_for_operator(view, job)
     if job.state == State.RELEASED and view["kind"] == "analysis":
         view["product"] = {  # sandbox/products_analysis.py
             "id": job.id,
@@ -147,6 +153,35 @@ def job_view(
             "manifest": f"/v1/products/{job.id}/manifest",
         }
     return view
+
+
+def hold_for_operator(view: dict[str, Any], job: Job) -> None:
+    """An analysis job as its operator sees it (docs/analysis-jobs.md, "Held until the
+    decision"). Until a supervisor decides it is one held state, ``in_review``, from
+    submission on: not whether its run started, ended or failed, no time after its
+    submission, no decision yet (the first of two approvals would date the run's end).
+    Always: no moves of the run (when it started and ended). A rejected job shows no
+    failure (a rejection tells nothing of the run). Supervisors and the audit keep the
+    truth."""
+    view["transitions"] = (
+        None
+        if view.get("transitions") is None
+        else [t for t in view["transitions"] if t.get("to_state") not in HIDDEN_MOVES]
+    )
+    view["held"] = analysis.is_held(job)
+    if job.state == State.REJECTED:
+        view["error"] = None
+    if not view["held"]:
+        return
+    view.update(
+        state=SHOWN_HELD.value,
+        updated_at=view.get("created_at"),
+        finished_at=None,
+        error=None,
+        rows=None,
+        decisions=[],
+        approvals=0,
+    )
 
 
 def budget_rows(

@@ -54,6 +54,16 @@ class Live:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"}
         return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
 
+    def until_ran(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """The job as a supervisor sees it (the truth) once its run is over."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job: dict[str, Any] = self.call("GET", f"/v1/jobs/{job_id}", "supervisor-li").json()
+            if job["state"] not in ("budget_reserved", "running"):
+                return job
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+
     def cli(self, who: str, *args: str, home: Path) -> Any:
         env = {"SANDBOX_URL": self.url, "SANDBOX_TOKEN": self.tokens[who], "COLUMNS": "200"}
         return CliRunner().invoke(cli, ["--home", str(home), *args], env=env)
@@ -94,9 +104,11 @@ def test_a_script_goes_from_the_cli_through_review_to_a_verified_product(
     )
     assert out.exit_code == 0, out.stdout + out.stderr
     job = json.loads(out.stdout)
-    assert job["kind"] == "analysis" and job["state"] == "in_review", job
+    # held for review from submission on (docs/analysis-jobs.md): the CLI does not wait
+    assert job["kind"] == "analysis" and job["state"] == "in_review" and job["held"], job
     assert job["required_approvals"] == 2 and job["epsilon"] == 0
     assert "head()" not in out.stdout and "insured" not in json.dumps(job.get("error"))
+    live.until_ran(job["id"])
 
     # the operator sees its script, not the outputs, before release
     mine = live.call("GET", f"/v1/analysis-jobs/{job['id']}", "op-jinshu").json()

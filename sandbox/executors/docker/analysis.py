@@ -1,7 +1,7 @@
 """Analysis jobs in the runner container (issue 18): a script in, ACRO's outputs out.
 
 The same container as a SQL job (``containers.launch``: no network, read-only root,
-non-root, every limit from Settings, the fair slots), with three differences:
+non-root, every limit from Settings), with these differences:
 
 - each granted table FILE is mounted alone, read-only, at ``/data/<dataset>/<file>``
   (a script is Python, not locked-down DuckDB: it could open any file it can see,
@@ -10,7 +10,9 @@ non-root, every limit from Settings, the fair slots), with three differences:
 - the script's files go read-only into ``/plan/script``;
 - what comes back is ``manifest.json`` and ``files/`` (sandbox_runner.analysis),
   read here without trusting any of it: regular files only, capped, the manifest's
-  fields checked, every file's SHA-256 compared with the manifest's.
+  fields checked, every file's SHA-256 compared with the manifest's;
+- it takes a slot of the analysis lane (``SANDBOX_ANALYSIS_SLOTS``), never one of the
+  SQL jobs' slots.
 
 Never a warm runner: a warm one imports DuckDB for SQL and serves one dataset set.
 """
@@ -123,8 +125,9 @@ def run_analysis(
     mounts = table_mounts(spec["tables"], Path(data_root), allow_synthetic=allow_synthetic)
     executor.start()
     settings = executor.settings
+    # the analysis lane's slots, not the SQL jobs' (SANDBOX_ANALYSIS_SLOTS)
     with (
-        executor._slots.slot(),  # noqa: SLF001 - the executor's own fair slots
+        executor._analysis_slots.slot(),  # noqa: SLF001 - the executor's own fair slots
         projected(executor, mounts, columns or {}, job_id=job_id) as mounts,
     ):
         began = time.monotonic()

@@ -49,6 +49,9 @@ class DockerExecutor:
         self._client = client
         self._image = image or settings.runner_image or None
         self._slots = FairSlots(settings.concurrency)
+        # analysis jobs' own lane (executors/docker/analysis.py): a script that runs
+        # long never holds a SQL job's slot
+        self._analysis_slots = FairSlots(max(1, settings.analysis_slots))
         self._ready_lock = threading.Lock()
         self._ready = False
         self._mount_ok = mount_ok
