@@ -76,7 +76,8 @@ def register(app: typer.Typer) -> None:
         reviewed, no privacy budget charged). The job is held for review from
         submission until the supervisors decide: nothing about its run shows before.
         See docs/analysis-jobs.md."""
-        from sandbox.cli.client import _client, _exit_for, _show_job, wait_for
+        from sandbox.cli.client import _client, _exit_for, wait_for
+        from sandbox.cli.jobview import show_job as _show_job
         from sandbox.errors import SystemFailure
         from sandbox.service.idempotency import check_key
 

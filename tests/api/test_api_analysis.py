@@ -179,6 +179,8 @@ def test_supervisors_release_only_the_outputs_both_chose(live: Live, tmp_path: P
     out = live.cli("op-jinshu", "submit-script", str(script), "-s", SCENARIO, "--json", home=home)
     assert out.exit_code == 0, out.stdout + out.stderr
     job = json.loads(out.stdout)
+    assert job["state"] == "in_review" and job["held"], job  # to its operator
+    job = live.until_ran(job["id"])  # as a supervisor sees it
     assert job["state"] == "in_review", job
     # claimed by the server that took it (an unclaimed job was failed by the lease loop
     # as JOB_INTERRUPTED whenever its run outlasted the next lease tick)
