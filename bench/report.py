@@ -154,6 +154,8 @@ def _time_cell(res: dict[str, Any] | None) -> str:
         return "—"
     if res.get("status") == "timeout":
         return f"> {res['limit_s']:.0f} (capped)"
+    if res.get("status") == "out_of_memory":
+        return f"out of memory at {res['cap_gb']:g} GB"
     if res.get("status") != "ok":
         return "unsupported" if res.get("status") == "unsupported" else res.get("status", "?")
     cell = f"{res['median_s']:.3f}"

@@ -26,6 +26,7 @@ from sandbox_runner import contract
 from sandbox_runner.contract import RUNNER_UID
 
 from sandbox.errors import DockerUnavailable
+from sandbox.executors.budget import runner_budget
 from sandbox.executors.docker import hostfs
 from sandbox.executors.docker.hostfs import Backing, RunDir
 from sandbox.settings import Settings
@@ -234,12 +235,14 @@ def container_args(
 def runner_env(settings: Settings, *, warm: bool) -> dict[str, str]:
     """The environment of a runner: its limits (from Settings), warm or not."""
     s = settings
+    # DuckDB's pool and spill, sized so that they, the interpreter and the result stay
+    # under the container's memory cgroup (the scratch tmpfs is charged to it too):
+    # a query that does not fit fails with DuckDB's own error, not an OOM kill.
+    budget = runner_budget(s)
     env = {
-        # DuckDB gets ~60% of the container's memory, so it fails with its own
-        # out-of-memory error before the kernel kills the process.
-        contract.ENV_MEMORY_LIMIT: f"{max(64, int(s.memory_mb * 0.6))}MB",
-        contract.ENV_THREADS: str(max(1, int(s.cpus))),
-        contract.ENV_MAX_TEMP_SIZE: f"{max(1, int(s.scratch_mb * 0.9))}MB",
+        contract.ENV_MEMORY_LIMIT: budget.memory_limit,
+        contract.ENV_THREADS: str(budget.threads),
+        contract.ENV_MAX_TEMP_SIZE: budget.max_temp_size,
         contract.ENV_OUTPUT_MAX_BYTES: str(s.output_max_bytes),
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/tmp",  # noqa: S108 (in the container)
