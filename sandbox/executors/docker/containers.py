@@ -170,6 +170,39 @@ def wait(container: Any, *, timeout_s: float, started: float) -> tuple[int | Non
         return None, True
 
 
+def wait_done(
+    container: Any, out_dir: Path, *, timeout_s: float, started: float, poll_s: float = 0.002
+) -> tuple[int | None, bool]:
+    """Like ``wait``, but done as soon as the runner's status.json is there: the runner
+    renames its result into place before it writes its status (atomically, by rename),
+    so it has nothing left to write. That saves the engine's report of the exit, 40-80 ms
+    measured; the caller removes the container (still exiting) as always. A runner
+    that dies without a status is seen by ``wait`` (exit code, OOM kill, time limit).
+    Returns the exit code the runner is exiting with (0 for ok, 1 for failed)."""
+    import threading
+
+    from sandbox.executors.output import read_status
+
+    done: dict[str, tuple[int | None, bool]] = {}
+
+    def waiter() -> None:
+        with contextlib.suppress(Exception):  # removed under it once the status is read
+            done["wait"] = wait(container, timeout_s=timeout_s, started=started)
+
+    thread = threading.Thread(target=waiter, name="jinyu-runner-wait", daemon=True)
+    thread.start()
+    status_path = out_dir / contract.STATUS_FILE
+    while thread.is_alive():
+        if status_path.exists():
+            status = read_status(out_dir).get("status")
+            if status == contract.STATUS_OK:
+                return contract.EXIT_OK, False
+            if status == contract.STATUS_FAILED:
+                return contract.EXIT_FAILED, False
+        thread.join(poll_s)
+    return done.get("wait", (None, False))
+
+
 def container_args(
     settings: Settings,
     runner: Runner,
