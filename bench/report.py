@@ -139,6 +139,9 @@ def _notes(size: dict[str, Any], systems: dict[str, str]) -> list[str]:
                 notes.append(
                     "stages (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in st.items())
                 )
+            if res.get("warm_runs") is not None:
+                warm = f"{res['warm_runs']} of {res.get('runs')}"
+                notes.append(f"timed runs in a warm runner: {warm}")
             if res.get("container_overhead_s") is not None:
                 notes.append(
                     f"container start/stop/IO beyond the query: "

@@ -230,6 +230,8 @@ def run_system(
         ]
         if overhead:
             out["container_overhead_s"] = statistics.median(overhead)
+        if system.extra.get("mode") == "docker":
+            out["warm_runs"] = sum(bool(s["executor_stats"].get("warm")) for s in timed)
     return out
 
 
