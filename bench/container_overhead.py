@@ -59,6 +59,10 @@ def make_plan() -> Any:
 def in_process_s(plan: Any, data_root: Path, settings: Any) -> float:
     from sandbox_runner.executor import execute
 
+    from sandbox.executors.budget import runner_budget
+
+    budget = runner_budget(settings)
+
     with tempfile.TemporaryDirectory() as tmp:
         out, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
         out.mkdir()
@@ -68,9 +72,10 @@ def in_process_s(plan: Any, data_root: Path, settings: Any) -> float:
             plan.runner_spec(),
             data_root,
             out,
-            memory_limit=f"{int(settings.memory_mb * 0.6)}MB",
-            threads=max(1, int(settings.cpus)),
+            memory_limit=budget.memory_limit,
+            threads=budget.threads,
             temp_dir=scratch,
+            max_temp_size=budget.max_temp_size,
         )
         elapsed = time.perf_counter() - began
         assert json.loads((out / "status.json").read_text())["status"] == "ok"

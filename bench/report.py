@@ -139,6 +139,9 @@ def _notes(size: dict[str, Any], systems: dict[str, str]) -> list[str]:
                 notes.append(
                     "stages (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in st.items())
                 )
+            if res.get("warm_runs") is not None:
+                warm = f"{res['warm_runs']} of {res.get('runs')}"
+                notes.append(f"timed runs in a warm runner: {warm}")
             if res.get("container_overhead_s") is not None:
                 notes.append(
                     f"container start/stop/IO beyond the query: "
@@ -154,6 +157,8 @@ def _time_cell(res: dict[str, Any] | None) -> str:
         return "—"
     if res.get("status") == "timeout":
         return f"> {res['limit_s']:.0f} (capped)"
+    if res.get("status") == "out_of_memory":
+        return f"out of memory at {res['cap_gb']:g} GB"
     if res.get("status") != "ok":
         return "unsupported" if res.get("status") == "unsupported" else res.get("status", "?")
     cell = f"{res['median_s']:.3f}"

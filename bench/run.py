@@ -45,6 +45,7 @@ class System:
     python: str = sys.executable
     extra: dict[str, Any] = field(default_factory=dict)
     slow: bool = False  # run after every fast system (SmartNoise, Tumult)
+    jvm: bool = False  # reserves huge address space: no RLIMIT_AS fallback (Tumult)
 
 
 def core_systems(container: bool) -> list[System]:
@@ -74,7 +75,8 @@ def peer_systems(
             skipped[name] = reason
             continue
         py = str(venvs.python_of(peer))
-        systems.append(System(name, peer.label, peer.module, "raw", py, slow=peer.slow))
+        jvm = name == "tumult"
+        systems.append(System(name, peer.label, peer.module, "raw", py, slow=peer.slow, jvm=jvm))
     return systems, skipped
 
 
@@ -171,11 +173,26 @@ def run_system(
     limit = args.timeout * (args.runs + 2) + 120
     if system.slow and args.slow_cap:
         limit = args.slow_cap
+    cap_gb = float(args.peer_memory_gb)
     m = run_measured(
-        cmd, cwd=ROOT, env=env, timeout_s=limit, stderr_path=work / f"{tag}.stderr.txt"
+        cmd,
+        cwd=ROOT,
+        env=env,
+        timeout_s=limit,
+        stderr_path=work / f"{tag}.stderr.txt",
+        memory_cap_bytes=int(cap_gb * 2**30) if cap_gb > 0 else None,
+        rlimit_ok=not system.jvm,
     )
-    if out_path.exists():
-        out = json.loads(out_path.read_text())
+    out = json.loads(out_path.read_text()) if out_path.exists() else {}
+    hit_rlimit = m.cap == "RLIMIT_AS" and "MemoryError" in str(out.get("reason", ""))
+    if (m.oom or hit_rlimit) and out.get("status") != "ok":
+        out = {
+            "status": "out_of_memory",
+            "cap_gb": cap_gb,
+            "reason": f"out of memory at {cap_gb:g} GB (--peer-memory-gb; {m.cap})",
+        }
+    elif out:
+        pass  # the system's own answer (ok, unsupported or failed)
     elif m.timed_out:
         out = {
             "status": "timeout",
@@ -189,6 +206,9 @@ def run_system(
     out["maxrss_mb"] = round(m.maxrss_kb / 1024, 1)
     out["tree_peak_mb"] = round(m.tree_peak_kb / 1024, 1)
     out["peak_mb"] = round(m.peak_kb / 1024, 1)
+    out["memory_cap"] = f"{cap_gb:g} GB ({m.cap})" if m.cap else "none"
+    if m.cgroup_peak_kb is not None:  # the cap cgroup's peak: page cache included
+        out["cgroup_peak_mb"] = round(m.cgroup_peak_kb / 1024, 1)
     times = out.get("times") or []
     if out.get("status") == "ok" and times:
         out["median_s"] = statistics.median(times)
@@ -210,6 +230,8 @@ def run_system(
         ]
         if overhead:
             out["container_overhead_s"] = statistics.median(overhead)
+        if system.extra.get("mode") == "docker":
+            out["warm_runs"] = sum(bool(s["executor_stats"].get("warm")) for s in timed)
     return out
 
 
@@ -340,6 +362,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="wall-clock limit of a whole SmartNoise/Tumult process (0: none)",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="limit of one run, seconds")
+    p.add_argument(
+        "--peer-memory-gb",
+        type=float,
+        default=16.0,
+        help="memory cap of each system's process tree (cgroup, else RLIMIT_AS; 0: none); "
+        "a process over it is reported as out of memory",
+    )
     p.add_argument(
         "--smoke",
         action="store_true",

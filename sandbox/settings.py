@@ -60,10 +60,20 @@ class Settings:
         "Host time limit on noising one result (category release_timeout past it). The "
         "work is bounded by runner_max_rows; measured well below this (docs/security.md).",
     )
-    memory_mb: int = _field(2048, "SANDBOX_MEMORY_MB", "Memory limit of a runner (no swap).")
+    memory_mb: int = _field(
+        2048,
+        "SANDBOX_MEMORY_MB",
+        "Memory limit of a runner (no swap). Split between DuckDB, its spill, the "
+        "interpreter and the result (sandbox/executors/budget.py).",
+    )
     cpus: float = _field(2.0, "SANDBOX_CPUS", "CPU limit of a runner.")
     pids: int = _field(64, "SANDBOX_PIDS", "Process/thread limit of a runner.")
-    scratch_mb: int = _field(256, "SANDBOX_SCRATCH_MB", "Size of the runner's scratch tmpfs.")
+    scratch_mb: int = _field(
+        256,
+        "SANDBOX_SCRATCH_MB",
+        "Size of the runner's scratch tmpfs (DuckDB's spill). Its pages count against "
+        "memory_mb: the spill is capped within that limit too.",
+    )
     output_max_bytes: int = _field(
         16 * 1024 * 1024, "SANDBOX_OUTPUT_MAX_BYTES", "Largest result a runner may return."
     )

@@ -10,7 +10,9 @@ public keys, runs); OUT receives::
 
 A system script provides ``build(spec) -> Callable[[], list[dict]]`` for a workload
 (one call = one full query: read the files, compute, release; everything but the
-process start and imports) or raises ``Unsupported(reason)``. The first call is the
+process start and imports) or raises ``Unsupported(reason)``. ``BETWEEN_RUNS``, if a
+script appends to it, is called before every run, untimed (our container path waits
+there for its warm runner, as a server's would be ready between jobs). The first call is the
 cold run (recorded, not in the median); then ``runs`` timed calls, stopping early,
 after at least one, once ``max_seconds`` of timed calls have passed.
 """
@@ -33,6 +35,7 @@ Runner = Callable[[], list[dict[str, Any]]]
 
 NOTES: list[str] = []  # what a system script had to adapt, shown beside its numbers
 STAGES: list[dict[str, Any]] = []  # optional per-run breakdown (cold run first)
+BETWEEN_RUNS: list[Callable[[], None]] = []  # untimed, before every run
 
 
 def main(build: Callable[[dict[str, Any]], Runner], dists: list[str]) -> None:
@@ -49,6 +52,7 @@ def main(build: Callable[[dict[str, Any]], Runner], dists: list[str]) -> None:
         times: list[float] = []
         results: list[list[dict[str, Any]]] = []
         if spec.get("warmup", True):
+            _between()
             t0 = time.perf_counter()
             rows = run()
             out["cold_s"] = time.perf_counter() - t0
@@ -62,6 +66,7 @@ def main(build: Callable[[dict[str, Any]], Runner], dists: list[str]) -> None:
             if times and sum(times) >= budget:
                 NOTES.append(f"stopped after {len(times)} run(s): time cap {budget:.0f} s")
                 break
+            _between()
             t0 = time.perf_counter()
             rows = run()
             times.append(time.perf_counter() - t0)
@@ -77,6 +82,11 @@ def main(build: Callable[[dict[str, Any]], Runner], dists: list[str]) -> None:
         out = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
     with open(out_path, "w", encoding="utf-8") as fh:
         json.dump(out, fh, default=_jsonable)
+
+
+def _between() -> None:
+    for hook in BETWEEN_RUNS:
+        hook()
 
 
 def versions(dists: list[str]) -> dict[str, str]:

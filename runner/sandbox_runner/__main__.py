@@ -77,7 +77,7 @@ def main() -> int:
             spec,
             data_dir,
             out_dir,
-            memory_limit=env.get(c.ENV_MEMORY_LIMIT, "1GB"),
+            memory_limit=memory_limit(env.get(c.ENV_MEMORY_LIMIT, "1GB")),
             threads=int(env.get(c.ENV_THREADS, "1")),
             temp_dir=scratch,
             max_temp_size=env.get(c.ENV_MAX_TEMP_SIZE),
@@ -97,6 +97,33 @@ def _exit_code(out_dir: Path) -> int:
     with open(out_dir / c.STATUS_FILE, "rb") as fh:
         status = json.loads(fh.read(c.STATUS_MAX_BYTES))
     return c.EXIT_OK if status.get("status") == c.STATUS_OK else c.EXIT_FAILED
+
+
+CGROUP_LIMITS = (
+    "/sys/fs/cgroup/memory.max",  # cgroup v2
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
+)
+
+
+def memory_limit(requested: str, files: tuple[str, ...] = CGROUP_LIMITS) -> str:
+    """DuckDB's memory limit: the host's (``NNNMB``), but never above 3/4 of this
+    container's own memory cgroup, read from the kernel. The host sizes it well below
+    (sandbox/executors/budget.py); this only guards against a host that did not."""
+    import re
+
+    match = re.fullmatch(r"([0-9]{1,9})MB", requested)
+    if match is None:
+        return requested
+    for name in files:
+        try:
+            with open(name, encoding="ascii") as fh:
+                text = fh.read(64).strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            cap = int(text) * 3 // 4 // (1 << 20)
+            return f"{max(1, min(int(match[1]), cap))}MB"
+    return requested
 
 
 def _wait_for(path: Path, wait_s: float) -> bool:

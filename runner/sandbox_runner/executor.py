@@ -170,6 +170,12 @@ def _run(
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_quote(str(path))})")
         con.execute(f"SET memory_limit = {_quote(memory_limit)}")
         con.execute(f"SET threads = {int(threads)}")
+        # Streaming: no operator has to keep rows in their input order (the result's
+        # order is fixed by _query's ORDER BY on the keys), so scans, joins and
+        # aggregates run without order-preserving buffers; and no cache of Parquet
+        # blocks in DuckDB's pool (one job per process: nothing would reuse it).
+        con.execute("SET preserve_insertion_order = false")
+        con.execute("SET enable_external_file_cache = false")
         if temp_dir is not None:
             con.execute(f"SET temp_directory = {_quote(str(temp_dir))}")
             if max_temp_size is not None:

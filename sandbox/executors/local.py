@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sandbox.errors import ExecutionFailed, Refused
 from sandbox.executors import ExactResult, Executor, plan_datasets, ramfs, runner_spec
+from sandbox.executors.budget import runner_budget
 from sandbox.plan import Plan
 from sandbox.settings import Settings
 from sandbox.synthetic import is_synthetic
@@ -54,6 +55,7 @@ class LocalExecutor:
                 )
         s = self.settings
         spec = runner_spec(plan, s)
+        budget = runner_budget(s)  # the container's split, so both fail alike
         began = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="jinyu-local-", dir=ramfs.ram_tmp()) as tmp:
             out_dir, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
@@ -63,10 +65,10 @@ class LocalExecutor:
                 spec,
                 data_root,
                 out_dir,
-                memory_limit=f"{s.memory_mb}MB",
-                threads=max(1, int(s.cpus)),
+                memory_limit=budget.memory_limit,
+                threads=budget.threads,
                 temp_dir=scratch,
-                max_temp_size=f"{s.scratch_mb}MB",
+                max_temp_size=budget.max_temp_size,
                 output_max_bytes=s.output_max_bytes,
                 timeout_s=s.job_timeout_s,
             )

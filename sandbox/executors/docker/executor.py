@@ -232,13 +232,15 @@ class DockerExecutor:
         import requests.exceptions
 
         runner = None
+        early = None  # done at the runner's status: only on the product path (no hook)
         if entrypoint is None and hook is None:
             runner = self._pool.take(datasets)
+            early = runner.out_dir if runner is not None else None
         try:
             if runner is not None:
                 runner.feed(spec)
                 started = time.monotonic()
-                exit_code, timed_out = self._wait(runner.container, started)
+                exit_code, timed_out = self._wait(runner.container, started, early)
                 if exit_code == EXIT_IDLE:  # it gave up waiting before the job came
                     discard(runner)
                     runner = None
@@ -247,7 +249,8 @@ class DockerExecutor:
             if runner is None:
                 runner = self._launch(datasets, job_id, spec=spec, entrypoint=entrypoint)
                 started = time.monotonic()
-                exit_code, timed_out = self._wait(runner.container, started)
+                early = runner.out_dir if entrypoint is None and hook is None else None
+                exit_code, timed_out = self._wait(runner.container, started, early)
                 stats["warm"] = False
             stats["container_s"] = round(time.monotonic() - started, 4)
             stats["out_in"] = runner.out_in  # tmpfs or shm: RAM either way
@@ -310,9 +313,15 @@ class DockerExecutor:
             entrypoint=entrypoint,
         )
 
-    def _wait(self, container: Any, started: float) -> tuple[int | None, bool]:
-        """Wait for the container; kill it at the wall-clock limit. (exit code, timed out)"""
-        return containers.wait(container, timeout_s=self.settings.job_timeout_s, started=started)
+    def _wait(
+        self, container: Any, started: float, out_dir: Path | None = None
+    ) -> tuple[int | None, bool]:
+        """Wait for the container (with ``out_dir``: until its runner wrote its status);
+        kill it at the wall-clock limit. (exit code, timed out)"""
+        limit = self.settings.job_timeout_s
+        if out_dir is not None:
+            return containers.wait_done(container, out_dir, timeout_s=limit, started=started)
+        return containers.wait(container, timeout_s=limit, started=started)
 
 
 def _is_synthetic(path: Path) -> bool:
