@@ -68,9 +68,11 @@ def analysis_image_packages() -> set[str]:
     return {_name(pin) for pin in pins}
 
 
-# What the analysis child (and only it) imports of those, by module name.
-ANALYSIS_MODULES = {"acro", "matplotlib"}
-ANALYSIS_FILES = {"analysis_child.py"}
+# What the analysis processes (and only they) import of those, by module name.
+ANALYSIS_MODULES = {"acro", "matplotlib", "pandas", "numpy"}
+# The processes of an analysis job that import the analysis libraries: the script's
+# (the recorder) and the checker's, and the call log both use. Never the supervisor.
+ANALYSIS_FILES = {"analysis_child.py", "analysis_calls.py", "analysis_checker.py"}
 
 
 def imported_modules(
@@ -166,12 +168,12 @@ def test_runner_imports_only_what_its_image_installs() -> None:
     assert runner_image_packages() == {"duckdb", "pyarrow"}
     runner = ROOT / "runner" / "sandbox_runner"
     assert undeclared_in(runner, runner_image_packages(), skip=ANALYSIS_FILES) == []
-    # The analysis child imports the analysis libraries, which the host need not
-    # have: they are in the image, pinned in runner/build/analysis-requirements.txt.
+    # The analysis child and checker import the analysis libraries, which the host
+    # need not have: they are in the image, pinned in runner/build/analysis-requirements.txt.
     child = {
         module
         for module, where in imported_modules(runner).items()
-        if any("analysis_child" in w for w in where)
+        if any(name.removesuffix(".py") in w for w in where for name in ANALYSIS_FILES)
     }
     assert child <= ANALYSIS_MODULES | {"pyarrow"}
     assert {"acro", "pandas", "statsmodels", "numpy"} | ANALYSIS_MODULES <= (

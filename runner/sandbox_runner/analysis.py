@@ -10,12 +10,18 @@ and never runs operator code in its own interpreter. It
 2. starts the *child* (``sandbox_runner.analysis_child``) in a new session, cwd a
    fresh directory on the /scratch tmpfs, stdin/stdout/stderr on /dev/null (what the
    script prints goes nowhere: not to the operator, not to a log), with a clean
-   environment (one BLAS thread, matplotlib's Agg backend, its cache in /tmp);
+   environment (one BLAS thread, matplotlib's Agg backend, its cache in /tmp). The
+   script's ``jinyu.acro`` RECORDS its ACRO calls into a call log on scratch;
 3. when the child ends, kills every process left (``kill(-1, SIGKILL)``: a script's
-   daemon cannot keep writing), then empties /out of anything the script put there;
-4. collects ONLY what ACRO's ``finalise`` listed in its ``results.json``: tables and
-   regressions as the CSV files ACRO wrote (``<uid>_<n>.csv``), figures as PNG files
-   (checked by their signature). ``custom`` outputs (a file the script names with
+   daemon cannot keep writing), removes everything of the script's on scratch but
+   the call log, then starts the *checker* (``sandbox_runner.analysis_checker``,
+   ``python -I -B``) with a cwd, HOME, TMPDIR and MPLCONFIGDIR made only now: it
+   replays the log into a fresh ACRO session with the bureau's thresholds and
+   finalises into a fresh results directory;
+4. empties /out of anything the script put there and collects ONLY what the
+   checker's ACRO listed in its ``results.json``: tables and regressions as the CSV
+   files ACRO wrote (``<uid>_<n>.csv``), figures as PNG files (checked by their
+   signature). ``custom`` outputs (a file the script names with
    ``acro.custom_output``) are refused: listed as refused, never copied. Each file
    is read without following links, capped, hashed, and copied to
    /out/files/<n>.<ext>; /out/manifest.json is written by this module from the
@@ -24,17 +30,17 @@ and never runs operator code in its own interpreter. It
 What comes out: ``status.json`` (``{"status": "ok"}`` or ``{"status": "failed",
 "category": C}``), ``manifest.json`` and ``files/``. A script that raises, or exits
 non-zero, fails with ``script_error`` and nothing else comes out: not its traceback,
-not its exit code (either could carry data).
+not its exit code (either could carry data). A call log the recorder could not have
+written (the script edited it) is ``output_invalid``.
 
-The child runs with the same uid as this module, so it could write a forged
-``results.json``: ACRO's verdicts are an aid for the reviewer, never a release
-decision. Every analysis output waits for human review (docs/analysis-jobs.md).
+The script's own ACRO session, its files and its results are never read: a verdict
+is computed in a process the script never ran in, so the script cannot forge it. It
+still chooses the inputs ACRO is given (docs/analysis-jobs.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -43,15 +49,15 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from sandbox_runner.analysis_collect import MANIFEST_MAX_BYTES, AnalysisFailure, collect
 from sandbox_runner.contract import (
-    ANALYSIS_FILES_DIR,
     ANALYSIS_KIND,
     ANALYSIS_MANIFEST,
-    ANALYSIS_MAX_OUTPUTS,
     ANALYSIS_SCRIPT_DIR,
     PART_SUFFIX,
     SPEC_VERSION,
@@ -71,27 +77,8 @@ ACRO_KEYS = {
     "survival_safe_threshold": int,
     "safe_round_base": int,
 }
-# ACRO output types collected, and the one file kind each may carry.
-COLLECTED = {
-    "table": "csv",
-    "regression": "csv",
-    "histogram": "png",
-    "pie chart": "png",
-    "survival plot": "png",
-}
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TEXT_MAX = 4000  # characters kept of ACRO's summary, command, comment, exception
-RESULTS_MAX_BYTES = 4 * 1024 * 1024
-MANIFEST_MAX_BYTES = 1024 * 1024
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_UID = re.compile(r"^[A-Za-z0-9_.\- ]{1,100}$")
-
-
-class AnalysisFailure(Exception):
-    def __init__(self, category: str) -> None:
-        super().__init__(category)
-        self.category = category
 
 
 def execute_analysis(
@@ -107,9 +94,10 @@ def execute_analysis(
     """Run the script of ``spec``; write status.json (and, on success, the outputs)."""
     try:
         entry, tables, acro = check_spec(spec, plan_dir, data_dir)
-        results_dir = _run_child(
+        calls_dir = _run_child(
             entry, tables, acro, plan_dir=plan_dir, scratch=scratch, timeout_s=timeout_s
         )
+        results_dir = _run_checker(calls_dir, acro, scratch=scratch, timeout_s=timeout_s)
         wipe(out_dir)
         manifest = collect(results_dir, out_dir, output_max_bytes)
         if len(json.dumps(manifest)) > MANIFEST_MAX_BYTES:
@@ -172,18 +160,18 @@ def _run_child(
     scratch: Path,
     timeout_s: float | None,
 ) -> Path:
-    """Run the script in the child; return the directory ACRO finalised into."""
+    """Run the script in the child; return the directory of its call log."""
     work = scratch / "work"
-    results = scratch / "acro-results"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(results, ignore_errors=True)
-    work.mkdir(mode=0o700, parents=True)
+    calls = scratch / "calls"
+    for old in (work, calls):
+        shutil.rmtree(old, ignore_errors=True)
+        old.mkdir(mode=0o700, parents=True)
     config = {
         "entry": str(entry),
         "script_dir": str(plan_dir / ANALYSIS_SCRIPT_DIR),
         "tables": tables,
         "acro": acro,
-        "results": str(results),
+        "calls": str(calls),
     }
     config_path = scratch / "analysis-config.json"
     config_path.write_text(json.dumps(config))
@@ -196,15 +184,89 @@ def _run_child(
         "HOME": str(work),
         "TMPDIR": tmp,
         "MPLCONFIGDIR": tmp,
-        "MPLBACKEND": "Agg",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
+        **_QUIET_ENV,
     }
+    code = _wait(
+        [sys.executable, "-m", "sandbox_runner.analysis_child", str(config_path)],
+        cwd=work,
+        env=env,
+        timeout_s=timeout_s,
+    )
+    if code != 0:
+        raise AnalysisFailure("script_error")
+    return calls
+
+
+_QUIET_ENV = {
+    "MPLBACKEND": "Agg",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+CHECKER_CODES = {10: "output_invalid", 11: "output_too_large", 12: "memory"}
+
+
+def _run_checker(
+    calls: Path, acro: dict[str, Any], *, scratch: Path, timeout_s: float | None
+) -> Path:
+    """Replay the call log in the checker; return the directory it finalised into.
+
+    Runs after ``_kill_stragglers``: no process of the script is left, so what is
+    made here (the checker's cwd, HOME, TMPDIR, MPLCONFIGDIR, results directory)
+    is fresh; the script could have planted files anywhere writable, not in these.
+    """
+    try:
+        info = os.lstat(calls)
+    except OSError as exc:
+        raise AnalysisFailure("output_invalid") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise AnalysisFailure("output_invalid")  # replaced by a link or a file
+    for entry in list(scratch.iterdir()):  # the script's leftovers: free the space
+        if entry.name != calls.name:
+            _remove(entry)
+    try:
+        base = Path(tempfile.mkdtemp(prefix="check-", dir=scratch))
+        for name in ("work", "home", "tmp", "custom"):
+            (base / name).mkdir(mode=0o700)
+        config = {
+            "calls": str(calls),
+            "acro": acro,
+            "results": str(base / "results"),
+            "custom": str(base / "custom"),
+        }
+        (base / "config.json").write_text(json.dumps(config))
+    except OSError as exc:
+        raise AnalysisFailure("resource_limit") from exc
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(base / "home"),
+        "TMPDIR": str(base / "tmp"),
+        "MPLCONFIGDIR": str(base / "tmp"),
+        **_QUIET_ENV,
+    }
+    lib = str(Path(__file__).resolve().parent.parent)  # /opt/runner/lib, read-only
+    bootstrap = (
+        f"import sys; sys.path.insert(0, {lib!r}); "
+        "from sandbox_runner.analysis_checker import run; run()"
+    )
+    code = _wait(
+        [sys.executable, "-I", "-B", "-c", bootstrap, str(base / "config.json")],
+        cwd=base / "work",
+        env=env,
+        timeout_s=timeout_s,
+    )
+    if code != 0:
+        raise AnalysisFailure(CHECKER_CODES.get(code, "output_invalid"))
+    return base / "results"
+
+
+def _wait(args: list[str], *, cwd: Path, env: dict[str, str], timeout_s: float | None) -> int:
+    """Run one process in its own session, silent; its exit code, every straggler killed."""
     try:
         proc = subprocess.Popen(  # noqa: S603 - our interpreter, our module, fixed args
-            [sys.executable, "-m", "sandbox_runner.analysis_child", str(config_path)],
-            cwd=work,
+            args,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -224,9 +286,7 @@ def _run_child(
         _kill_stragglers(proc.pid)
     if code < 0 and -code == signal.SIGKILL:
         raise AnalysisFailure("memory")  # the kernel's OOM killer (or the pid limit's)
-    if code != 0:
-        raise AnalysisFailure("script_error")
-    return results
+    return code
 
 
 def _kill_stragglers(child: int) -> None:
@@ -246,165 +306,20 @@ def _kill_stragglers(child: int) -> None:
 def wipe(out_dir: Path) -> None:
     """Remove everything in out_dir (whatever the script may have written there)."""
     for entry in list(out_dir.iterdir()):
-        with contextlib.suppress(OSError):
-            if entry.is_dir() and not entry.is_symlink():
-                for root, dirs, _files in os.walk(entry):
-                    for name in dirs:
-                        with contextlib.suppress(OSError):
-                            os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
-                os.chmod(entry, 0o700)
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        _remove(entry)
 
 
-def collect(results_dir: Path, out_dir: Path, output_max_bytes: int) -> dict[str, Any]:
-    """ACRO's checked outputs → /out/files and the manifest (only fields checked here)."""
-    files_dir = out_dir / ANALYSIS_FILES_DIR
-    files_dir.mkdir(mode=0o755)
-    outputs: list[dict[str, Any]] = []
-    refused: list[dict[str, Any]] = []
-    manifest: dict[str, Any] = {"outputs": outputs, "refused": refused, "acro_version": ""}
-    results_file = results_dir / "results.json"
-    if not os.path.lexists(results_file):
-        return manifest  # no ACRO output at all (the script made none)
-    try:
-        results = json.loads(_read_regular(results_file, RESULTS_MAX_BYTES))
-    except ValueError as exc:
-        raise AnalysisFailure("output_invalid") from exc
-    if not isinstance(results, dict) or not isinstance(results.get("results"), dict):
-        raise AnalysisFailure("output_invalid")
-    manifest["acro_version"] = _text(results.get("version"), 40)
-    budget = output_max_bytes
-    for uid, record in results["results"].items():
-        if not isinstance(record, dict) or not isinstance(uid, str) or not _UID.match(uid):
-            raise AnalysisFailure("output_invalid")
-        kind = record.get("type")
-        if kind not in COLLECTED:
-            refused.append({"uid": uid, "type": _text(kind, 40), "reason": "custom"})
-            continue
-        if len(outputs) >= ANALYSIS_MAX_OUTPUTS:
-            raise AnalysisFailure("output_too_large")
-        files: list[dict[str, Any]] = []
-        for item in record.get("files") or []:
-            name = item.get("name") if isinstance(item, dict) else None
-            data = _output_file(results_dir, name, COLLECTED[kind], uid)
-            budget -= len(data)
-            if budget < 0:
-                raise AnalysisFailure("output_too_large")
-            stored = f"{len(outputs)}_{len(files)}.{COLLECTED[kind]}"
-            (files_dir / stored).write_bytes(data)
-            files.append(
-                {
-                    "name": stored,
-                    "format": COLLECTED[kind],
-                    "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "sdc": _sdc(item.get("sdc")),
-                }
-            )
-        if not files:
-            raise AnalysisFailure("output_invalid")
-        properties = record.get("properties")
-        if not isinstance(properties, dict):
-            properties = {}
-        outputs.append(
-            {
-                "uid": uid,
-                "type": kind,
-                "method": _text(properties.get("method"), 40),
-                "status": record.get("status")
-                if record.get("status") in {"pass", "fail", "review"}
-                else "review",
-                "summary": _text(record.get("summary"), TEXT_MAX),
-                "command": _text(record.get("command"), TEXT_MAX),
-                "exception": _text(record.get("exception"), TEXT_MAX),
-                "comments": [_text(c, TEXT_MAX) for c in (record.get("comments") or [])[:20]],
-                "checks": _checks(record.get("fair")),
-                "files": files,
-            }
-        )
-    return manifest
-
-
-def _output_file(results_dir: Path, name: Any, fmt: str, uid: str) -> bytes:
-    if not isinstance(name, str) or not _PATH_PART.match(name) or not name.endswith("." + fmt):
-        raise AnalysisFailure("output_invalid")
-    if fmt == "csv" and not re.fullmatch(re.escape(uid) + r"_[0-9]{1,4}\.csv", name):
-        raise AnalysisFailure("output_invalid")  # ACRO names its tables <uid>_<n>.csv
-    data = _read_regular(results_dir / name, 64 * 1024 * 1024)
-    if fmt == "png" and not data.startswith(PNG_SIGNATURE):
-        raise AnalysisFailure("output_invalid")
-    if fmt == "csv":
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise AnalysisFailure("output_invalid") from exc
-    return data
-
-
-def _checks(fair: Any) -> dict[str, str]:
-    status = fair.get("check_status") if isinstance(fair, dict) else None
-    if not isinstance(status, dict):
-        return {}
-    return {
-        _text(k, 80): v
-        for k, v in list(status.items())[:50]
-        if isinstance(k, str) and v in {"pass", "fail", "review"}
-    }
-
-
-def _sdc(sdc: Any) -> dict[str, Any]:
-    """ACRO's per-check counts (and failing cells' positions) for a file."""
-    if not isinstance(sdc, dict):
-        return {}
-    clean: dict[str, Any] = {}
-    summary = sdc.get("summary")
-    if isinstance(summary, dict):
-        clean["summary"] = {
-            _text(k, 80): v
-            for k, v in list(summary.items())[:50]
-            if isinstance(v, int) and not isinstance(v, bool)
-        }
-    cells = sdc.get("cells")
-    if isinstance(cells, dict):
-        kept: dict[str, list[list[int]]] = {}
-        for check, positions in list(cells.items())[:50]:
-            if isinstance(positions, list):
-                kept[_text(check, 80)] = [
-                    [int(x) for x in pos[:2]]
-                    for pos in positions[:10000]
-                    if isinstance(pos, list)
-                    and all(isinstance(x, int) and not isinstance(x, bool) for x in pos[:2])
-                ]
-        clean["cells"] = kept
-    return clean
-
-
-def _text(value: Any, limit: int) -> str:
-    return value[:limit] if isinstance(value, str) else ""
-
-
-def _read_regular(path: Path, max_bytes: int) -> bytes:
-    try:
-        info = os.lstat(path)
-    except OSError as exc:
-        raise AnalysisFailure("output_invalid") from exc
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-        raise AnalysisFailure("output_invalid")
-    if info.st_size > max_bytes:
-        raise AnalysisFailure("output_too_large")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        raise AnalysisFailure("output_invalid") from exc
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise AnalysisFailure("output_invalid")
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise AnalysisFailure("output_too_large")
-    return data
+def _remove(entry: Path) -> None:
+    with contextlib.suppress(OSError):
+        if entry.is_dir() and not entry.is_symlink():
+            for root, dirs, _files in os.walk(entry):
+                for name in dirs:
+                    with contextlib.suppress(OSError):
+                        os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+            os.chmod(entry, 0o700)
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

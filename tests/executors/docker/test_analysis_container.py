@@ -209,20 +209,26 @@ jinyu.acro.crosstab(df["sex"], df["insurance_type"])
         assert b"person_id" not in data
 
 
-def test_a_forged_results_file_naming_a_raw_file_is_refused(
+def test_a_forged_results_file_naming_a_raw_file_is_never_read(
     make_executor: Any, demo_data_root: Path
 ):
-    # The script finalises ACRO itself into the supervisor's folder, then swaps in
-    # a raw file under a name ACRO would not give it: the job fails, nothing leaves.
+    # The script finalises its own ACRO session, then swaps in a raw file: nothing
+    # of that is read. What leaves is the checker's replay of the crosstab
+    # (tests/executors/docker/test_analysis_verdicts.py for more forgeries).
     script = """
 import json, os, jinyu
 df = jinyu.read_table("insured")
 jinyu.acro.crosstab(df["sex"], df["insurance_type"])
-target = "/scratch/acro-results"
-jinyu.acro.finalise(target, "json")
-results = json.load(open(target + "/results.json"))
-df.to_csv(target + "/raw.csv")
-results["results"]["output_0"]["files"] = [{"name": "raw.csv", "sdc": {}}]
-json.dump(results, open(target + "/results.json", "w"))
+for target in ("/scratch/acro-results", "/scratch/calls/results"):
+    jinyu.acro.finalise(target, "json")
+    results = json.load(open(target + "/results.json"))
+    df.to_csv(target + "/raw.csv")
+    results["results"]["output_0"]["files"] = [{"name": "raw.csv", "sdc": {}}]
+    json.dump(results, open(target + "/results.json", "w"))
 """
-    assert _failure(make_executor, demo_data_root, script) == "output_invalid"
+    out = _run(make_executor, demo_data_root, script)
+    (table,) = out.manifest["outputs"]
+    assert table["type"] == "table" and table["method"] == "crosstab"
+    assert [f["name"] for f in table["files"]] == ["0_0.csv"]
+    for data in out.files.values():
+        assert b"person_id" not in data
