@@ -371,7 +371,7 @@ class Measures:
         sql, lo, hi, integer = self.clamped(ref, cond)
         cands = _candidates(lo, hi, integer)
         v = self.value(sql)
-        slot = _slot_sql(v, cands, self.value)
+        slot = _slot_sql(v, cands, self.value, integer=integer)
         name = self.add(
             ("histogram", v.name, alpha),
             n_.call("histogram", slot),
@@ -429,11 +429,20 @@ def _within_group(node: exp.WithinGroup) -> tuple[exp.Expr, bool]:
 
 
 def _slot_sql(
-    v: exp.Column, cands: tuple[float, ...], value: Callable[[exp.Expr], exp.Column]
+    v: exp.Column,
+    cands: tuple[float, ...],
+    value: Callable[[exp.Expr], exp.Column],
+    *,
+    integer: bool = False,
 ) -> exp.Column:
     """The row column holding the histogram slot of value v: 2k+1 when v equals
     candidate k, else 2k where k is the number of candidates below v (see Measure).
-    Intermediate steps become their own columns (DuckDB reads earlier aliases)."""
+    Intermediate steps become their own columns (DuckDB reads earlier aliases).
+
+    An integer v (an INTEGER or BIGINT column, clamped) over consecutive integer
+    candidates equals candidate v - lo: its slot is 2(v - lo) + 1, the same number
+    as 2·CEIL(v - lo) + (v = CEIL(v)) for any integer v, without the two CEILs and
+    the DOUBLE casts they need, which were most of a median's cost (issue 17)."""
     num, one, zero = n_.num, n_.num(1), n_.num(0)
     count = len(cands)
     lo, hi = cands[0], cands[-1]
@@ -441,7 +450,10 @@ def _slot_sql(
         null = exp.Is(this=v.copy(), expression=exp.Null())
         slots = [(null, exp.Null()), (n_.eq(v, num(lo)), one), (n_.gt(v, num(lo)), num(2))]
         return value(n_.cases(slots, zero))
-    if all(c == lo + i for i, c in enumerate(cands)):  # consecutive integers
+    consecutive = all(c == lo + i for i, c in enumerate(cands))
+    if consecutive and integer and lo == int(lo):
+        return value(n_.cast(n_.add(n_.mul(num(2), n_.sub(v, num(int(lo)))), one), "BIGINT"))
+    if consecutive:  # consecutive integers
         up = exp.Ceil(this=n_.sub(v, num(lo)))
         exact = n_.when(n_.eq(v, exp.Ceil(this=v)), one, zero)
         return value(n_.cast(n_.add(n_.mul(num(2), up), exact), "BIGINT"))

@@ -210,7 +210,7 @@ def subquery(sel: exp.Select, alias_name: str | None = None) -> exp.Subquery:
     return sub
 
 
-def with_ctes(ctes: list[tuple[str, exp.Select]], final: exp.Select) -> exp.Select:
+def with_ctes(ctes: Sequence[tuple[str, exp.Expr]], final: exp.Select) -> exp.Select:
     final.set(
         "with_",
         exp.With(

@@ -4,10 +4,11 @@ The compiler builds the runner SQL from nodes it made itself (see checks.py). Th
 module does not trust that: ``verify_plan`` re-parses ``plan.sql`` and
 ``plan.post_sql`` as text and checks, against the catalogue and the grant alone,
 
-- the shape: ``__rows`` (join, filter, per-row values), then optional ``__groups``
-  and ``__bounded`` windows whose limits are the Plan's ``unit_groups`` and
-  ``unit_rows``, then one GROUP BY over the keys; a per-unit pre-aggregation comes
-  first, as ``__unit_rows``, ``__unit_bounded`` (R from the catalogue) and
+- the shape: ``__rows`` (join, filter, per-row values), then an optional ``__groups``
+  window whose limit is the Plan's ``unit_groups``, an optional row bound ``__over`` +
+  ``__bounded`` at the Plan's ``unit_rows`` (exactly the text in verify_bound.py), then
+  one GROUP BY over the keys; a per-unit pre-aggregation comes first, as
+  ``__unit_rows``, ``__unit_over`` + ``__unit_bounded`` (R from the catalogue) and
   ``__perunit`` (GROUP BY __unit), read once by ``__rows`` (see verify_units.py);
 - every column reference: a catalogue column of a Plan table, used only where the
   grant allows it (``__unit`` is the privacy unit; keys and the public-key filter
@@ -43,6 +44,7 @@ from sandbox.compiler.sqlread import (
     same_bounds,
     unwrap,
 )
+from sandbox.compiler.verify_bound import row_bound_ok
 from sandbox.compiler.verify_units import UNIT_STAGES, unit_stages
 from sandbox.errors import SystemFailure
 from sandbox.grants import Grant
@@ -51,7 +53,7 @@ from sandbox.plan import Plan
 _VALUE = re.compile(r"__v\d+")
 _KEY = re.compile(r"__k\d+")
 _ALIAS = re.compile(r"t\d+")
-_OUTER = {"__rows", "__groups", "__bounded"}
+_OUTER = {"__rows", "__groups", "__over", "__bounded"}
 _INTERNAL = {"__unit", "__r", "__gr", "__rn", *_OUTER, *UNIT_STAGES}
 # the per-unit stage's own names: values __w0 ..., per-unit values __p0 ..., aliases u0 ...
 _UNIT_NAMES = (re.compile(r"__w\d+"), re.compile(r"__p\d+"), re.compile(r"u\d+"))
@@ -283,9 +285,6 @@ class _Verifier:
             c = self._col(e) if isinstance(e, exp.Column) else None
             if c is None or c.dataset.is_public or c.column.name != c.dataset.privacy_unit:
                 self.bad("__unit is not the privacy unit")
-        elif name == "__r":
-            if not isinstance(e, exp.Rand) or list(e.find_all(exp.Column)):
-                self.bad("__r")
         elif _KEY.fullmatch(name) and not self.inner:
             self.keys[name] = e
             self._key_columns(name, e, "a GROUP BY key")
@@ -372,16 +371,21 @@ class _Verifier:
     # -- windows and the final GROUP BY ----------------------------------------------
 
     def _stages(self, order: list[str], ctes: dict[str, exp.Expr]) -> None:
-        """SELECT * FROM (SELECT *, <window> AS __gr FROM prev) WHERE __gr <= limit,
-        the window partitioned by __unit; the limits are the Plan's."""
-        limits = {
-            "__groups": ("__gr", self.plan.unit_groups),
-            "__bounded": ("__rn", self.plan.unit_rows),
-        }
-        for prev, name in zip(order, order[1:], strict=False):
-            col, limit = limits.get(name, ("", -1))
+        """__groups: SELECT * FROM (SELECT *, <window> AS __gr FROM prev) WHERE __gr <=
+        limit, the window partitioned by __unit; __over + __bounded: the row bound
+        (verify_bound.py). The limits are the Plan's."""
+        for i, (prev, name) in enumerate(zip(order, order[1:], strict=False)):
             stage = ctes[name]
-            if not self._stage(stage, prev, col, limit):
+            if name == "__groups":
+                ok = self._stage(stage, prev, "__gr", self.plan.unit_groups)
+            elif name == "__over":
+                following = order[i + 2] if i + 2 < len(order) else None
+                ok = following == "__bounded" and row_bound_ok(
+                    stage, ctes["__bounded"], prev, name, self.plan.unit_rows
+                )
+            else:  # __bounded: checked with the __over before it
+                ok = prev == "__over"
+            if not ok:
                 self.bad(f"stage {name}")
         if self.plan.unit_rows > 1 and "__bounded" not in order:
             self.bad("rows per unit are not bounded")

@@ -2,10 +2,10 @@
 
 A Plan with a per-unit pre-aggregation (preagg.py) starts with
 
-    __unit_rows     SELECT <unit> AS __unit, <values __wN>, [RANDOM() AS __r]
+    __unit_rows     SELECT <unit> AS __unit, <values __wN>
                     FROM <tables> [JOIN ...] [WHERE ...]
-    __unit_bounded  at most R rows per unit, only if R > 1 (R: the product of the stage's
-                    private tables' rows_per_unit, from the catalogue)
+    __unit_over,    at most R rows per unit, only if R > 1 (R: the product of the stage's
+    __unit_bounded  private tables' rows_per_unit, from the catalogue; verify_bound.py)
     __perunit       SELECT __unit AS "<unit>", <agg> AS __p0, ... FROM <previous>
                     GROUP BY __unit
 
@@ -29,11 +29,12 @@ from sqlglot import exp
 from sandbox.catalog import MAX_INTEGER_SQUARES, Column, Table, Use
 from sandbox.compiler.preagg import PER_UNIT_TABLE
 from sandbox.compiler.sqlread import from_of
+from sandbox.compiler.verify_bound import row_bound_ok
 
 if TYPE_CHECKING:
     from sandbox.compiler.verify import _Verifier
 
-UNIT_STAGES = ("__unit_rows", "__unit_bounded", PER_UNIT_TABLE)
+UNIT_STAGES = ("__unit_rows", "__unit_over", "__unit_bounded", PER_UNIT_TABLE)
 _W = re.compile(r"__w\d+")
 _P = re.compile(r"__p\d+")
 
@@ -51,16 +52,16 @@ def unit_stages(v: _Verifier, ctes: dict[str, exp.Expr], order: list[str]) -> in
         bound = v.row_bound()
         i = 1
         if bound > 1:
-            stage = ctes.get(UNIT_STAGES[1])
+            over, bounded = ctes.get(UNIT_STAGES[1]), ctes.get(UNIT_STAGES[2])
             if (
-                len(order) < 2
-                or order[1] != UNIT_STAGES[1]
-                or stage is None
-                or not v._stage(stage, UNIT_STAGES[0], "__rn", bound)
+                order[1:3] != list(UNIT_STAGES[1:3])
+                or over is None
+                or bounded is None
+                or not row_bound_ok(over, bounded, UNIT_STAGES[0], UNIT_STAGES[1], bound)
             ):
                 v.bad("rows per unit are not bounded in the per-unit stage")
                 return None
-            i = 2
+            i = 3
         if len(order) <= i or order[i] != PER_UNIT_TABLE:
             return None
         table = _per_unit_table(v, ctes[PER_UNIT_TABLE], order[i - 1], bound)

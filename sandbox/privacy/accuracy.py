@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from decimal import ROUND_CEILING, Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sandbox.privacy.accounting import check_cost
@@ -24,22 +25,26 @@ ALPHA = 0.05  # accuracy statements are 95% intervals
 
 
 def _half_width(mc: MeasureCost, definition: str, alpha: float = ALPHA) -> float:
+    """The (1 − alpha) half-width of a measure's noise: OpenDP's, computed once per
+    distinct (definition, integer, scale, alpha) and reused (issue 17); explain, every
+    released cell and propagation ask for the same few."""
+    return _half_width_of(definition, bool(mc.integer), float(mc.scale), float(alpha))
+
+
+@lru_cache(maxsize=4096)
+def _half_width_of(definition: str, integer: bool, scale: float, alpha: float) -> float:
     dp = load_opendp()
     if definition == "pure":
-        fn = (
-            dp.discrete_laplacian_scale_to_accuracy
-            if mc.integer
-            else dp.laplacian_scale_to_accuracy
-        )
-    elif mc.integer and mc.scale > _EXACT_DISCRETE_GAUSSIAN_MAX_SCALE:
+        fn = dp.discrete_laplacian_scale_to_accuracy if integer else dp.laplacian_scale_to_accuracy
+    elif integer and scale > _EXACT_DISCRETE_GAUSSIAN_MAX_SCALE:
         # OpenDP sums the discrete Gaussian's tail term by term: its time grows with the
         # scale (seconds per 10⁷), so a tiny ε would tie up a worker for hours. Past this
         # scale the continuous half-width rounded up, plus one, bounds it (and equals it
         # in practice).
-        return math.ceil(float(dp.gaussian_scale_to_accuracy(scale=mc.scale, alpha=alpha))) + 1.0
+        return math.ceil(float(dp.gaussian_scale_to_accuracy(scale=scale, alpha=alpha))) + 1.0
     else:
-        fn = dp.discrete_gaussian_scale_to_accuracy if mc.integer else dp.gaussian_scale_to_accuracy
-    return float(fn(scale=mc.scale, alpha=alpha))
+        fn = dp.discrete_gaussian_scale_to_accuracy if integer else dp.gaussian_scale_to_accuracy
+    return float(fn(scale=scale, alpha=alpha))
 
 
 _EXACT_DISCRETE_GAUSSIAN_MAX_SCALE = 1e4
