@@ -13,15 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from typer.testing import CliRunner
 
-from sandbox.api.app import create_app
-from sandbox.cli import app as cli
-from sandbox.service import Service, issue_token
-from sandbox.settings import Settings
-from tests.api.api_helpers import serve
+from tests.api.analysis_live import SCENARIO, Live, live_server
 
 SCRIPT = """
 import jinyu
@@ -35,62 +29,18 @@ jinyu.acro.ols(y, X)
 jinyu.acro.add_exception("output_0", "the rare band is a published fact")
 print(df.head(50).to_string())  # goes nowhere
 """
-SCENARIO = "pension-contributions"  # g-jinshu-pension: analysis_jobs: true
-
-
-class Live:
-    def __init__(self, service: Service, url: str) -> None:
-        self.service, self.url = service, url
-        self.tokens = {
-            who: issue_token(service, role=role, subject=who)["token"]
-            for who, role in (
-                ("op-jinshu", "operator"),
-                ("supervisor-li", "supervisor"),
-                ("supervisor-wang", "supervisor"),
-            )
-        }
-
-    def call(self, method: str, path: str, who: str, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
-
-    def until_ran(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        """The job as a supervisor sees it (the truth) once its run is over."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job: dict[str, Any] = self.call("GET", f"/v1/jobs/{job_id}", "supervisor-li").json()
-            if job["state"] not in ("budget_reserved", "running"):
-                return job
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
-
-    def cli(self, who: str, *args: str, home: Path) -> Any:
-        env = {"SANDBOX_URL": self.url, "SANDBOX_TOKEN": self.tokens[who], "COLUMNS": "200"}
-        return CliRunner().invoke(cli, ["--home", str(home), *args], env=env)
 
 
 @pytest.fixture()
 def live(
     tmp_path: Path, policies_dir: Path, docker_client: Any, runner_image: str, demo_data_root: Path
 ) -> Iterator[Live]:
-    from sandbox.executors.docker import DockerExecutor
-
-    settings = Settings(
-        home=tmp_path / "server",
-        policies=policies_dir,
-        data_root=demo_data_root,
-        executor="docker",
-        memory_mb=1024,
-        pids=64,
-        warm_runners=0,
-        rate_per_minute=10_000,
-        lease_s=1.5,  # the lease loop ticks every 0.5 s: a run outlasts many ticks
-    )
-    executor = DockerExecutor(settings, client=docker_client, image=runner_image)
-    service = Service(settings, executor=executor)
-    with serve(create_app(settings, service=service, include_console=False)) as url:
-        yield Live(service, url)
-    service.stop()
+    # the lease loop ticks every 0.5 s: a run outlasts many ticks
+    with live_server(
+        tmp_path / "server", policies_dir, demo_data_root,
+        client=docker_client, image=runner_image, lease_s=1.5,
+    ) as (server, _app):  # fmt: skip
+        yield server
 
 
 @pytest.mark.container

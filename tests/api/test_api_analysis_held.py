@@ -13,6 +13,7 @@ never delays a SQL job."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import re
@@ -25,11 +26,8 @@ import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
-from sandbox.api.app import create_app
-from sandbox.service import Service
-from sandbox.settings import Settings
-from tests.api.api_helpers import POPULATION_SQL, serve
-from tests.api.test_api_analysis import SCENARIO, Live
+from tests.api.analysis_live import SCENARIO, Live, live_server
+from tests.api.api_helpers import POPULATION_SQL
 
 pytestmark = pytest.mark.container
 
@@ -45,34 +43,17 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 def make_live(
     tmp_path: Path, policies_dir: Path, docker_client: Any, runner_image: str, demo_data_root: Path
 ) -> Iterator[Callable[..., tuple[Live, Any]]]:
-    from sandbox.executors.docker import DockerExecutor
+    with contextlib.ExitStack() as stack:
 
-    started: list[Any] = []
+        def make(**overrides: Any) -> tuple[Live, Any]:
+            return stack.enter_context(
+                live_server(
+                    tmp_path / "server", policies_dir, demo_data_root,
+                    client=docker_client, image=runner_image, console=True, **overrides,
+                )
+            )  # fmt: skip
 
-    def make(**overrides: Any) -> tuple[Live, Any]:
-        settings = Settings(
-            home=tmp_path / "server",
-            policies=policies_dir,
-            data_root=demo_data_root,
-            executor="docker",
-            memory_mb=1024,
-            pids=64,
-            warm_runners=0,
-            rate_per_minute=10_000,
-            **overrides,
-        )
-        executor = DockerExecutor(settings, client=docker_client, image=runner_image)
-        service = Service(settings, executor=executor)
-        app = create_app(settings, service=service, include_console=True)
-        server = serve(app)
-        url = server.__enter__()
-        started.append((server, service))
-        return Live(service, url), app
-
-    yield make
-    for server, service in started:
-        server.__exit__(None, None, None)
-        service.stop()
+        yield make
 
 
 def submit(live: Live, script: str) -> str:

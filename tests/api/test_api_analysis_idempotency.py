@@ -17,11 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbox.api.app import create_app
-from sandbox.service import Service
-from sandbox.settings import Settings
-from tests.api.api_helpers import serve
-from tests.api.test_api_analysis import SCENARIO, Live
+from tests.api.analysis_live import SCENARIO, Live, live_server
 from tests.cli.test_submit_cli import DroppingProxy
 
 pytestmark = pytest.mark.container
@@ -37,22 +33,10 @@ BODY = {"scenario": SCENARIO, "script": SCRIPT}
 def live(
     tmp_path: Path, policies_dir: Path, docker_client: Any, runner_image: str, demo_data_root: Path
 ) -> Iterator[Live]:
-    from sandbox.executors.docker import DockerExecutor
-
-    settings = Settings(
-        home=tmp_path / "server",
-        policies=policies_dir,
-        data_root=demo_data_root,
-        executor="docker",
-        memory_mb=1024,
-        warm_runners=0,
-        rate_per_minute=10_000,
-    )
-    executor = DockerExecutor(settings, client=docker_client, image=runner_image)
-    service = Service(settings, executor=executor)
-    with serve(create_app(settings, service=service, include_console=False)) as url:
-        yield Live(service, url)
-    service.stop()
+    with live_server(
+        tmp_path / "server", policies_dir, demo_data_root, client=docker_client, image=runner_image
+    ) as (server, _app):
+        yield server
 
 
 def post(live: Live, key: Any, **body: Any) -> httpx.Response:
