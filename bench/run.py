@@ -349,7 +349,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--memory-mb",
         type=int,
-        default=8192,
+        default=0,
         help="our runner's memory limit (0: the product default, 2048 MB)",
     )
     p.add_argument(
